@@ -1,0 +1,32 @@
+"""Downstream models on frozen upstream features, and the BAS block architecture search.
+
+- ``blocks``: the three candidate blocks (``msa_ffn``, ``msa``, ``ffn``).
+- ``models``: layer combination, masked pooling, the SUPERB classifier and fixed block
+  stacks (transformer baselines, simple FFN, derived BAS networks).
+- ``supernet``: the Gumbel-softmax super net searched by BAS.
+- ``architecture``: derive, save, load, plot and tally the architectures found.
+"""
+
+from ser_modules.downstream.architecture import (
+    architecture_probabilities,
+    block_win_counts,
+    derive_architecture,
+    format_block_table,
+    load_architecture,
+    plot_theta_heatmap,
+    save_architecture,
+)
+from ser_modules.downstream.blocks import BLOCKS, CANDIDATES, build_block
+from ser_modules.downstream.models import (
+    BlockStackClassifier,
+    LayerCombiner,
+    SuperbClassifier,
+    masked_mean_pool,
+    valid_frame_mask,
+)
+from ser_modules.downstream.supernet import (
+    BASSuperNet,
+    SearchableLayer,
+    derived_state_dict,
+    fbnet_temperature,
+)

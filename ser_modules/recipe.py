@@ -1,0 +1,302 @@
+"""The flow every emotion-classification recipe runs, top to bottom.
+
+``recipes/<DATASET>/train.py`` is a thin script: it hands its preparation function and its
+dataset defaults to :func:`run_recipe`, which
+
+1. parses the command line (a HyperPyYAML file, SpeechBrain run options, hparam overrides,
+   and the options of the dataset's preparation function such as ``--split=speaker``),
+2. prepares the manifests (once, on the main process),
+3. builds the frozen upstream and, by default, the feature cache of every utterance,
+4. for every fold (or the single split): optionally searches an architecture (BAS), trains
+   the downstream model, selects the checkpoint on the validation set, and tests it,
+5. aggregates the folds into ``results.json``, ``results.md`` and a confusion-matrix PNG.
+
+Every phase leaves its result on disk and is skipped when re-run, so a crashed run resumes
+where it stopped (inside a phase, SpeechBrain's checkpoints resume the epoch).
+"""
+
+import inspect
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from ser_modules.manifest import atomic_write_text, read_csv
+from ser_modules.metrics import aggregate_folds
+from ser_modules.training import EmotionBrain, build_datasets, build_label_encoder
+
+logger = logging.getLogger(__name__)
+
+# Keys train.py fills in from the data and the upstream (the YAML holds defaults).
+DERIVED_KEYS = ("split_name", "input_dim", "num_upstream_layers", "num_classes")
+
+
+def split_preparation_arguments(argv, prepare_function):
+    """Separate ``--name=value`` options of the preparation function from the rest.
+
+    ``data_folder`` and ``save_folder`` stay with the hparams (they are YAML keys).
+
+    Returns
+    -------
+    (dict, list)
+        Preparation keyword arguments (typed like the function's defaults) and the
+        remaining command-line arguments for SpeechBrain.
+    """
+    from ser_modules.manifest import _parse_value
+
+    parameters = inspect.signature(prepare_function).parameters
+    own = {name for name in parameters if name not in ("data_folder", "save_folder", "skip_prep")}
+    prepare_kwargs, rest = {}, []
+    index = 0
+    while index < len(argv):
+        argument = argv[index]
+        name = argument[2:].split("=", 1)[0] if argument.startswith("--") else None
+        if name in own:
+            if "=" in argument:
+                value = argument.split("=", 1)[1]
+            else:
+                index += 1
+                value = argv[index]
+            prepare_kwargs[name] = _parse_value(value, parameters[name].default)
+        else:
+            rest.append(argument)
+        index += 1
+    return prepare_kwargs, rest
+
+
+def parse_overrides(overrides):
+    """SpeechBrain's override string as a dict (so dataset defaults can sit under it)."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    try:
+        parsed = yaml.safe_load(overrides)
+    except yaml.YAMLError as error:
+        raise ValueError(
+            f"Cannot read the command-line overrides {overrides!r}: use plain values "
+            "(numbers, strings, lists) on the command line."
+        ) from error
+    return parsed or {}
+
+
+def load_hparams(yaml_text, overrides):
+    """Load the recipe's HyperPyYAML with overrides (objects are created fresh each call)."""
+    return load_hyperpyyaml(yaml_text, overrides)
+
+
+def selected_splits(splits, fold):
+    """The split names to run: every fold, or the one named by ``--fold=k``."""
+    names = sorted(splits, key=lambda name: (len(name), name))
+    if fold in (None, "all", "", "None"):
+        return names
+    wanted = f"fold{fold}" if str(fold).isdigit() else str(fold)
+    if wanted not in splits:
+        raise ValueError(f"--fold={fold} does not exist: the preparation wrote {names}.")
+    return [wanted]
+
+
+def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
+    """Extract (once) the features every split needs: one cache per distinct crop.
+
+    Returns
+    -------
+    dict
+        ``{"train": FeatureCache, "eval": FeatureCache}`` (the same object when the
+        training and evaluation crops agree).
+    """
+    from ser_modules.feature_cache import FeatureCache
+
+    def make(crop_seconds):
+        return FeatureCache(
+            hparams["cache_folder"], upstream, crop_seconds=crop_seconds, crop_mode="first"
+        )
+
+    train_cache = make(hparams["crop_seconds"])
+    caches = {"train": train_cache, "eval": train_cache}
+    if hparams["eval_crop_seconds"] != hparams["crop_seconds"]:
+        caches["eval"] = make(hparams["eval_crop_seconds"])
+    device = run_opts.get("device", "cpu")
+    for cache in {id(c): c for c in caches.values()}.values():
+        sb.utils.distributed.run_on_main(
+            cache.build,
+            kwargs={
+                "rows": rows,
+                "replacements": replacements,
+                "batch_size": hparams["cache_batch_size"],
+                "device": device,
+                "precision": hparams["cache_precision"],
+            },
+        )
+    return caches
+
+
+def train_and_test(hparams, run_opts, datasets, modules, label_encoder, brain_class=EmotionBrain):
+    """Train one split's downstream model, select on validation, test; return the outcome."""
+    brain = brain_class(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    selection_set = hparams["selection_set"]
+    if selection_set not in ("valid", "test"):
+        raise ValueError(f"selection_set must be 'valid' or 'test' (paper protocol), got {selection_set!r}")
+    if selection_set == "test":
+        logger.warning("Paper protocol: selecting the checkpoint on the TEST set (selection_set=test).")
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set=datasets["train"],
+        valid_set=datasets[selection_set],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    metric = hparams["selection_metric"]
+    brain.evaluate(datasets["test"], max_key=metric, test_loader_kwargs=hparams["test_dataloader_opts"])
+    best = brain.checkpointer.find_checkpoint(max_key=metric)
+    outcome = dict(brain.test_outcome)
+    outcome["selected_epoch"] = int(best.meta["epoch"]) if best is not None else None
+    outcome["selection"] = {"metric": metric, "set": selection_set}
+    outcome["labels"] = [label_encoder.decode_ndim(i) for i in range(len(label_encoder))]
+    return outcome
+
+
+def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
+    """Run a whole recipe from the command line (see the module docstring).
+
+    Arguments
+    ---------
+    argv : list of str
+        ``sys.argv[1:]``.
+    prepare_function : callable
+        ``prepare_<dataset>(data_folder, save_folder, ..., skip_prep)``.
+    dataset_defaults : dict
+        Hparams this dataset changes unless the command line sets them (crop lengths,
+        selection metric ...).
+    dataset_name : str
+        Name written in the results.
+
+    Returns
+    -------
+    dict
+        The aggregated results (also written to ``<output_folder>/results.json``).
+    """
+    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_function)
+    hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
+    overrides = {**dataset_defaults, **parse_overrides(cli_overrides)}
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as handle:
+        yaml_text = handle.read()
+    setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
+    output_folder = setup["output_folder"]
+    sb.create_experiment_directory(
+        experiment_directory=output_folder, hyperparams_to_save=hparams_file, overrides=overrides
+    )
+
+    splits = sb.utils.distributed.run_on_main(
+        prepare_function,
+        kwargs={
+            "data_folder": setup["data_folder"],
+            "save_folder": setup["prepare_folder"],
+            "skip_prep": setup["skip_prep"],
+            **prepare_kwargs,
+        },
+    )
+    if not splits:
+        raise RuntimeError(
+            f"The preparation wrote no manifests in {setup['prepare_folder']}: with skip_prep=True, "
+            "the manifests of an earlier run must already be there."
+        )
+    replacements = {"data_root": setup["data_folder"], "prep_root": setup["prepare_folder"]}
+    split_names = selected_splits(splits, setup["fold"])
+    all_csvs = [path for name in splits for path in splits[name].values()]
+    label_encoder = sb.utils.distributed.run_on_main(
+        build_label_encoder, args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")]
+    )
+
+    upstream = setup["upstream"]()
+    caches = None
+    if setup["use_cache"]:
+        rows = {row["ID"]: row for name in split_names for path in splits[name].values() for row in read_csv(path)}
+        caches = build_feature_caches(setup, upstream, list(rows.values()), replacements, run_opts)
+    derived = {
+        "input_dim": upstream.output_dim,
+        "num_upstream_layers": upstream.num_layers,
+        "num_classes": len(label_encoder),
+    }
+
+    outcomes = {}
+    for split_name in split_names:
+        outcomes[split_name] = run_split(
+            yaml_text, {**overrides, **derived, "split_name": split_name}, run_opts, splits[split_name],
+            replacements, label_encoder, caches, upstream,
+        )
+    del setup
+    results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder)
+    return results
+
+
+def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_encoder, caches, upstream):
+    """Run (or reload, when already finished) one fold: [search ->] train -> test."""
+    hparams = load_hparams(yaml_text, overrides)
+    outcome_path = os.path.join(hparams["experiment_folder"], "test_outcome.json")
+    if os.path.isfile(outcome_path):
+        logger.info("%s already finished: reusing %s", overrides["split_name"], outcome_path)
+        with open(outcome_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    datasets = build_datasets(
+        csv_paths, replacements, label_encoder, feature_caches=caches,
+        crop_seconds=hparams["crop_seconds"], train_crop_mode=hparams["train_crop_mode"],
+        sample_rate=hparams["sample_rate"],
+    )
+    modules = dict(hparams["modules"])
+    if caches is None:
+        modules["upstream"] = upstream
+    outcome = train_and_test(hparams, run_opts, datasets, modules, label_encoder)
+    if sb.utils.distributed.if_main_process():
+        atomic_write_text(outcome_path, json.dumps(outcome) + "\n")
+    return outcome
+
+
+def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder):
+    """Aggregate folds; write results.json, results.md and the confusion-matrix PNG."""
+    from ser_modules.reports import plot_confusion_matrix, results_markdown
+
+    labels = next(iter(outcomes.values()))["labels"]
+    aggregated = aggregate_folds(
+        {name: (o["targets"], o["predictions"]) for name, o in outcomes.items()},
+        labels=list(range(len(labels))),
+    )
+    for scores in [*aggregated["folds"].values(), aggregated["pooled"]]:
+        scores["labels"] = labels
+        scores["per_class"] = dict(zip(labels, scores["per_class"].values()))
+    results = {
+        "dataset": dataset_name,
+        "hparams_file": os.path.basename(hparams_file),
+        "overrides": {k: v for k, v in overrides.items() if k not in DERIVED_KEYS},
+        "preparation": prepare_kwargs,
+        "selection": next(iter(outcomes.values()))["selection"],
+        "selected_epochs": {name: o["selected_epoch"] for name, o in outcomes.items()},
+        **aggregated,
+    }
+    if sb.utils.distributed.if_main_process():
+        atomic_write_text(os.path.join(output_folder, "results.json"), json.dumps(results, indent=2) + "\n")
+        table = results_markdown(results)
+        atomic_write_text(os.path.join(output_folder, "results.md"), table + "\n")
+        plot_confusion_matrix(
+            aggregated["pooled"]["confusion"], labels, os.path.join(output_folder, "confusion_matrix.png"),
+            title=f"{dataset_name} ({results['hparams_file']}), all test folds pooled",
+        )
+        print(table)
+        print(f"Results: {os.path.join(output_folder, 'results.json')}")
+    return results
+
+
+def main(prepare_function, dataset_defaults, dataset_name):
+    """Entry point of ``recipes/<DATASET>/train.py``."""
+    run_recipe(sys.argv[1:], prepare_function, dataset_defaults, dataset_name)

@@ -1,0 +1,78 @@
+"""Reports of finished runs: Markdown tables and figures a person can read.
+
+Used at the end of every recipe (``results.md``, ``confusion_matrix.png``).
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from ser_modules.metrics import METRIC_NAMES  # noqa: E402
+
+
+def results_markdown(results):
+    """Per-fold WA / UA / WF1, their mean +/- std, and the pooled scores, as Markdown."""
+    title = f"### {results['dataset']} - {results['hparams_file']}"
+    selection = results.get("selection", {})
+    lines = [
+        title,
+        "",
+        f"Checkpoint selected on the {selection.get('set', 'valid')} set by {selection.get('metric', '?')}.",
+        "",
+        "| split | " + " | ".join(METRIC_NAMES) + " |",
+        "|---|" + "---|" * len(METRIC_NAMES),
+    ]
+    for name, scores in results["folds"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.4f}" for m in METRIC_NAMES) + " |")
+    if len(results["folds"]) > 1:
+        lines.append(
+            "| mean +/- std | "
+            + " | ".join(f"{results['mean'][m]:.4f} +/- {results['std'][m]:.4f}" for m in METRIC_NAMES)
+            + " |"
+        )
+        lines.append(
+            "| pooled | " + " | ".join(f"{results['pooled'][m]:.4f}" for m in METRIC_NAMES) + " |"
+        )
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(confusion, labels, path, title="", normalize=True):
+    """Save a confusion matrix (rows = reference) as a PNG with counts and row shares.
+
+    Arguments
+    ---------
+    confusion : list of list of int
+        ``(C, C)`` counts, rows = reference class.
+    labels : list of str
+        Class names.
+    path : str
+        PNG to write.
+    title : str
+        Figure title.
+    normalize : bool
+        Colour by the share of each reference class (recall) rather than by count.
+    """
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    size = max(4.0, 0.9 * len(labels) + 2.0)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(shares if normalize else counts, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
+    axis.set_xticks(range(len(labels)), labels=labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels=labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("reference")
+    for row in range(len(labels)):
+        for column in range(len(labels)):
+            dark = shares[row, column] > 0.5
+            axis.text(column, row, f"{int(counts[row, column])}\n{shares[row, column]:.0%}",
+                      ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of reference class" if normalize else "count")
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

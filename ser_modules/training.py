@@ -1,0 +1,222 @@
+"""The training core of every emotion-classification recipe: one Brain, one data pipeline.
+
+``EmotionBrain`` trains a downstream model on frozen upstream features, read either from
+the feature cache (``batch.feats``, the default) or computed on the fly from the waveform
+(``batch.sig``). Everything dataset-specific lives in the preparation scripts and in the
+defaults each ``recipes/<DATASET>/train.py`` passes to :mod:`ser_modules.recipe`.
+"""
+
+import logging
+import random
+
+import numpy as np
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.manifest import DATA_ROOT
+from ser_modules.metrics import classification_scores
+
+logger = logging.getLogger(__name__)
+
+
+@register_checkpoint_hooks
+class RandomState:
+    """Checkpoints the Python, NumPy and torch random generators.
+
+    With it in the checkpointer's recoverables, a run killed after an (intra-epoch)
+    checkpoint replays exactly the same dropout masks, Gumbel noise and random crops after
+    recovery, so it ends with the same numbers as an uninterrupted run.
+    """
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save(
+            {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            path,
+        )
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        del end_of_epoch
+        state = torch.load(path, weights_only=False)
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+
+
+class EmotionBrain(sb.Brain):
+    """Frozen upstream features -> layer combiner -> downstream model -> cross-entropy.
+
+    Expected ``modules``: ``layer_combiner`` ((B, nL, T, D) -> (B, T, D)), ``downstream``
+    (``(feats, lens) -> logits``) and, when features are not cached, ``upstream``.
+    Expected hparams: ``selection_metric`` (WA, UA or WF1), ``train_logger``,
+    ``lr_scheduler`` (a ``torch.optim.lr_scheduler`` factory stepped once per epoch) and
+    ``num_classes``.
+    """
+
+    def compute_forward(self, batch, stage):
+        """Return logits (B, C) and the relative feature lengths (B,)."""
+        batch = batch.to(self.device)
+        feats, feat_lens = self.upstream_features(batch)  # (B, nL, T, D), (B,)
+        frames = self.modules.layer_combiner(feats)  # (B, T, D)
+        logits = self.modules.downstream(frames, feat_lens)  # (B, C)
+        return logits, feat_lens
+
+    def upstream_features(self, batch):
+        """Layer-wise frame features of a batch: cached (default) or computed now."""
+        if hasattr(batch, "feats"):
+            feats, feat_lens = batch.feats  # (B, T, nL, D) as cached: time first for padding
+            return feats.permute(0, 2, 1, 3).float(), feat_lens
+        wavs, wav_lens = batch.sig  # (B, T_samples)
+        with torch.no_grad():
+            feats, feat_lens = self.modules.upstream(wavs, wav_lens)  # (B, nL, T, D)
+        return feats.float(), feat_lens
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Cross-entropy; collects predictions for the stage metrics."""
+        logits, _ = predictions
+        targets = batch.emo_encoded.data.reshape(-1)  # (B,)
+        loss = F.cross_entropy(logits.float(), targets)
+        if stage != sb.Stage.TRAIN:
+            self.stage_ids.extend(batch.id)
+            self.stage_targets.extend(targets.tolist())
+            self.stage_predictions.extend(logits.argmax(dim=-1).tolist())
+            self.stage_probabilities.extend(torch.softmax(logits.float(), dim=-1).tolist())
+        return loss
+
+    def init_optimizers(self):
+        """Optimise only trainable parameters (the upstream is frozen) and add the scheduler."""
+        if self.opt_class is None:
+            return
+        trainable = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = self.opt_class(trainable)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Reset the prediction buffers; keep a frozen upstream in eval mode."""
+        self.stage_ids, self.stage_targets = [], []
+        self.stage_predictions, self.stage_probabilities = [], []
+        if "upstream" in self.modules:
+            self.modules.upstream.eval()
+
+    def stage_scores(self):
+        """WA / UA / WF1 of the predictions collected in this stage."""
+        labels = list(range(self.hparams.num_classes))
+        return classification_scores(self.stage_targets, self.stage_predictions, labels=labels)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log, step the scheduler, checkpoint on validation, keep test outcomes."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        scores = self.stage_scores()
+        stats = {"loss": stage_loss, "WA": scores["WA"], "UA": scores["UA"], "WF1": scores["WF1"]}
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.lr_scheduler.step()
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            meta = {key: float(value) for key, value in stats.items()}
+            meta["epoch"] = float(epoch)
+            self.checkpointer.save_and_keep_only(
+                meta=meta, max_keys=[self.hparams.selection_metric], num_to_keep=1
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+            self.test_outcome = {
+                "scores": scores,
+                "loss": float(stage_loss),
+                "ids": list(self.stage_ids),
+                "targets": list(self.stage_targets),
+                "predictions": list(self.stage_predictions),
+                "probabilities": list(self.stage_probabilities),
+            }
+
+
+def build_label_encoder(csv_paths, path):
+    """A label encoder over every label of the given manifests, in sorted order.
+
+    Sorting (rather than order of appearance) gives every fold the same class indices.
+    """
+    from ser_modules.manifest import read_csv
+
+    labels = sorted({row["emo"] for csv_path in csv_paths for row in read_csv(csv_path)})
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    encoder.update_from_iterable(labels)
+    encoder.save(path)
+    return encoder
+
+
+def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, crop_seconds=None,
+                   train_crop_mode="first", sample_rate=16000):
+    """SpeechBrain datasets for the ``train`` / ``valid`` / ``test`` manifests of one split.
+
+    Arguments
+    ---------
+    csv_paths : dict
+        ``{"train": csv, "valid": csv, "test": csv}``.
+    replacements : dict
+        ``{"data_root": ..., "prep_root": ...}`` for the ``$`` placeholders of the manifests.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        Maps ``emo`` to ``emo_encoded``.
+    feature_caches : dict, optional
+        ``{"train": FeatureCache, "eval": FeatureCache}``: read ``feats`` (T, nL, D) from the
+        caches instead of audio. Without it, each item provides the waveform ``sig``.
+    crop_seconds : float, optional
+        Crop of the waveform pipeline (the papers: first N seconds).
+    train_crop_mode : str
+        ``"first"`` or ``"random"`` (augmentation, on-the-fly features only).
+
+    Returns
+    -------
+    dict of DynamicItemDataset
+    """
+    num_samples = seconds_to_samples(crop_seconds, sample_rate)
+    datasets = {}
+    for name, csv_path in csv_paths.items():
+        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path, replacements=replacements)
+        keys = ["id", "emo_encoded"]
+        if feature_caches is not None:
+            cache = feature_caches["train" if name == "train" else "eval"]
+
+            @sb.utils.data_pipeline.takes("id")
+            @sb.utils.data_pipeline.provides("feats")
+            def feature_pipeline(utterance_id, cache=cache):
+                return cache.load(utterance_id)  # (T, nL, D)
+
+            dataset.add_dynamic_item(feature_pipeline)
+            keys.append("feats")
+        else:
+            crop_mode = train_crop_mode if name == "train" else "first"
+
+            @sb.utils.data_pipeline.takes("wav")
+            @sb.utils.data_pipeline.provides("sig")
+            def audio_pipeline(path, crop_mode=crop_mode):
+                if DATA_ROOT in path or "$prep_root" in path:
+                    raise ValueError(f"Unresolved placeholder in manifest path {path}")
+                return crop_or_pad(load_audio(path, sample_rate), num_samples, mode=crop_mode)
+
+            dataset.add_dynamic_item(audio_pipeline)
+            keys.append("sig")
+
+        @sb.utils.data_pipeline.takes("emo")
+        @sb.utils.data_pipeline.provides("emo_encoded")
+        def label_pipeline(emotion):
+            return torch.LongTensor([label_encoder.encode_label(emotion)])
+
+        dataset.add_dynamic_item(label_pipeline)
+        dataset.set_output_keys(keys)
+        datasets[name] = dataset
+    return datasets
