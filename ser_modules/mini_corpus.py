@@ -88,9 +88,9 @@ class EmotionProfile:
 
 
 EMOTION_PROFILES = {
-    "neutral": EmotionProfile(0.0, 2.5, 4.0, 0.0, 0.93, 0.04, 0.35),
+    "neutral": EmotionProfile(0.0, 3.0, 4.0, 0.0, 0.93, 0.04, 0.35),
     "happy": EmotionProfile(3.5, 5.5, 4.6, 3.5, 0.90, 0.04, 0.6),
-    "sad": EmotionProfile(-1.5, 1.2, 3.1, -5.0, 0.96, 0.12, 0.2),
+    "sad": EmotionProfile(-1.5, 1.0, 3.1, -5.0, 0.96, 0.12, 0.2),
     "angry": EmotionProfile(2.5, 3.5, 4.9, 7.0, 0.84, 0.02, 0.5),
 }
 

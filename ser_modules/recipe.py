@@ -242,7 +242,12 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
 
 
 def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_encoder, caches, upstream):
-    """Run (or reload, when already finished) one fold: [search ->] train -> test."""
+    """Run (or reload, when already finished) one fold: [BAS search -> derive ->] train -> test.
+
+    With ``search: True`` in the hparams (the BAS recipes) the super net is searched first;
+    the derived architecture then replaces ``architecture`` and is trained from scratch
+    with ``downstream_model: blocks``. Each phase's result is a file, so a re-run skips it.
+    """
     hparams = load_hparams(yaml_text, overrides)
     outcome_path = os.path.join(hparams["experiment_folder"], "test_outcome.json")
     if os.path.isfile(outcome_path):
@@ -254,10 +259,27 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
         crop_seconds=hparams["crop_seconds"], train_crop_mode=hparams["train_crop_mode"],
         sample_rate=hparams["sample_rate"],
     )
-    modules = dict(hparams["modules"])
-    if caches is None:
-        modules["upstream"] = upstream
+    frozen = {} if caches is not None else {"upstream": upstream}
+    search = None
+    if hparams.get("search", False):
+        from ser_modules.bas_search import run_search_phase
+
+        search = run_search_phase(hparams, run_opts, datasets, frozen)
+        # Retrain the derived network from scratch: fresh objects from the YAML.
+        hparams = load_hparams(
+            yaml_text, {**overrides, "downstream_model": "blocks", "architecture": search["architecture"]}
+        )
+    modules = {**hparams["modules"], **frozen}
     outcome = train_and_test(hparams, run_opts, datasets, modules, label_encoder)
+    if search is not None:
+        outcome["search"] = {
+            "architecture": list(search["architecture"]),
+            "candidates": list(search["candidates"]),
+            "probabilities": [list(map(float, row)) for row in search["probabilities"]],
+            "ties": list(search["ties"]),
+            "architecture_file": search["architecture_file"],
+            "heatmap": search["heatmap"],
+        }
     if sb.utils.distributed.if_main_process():
         atomic_write_text(outcome_path, json.dumps(outcome) + "\n")
     return outcome
@@ -284,6 +306,19 @@ def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, o
         "selected_epochs": {name: o["selected_epoch"] for name, o in outcomes.items()},
         **aggregated,
     }
+    searches = {name: o["search"] for name, o in outcomes.items() if "search" in o}
+    if searches:
+        from ser_modules.downstream import block_win_counts
+
+        candidates = next(iter(searches.values()))["candidates"]
+        results["search"] = {
+            "architectures": {name: s["architecture"] for name, s in searches.items()},
+            "probabilities": {name: s["probabilities"] for name, s in searches.items()},
+            "ties": {name: s["ties"] for name, s in searches.items()},
+            "heatmaps": {name: s["heatmap"] for name, s in searches.items()},
+            "candidates": candidates,
+            "block_wins": block_win_counts([s["architecture"] for s in searches.values()], candidates).tolist(),
+        }
     if sb.utils.distributed.if_main_process():
         atomic_write_text(os.path.join(output_folder, "results.json"), json.dumps(results, indent=2) + "\n")
         table = results_markdown(results)

@@ -35,6 +35,19 @@ def results_markdown(results):
         lines.append(
             "| pooled | " + " | ".join(f"{results['pooled'][m]:.4f}" for m in METRIC_NAMES) + " |"
         )
+    search = results.get("search")
+    if search:
+        lines += ["", "Architectures found by the BAS search (first layer first):", ""]
+        lines += [f"- {name}: {' -> '.join(arch)}" for name, arch in search["architectures"].items()]
+        candidates = search["candidates"]
+        lines += ["", "How often each block won each layer:", "",
+                  "| layer | " + " | ".join(candidates) + " |", "|---|" + "---|" * len(candidates)]
+        for index, row in enumerate(search["block_wins"]):
+            lines.append(f"| {index + 1} | " + " | ".join(str(v) for v in row) + " |")
+        tied = {name: t for name, t in search["ties"].items() if t}
+        if tied:
+            lines += ["", "Ties in theta (broken towards the first candidate): "
+                      + ", ".join(f"{name} layers {[t + 1 for t in layers]}" for name, layers in tied.items())]
     return "\n".join(lines)
 
 

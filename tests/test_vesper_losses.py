@@ -64,7 +64,9 @@ def test_terms_are_mse_of_predictions_on_their_frames_and_the_total_uses_paper_w
     loss_fn = VesperPretrainingLoss(DIM)
     features, phoneme_mask, word_mask, valid_mask = batch()
     losses = call(loss_fn, features, phoneme_mask, word_mask, valid_mask)
-    expected_low = reference_mse(loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], phoneme_mask)
+    expected_low = reference_mse(
+        loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], phoneme_mask
+    )
     expected_high = reference_mse(
         loss_fn.predictors["high"], features["student_final"], features["teacher_final"], word_mask
     )
@@ -138,7 +140,9 @@ def test_distill_objective_matches_layers_on_all_valid_frames_without_cross_term
     assert set(loss_fn.predictors) == {"low", "high"}
     features, _, _, valid_mask = batch()
     losses = call(loss_fn, features, None, None, valid_mask)
-    expected_mid = reference_mse(loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], valid_mask)
+    expected_mid = reference_mse(
+        loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], valid_mask
+    )
     expected_final = reference_mse(
         loss_fn.predictors["high"], features["student_final"], features["teacher_final"], valid_mask
     )

@@ -184,7 +184,8 @@ def test_masks_never_cover_padding():
     lengths = torch.tensor([80000, 32000, 14400])
     valid_frames = masker.num_valid_frames(lengths)
     for seed in range(5):
-        phoneme_mask, word_mask = masker(wavs, lengths / 80000, FIVE_SECOND_FRAMES, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        phoneme_mask, word_mask = masker(wavs, lengths / 80000, FIVE_SECOND_FRAMES, generator)
         for row, frames in enumerate(valid_frames.tolist()):
             assert phoneme_mask[row, :frames].any()
             assert not phoneme_mask[row, frames:].any()
@@ -196,7 +197,8 @@ def test_all_silent_input_draws_positions_from_valid_frames_without_nan():
     wavs = torch.zeros(2, 80000)
     energy, _ = masker.frame_energy(wavs, torch.tensor([1.0, 0.5]))
     assert torch.isfinite(energy).all() and not energy.any()
-    positions = masker.draw_positions(wavs, torch.tensor([1.0, 0.5]), FIVE_SECOND_FRAMES, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    positions = masker.draw_positions(wavs, torch.tensor([1.0, 0.5]), FIVE_SECOND_FRAMES, generator)
     for utterance, count in zip(positions, (19, 9)):
         centres = utterance.phoneme_centres
         assert len(set(centres.tolist())) == count
@@ -210,7 +212,8 @@ def test_inputs_shorter_than_a_frame_or_a_span_get_empty_masks_beside_a_long_one
     wavs[1, :300] = 1.0  # shorter than one frame: 0 valid frames
     wavs[2, :2000] = 1.0  # 6 valid frames, shorter than one phoneme span
     wav_lens = torch.tensor([len(long), 300, 2000]) / len(long)
-    phoneme_mask, word_mask = EnergyGuidedMasker()(wavs, wav_lens, FIVE_SECOND_FRAMES, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    phoneme_mask, word_mask = EnergyGuidedMasker()(wavs, wav_lens, FIVE_SECOND_FRAMES, generator)
     assert phoneme_mask[0].any() and word_mask[0].any()
     assert not phoneme_mask[1:].any() and not word_mask[1:].any()
 

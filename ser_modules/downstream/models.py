@@ -37,7 +37,7 @@ def valid_frame_mask(lens, num_frames):
     torch.BoolTensor
         ``(B, T)``, True on valid frames.
     """
-    frames = torch.round(lens * num_frames)  # (B,)
+    frames = torch.round(lens * num_frames).clamp(min=1)  # (B,)
     return length_to_mask(frames, max_len=num_frames, dtype=torch.bool)
 
 

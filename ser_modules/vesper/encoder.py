@@ -19,7 +19,8 @@ layers, with the same parameter names as ``transformers.WavLMModel``. What diffe
   student, whose CNNs are the same frozen copy, run it once per batch;
 * masks are applied after the positional convolution (as the authors' code does), not
   before it as in ``WavLMModel._mask_hidden_states``;
-* the input waveform is layer-normed per utterance over its real samples only;
+* the input waveform is layer-normed per utterance over its real samples only
+  (``ser_modules.upstreams.huggingface.normalize_waveforms``, shared with the upstreams);
 * LayerDrop is never applied, so layer indices used by the losses always exist.
 
 Layer indices are 1-based throughout: layer 0 is the input of the first Transformer
@@ -32,7 +33,6 @@ import os
 
 import torch
 import torch.nn as nn
-from speechbrain.dataio.dataio import length_to_mask
 from transformers import WavLMConfig, WavLMModel
 from transformers.models.wavlm.modeling_wavlm import (
     WavLMEncoderLayerStableLayerNorm,
@@ -42,40 +42,58 @@ from transformers.models.wavlm.modeling_wavlm import (
     WavLMPreTrainedModel,
 )
 
+from ser_modules.upstreams.base import padding_mask, relative_to_absolute
+from ser_modules.upstreams.huggingface import normalize_waveforms
+
 # WavLM's final encoder LayerNorm: present in transformers.WavLMModel, absent here.
 FINAL_LAYER_NORM_PREFIX = "encoder.layer_norm."
 
 
-def normalize_waveforms(wavs, wav_lens=None, eps=1e-5):
-    """Layer-norm each waveform over its real (unpadded) samples.
+def wavlm_large_config(num_hidden_layers=24):
+    """The WavLM Large architecture (microsoft/wavlm-large) with ``num_hidden_layers`` layers.
 
-    This is WavLM Large's input normalisation (``F.layer_norm(wav, wav.shape)``,
-    eps 1e-5) computed per utterance on the unpadded part only, so the padding of a
-    batch does not change the result. Padded samples are set to 0.
+    Vesper-4 and Vesper-12 are this architecture with 4 and 12 layers.
 
     Arguments
     ---------
-    wavs : torch.Tensor
-        (B, S) waveforms, right-padded.
-    wav_lens : torch.Tensor, optional
-        (B,) relative lengths (1.0 = S samples). None means no padding.
-    eps : float
-        Added to the variance, as in ``torch.nn.functional.layer_norm``.
+    num_hidden_layers : int
 
     Returns
     -------
-    torch.Tensor
-        (B, S) normalised waveforms, zero on padding.
+    transformers.WavLMConfig
     """
-    num_samples = wavs.shape[1]
-    if wav_lens is None:
-        wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-    abs_lens = torch.round(wav_lens * num_samples).long()
-    valid = length_to_mask(abs_lens, max_len=num_samples, dtype=wavs.dtype, device=wavs.device)  # (B, S)
-    count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
-    mean = (wavs * valid).sum(dim=1, keepdim=True) / count  # (B, 1)
-    variance = ((wavs - mean) * valid).pow(2).sum(dim=1, keepdim=True) / count  # (B, 1)
-    return (wavs - mean) / torch.sqrt(variance + eps) * valid
+    return WavLMConfig(
+        hidden_size=1024,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=False,
+        num_buckets=320,
+        max_bucket_distance=800,
+        mask_time_prob=0.075,
+    )
+
+
+def wavlm_base_config():
+    """The WavLM Base architecture (microsoft/wavlm-base): 12 post-LN layers of 768 dims.
+
+    Returns
+    -------
+    transformers.WavLMConfig
+    """
+    return WavLMConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        conv_bias=False,
+        num_buckets=320,
+        max_bucket_distance=800,
+    )
 
 
 class VesperTransformer(nn.Module):
@@ -243,8 +261,8 @@ class VesperEncoder(WavLMPreTrainedModel):
         batch_size, num_samples = wavs.shape
         if wav_lens is None:
             wav_lens = torch.ones(batch_size, device=wavs.device)
-        abs_lens = torch.round(wav_lens * num_samples).long()
-        frame_lens = self.frame_lengths(abs_lens)
+        abs_lens = relative_to_absolute(wav_lens, num_samples)  # (B,)
+        frame_lens = self.frame_lengths(abs_lens)  # (B,)
         too_short = (frame_lens < 1).nonzero().flatten().tolist()
         if too_short:
             min_samples = self.min_num_samples()
@@ -254,9 +272,9 @@ class VesperEncoder(WavLMPreTrainedModel):
             )
         with torch.no_grad():
             if self.normalize_waveform:
-                wavs = normalize_waveforms(wavs, wav_lens)
+                wavs = normalize_waveforms(wavs, abs_lens)
             cnn_feats = self.feature_extractor(wavs).transpose(1, 2)  # (B, T', C)
-        frame_mask = length_to_mask(frame_lens, max_len=cnn_feats.shape[1], dtype=torch.bool)  # (B, T')
+        frame_mask = padding_mask(frame_lens, cnn_feats.shape[1])  # (B, T')
         return cnn_feats, frame_mask
 
     def min_num_samples(self):

@@ -1,0 +1,52 @@
+"""Frozen upstreams: audio ``(B, T)`` -> layer-wise frame features ``(B, nL, T', D)``.
+
+Every upstream answers the call described in :mod:`ser_modules.upstreams.base`.
+:func:`build_upstream` picks one by name, so a recipe's YAML can switch between them::
+
+    upstream: !new:ser_modules.upstreams.build_upstream
+        kind: wavlm
+        source: !ref <upstream_folder>
+        layers: all
+"""
+
+from ser_modules.upstreams.base import Upstream
+from ser_modules.upstreams.fbank import FbankUpstream
+from ser_modules.upstreams.huggingface import LOBES, HuggingFaceUpstream
+
+__all__ = ["Upstream", "FbankUpstream", "HuggingFaceUpstream", "build_upstream"]
+
+
+def build_upstream(kind, source=None, layers="all", **kwargs):
+    """Build a frozen upstream by name.
+
+    Arguments
+    ---------
+    kind : str
+        ``"fbank"``, or for a local Hugging Face folder ``"auto"``, ``"wavlm"``
+        (also Vesper exports), ``"hubert"`` or ``"wav2vec2"``.
+    source : str, optional
+        The model folder (Hugging Face kinds only).
+    layers : str or list of int
+        ``"all"``, ``"last"`` or hidden-state indices (Hugging Face kinds only; Fbank
+        has a single layer).
+    **kwargs
+        Passed to :class:`HuggingFaceUpstream` (``normalize``, ``sample_rate``) or
+        :class:`FbankUpstream` (``n_mels``, ``normalize`` ...).
+
+    Returns
+    -------
+    Upstream
+    """
+    if kind == "fbank":
+        if source is not None:
+            raise ValueError("The fbank upstream has no model folder: leave source empty.")
+        if layers not in ("all", "last", [0], (0,)):
+            raise ValueError(f"The fbank upstream has one layer (index 0); got layers={layers!r}.")
+        return FbankUpstream(**kwargs)
+    if kind == "auto" or kind in LOBES:
+        if source is None:
+            raise ValueError(f"The {kind} upstream needs source: a local Hugging Face model folder.")
+        return HuggingFaceUpstream(source, kind=kind, layers=layers, **kwargs)
+    raise ValueError(
+        f"Unknown upstream kind {kind!r}: use 'fbank', 'auto' or one of {sorted(LOBES)}."
+    )
