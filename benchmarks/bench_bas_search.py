@@ -49,18 +49,23 @@ def training_step(model, optimizer, feats, lens, labels):
     optimizer.step()
 
 
-def milliseconds_per_step(model, batch, steps, warmup):
-    """Median wall time of ``steps`` training steps after ``warmup`` untimed ones."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=PAPER_LEARNING_RATE)
-    model.train()
-    for _ in range(warmup):
-        training_step(model, optimizer, *batch)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        training_step(model, optimizer, *batch)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+def interleaved_step_times(models, batch, steps, warmup):
+    """Median milliseconds per training step of each model.
+
+    Steps of the models alternate, so a change of machine load (other jobs on shared
+    cores) hits every model alike and the ratios stay meaningful.
+    """
+    optimizers = [torch.optim.SGD(m.parameters(), lr=PAPER_LEARNING_RATE) for m in models]
+    for model in models:
+        model.train()
+    times = [[] for _ in models]
+    for step in range(warmup + steps):
+        for model, optimizer, model_times in zip(models, optimizers, times):
+            start = time.perf_counter()
+            training_step(model, optimizer, *batch)
+            if step >= warmup:
+                model_times.append(1000 * (time.perf_counter() - start))
+    return [statistics.median(model_times) for model_times in times]
 
 
 def resident_kib(field):
@@ -77,11 +82,12 @@ def compare_supernet_with_baseline(args):
     torch.manual_seed(0)
     supernet = BASSuperNet(args.dim, args.classes, args.layers, **widths)
     baseline = BlockStackClassifier(args.dim, args.classes, ["msa_ffn"] * args.layers, **widths)
-    baseline_ms = milliseconds_per_step(baseline, batch, args.steps, args.warmup)
-    supernet_ms = milliseconds_per_step(supernet, batch, args.steps, args.warmup)
+    baseline_ms, supernet_ms = interleaved_step_times(
+        [baseline, supernet], batch, args.steps, args.warmup
+    )
     print(
         f"(a) {args.layers}L, features {args.batch} x {args.frames} x {args.dim}, "
-        f"{args.heads} heads, FFN {args.ffn_dim}, median of {args.steps} steps"
+        f"{args.heads} heads, FFN {args.ffn_dim}, median of {args.steps} interleaved steps"
     )
     print(f"    baseline {['msa_ffn'] * args.layers}: {baseline_ms:8.1f} ms/step")
     print(f"    super net ({len(supernet.candidates)} candidates/layer): {supernet_ms:8.1f} ms/step")
@@ -138,7 +144,7 @@ def parse_arguments():
     parser.add_argument("--ffn-dim", type=int, default=1024, help="(a) FFN hidden size")
     parser.add_argument("--batch", type=int, default=8, help="(a) batch size")
     parser.add_argument("--frames", type=int, default=150, help="(a) frames per utterance")
-    parser.add_argument("--steps", type=int, default=5, help="(a) timed steps per model")
+    parser.add_argument("--steps", type=int, default=7, help="(a) timed steps per model")
     parser.add_argument("--warmup", type=int, default=1, help="(a) untimed steps per model")
     parser.add_argument("--large-dim", type=int, default=1024, help="(b) feature size")
     parser.add_argument(
@@ -148,7 +154,7 @@ def parse_arguments():
     parser.add_argument("--large-ffn-dim", type=int, default=2048, help="(b) FFN hidden size")
     parser.add_argument("--large-batch", type=int, default=32, help="(b) batch size")
     parser.add_argument("--large-frames", type=int, default=325, help="(b) frames (6.5 s at 50 Hz)")
-    parser.add_argument("--large-steps", type=int, default=2, help="(b) steps (the first warms up)")
+    parser.add_argument("--large-steps", type=int, default=1, help="(b) steps, each reported")
     parser.add_argument("--skip-large", action="store_true", help="run part (a) only")
     return parser.parse_args()
 

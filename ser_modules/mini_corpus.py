@@ -33,12 +33,12 @@ that already holds the corpus of the same options is left untouched.
 
 import argparse
 import csv
+import dataclasses
 import io
 import logging
 import os
 import tempfile
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 import soundfile
@@ -54,7 +54,7 @@ from ser_modules.manifest import (
 
 logger = logging.getLogger(__name__)
 
-# Bumped whenever the synthesis changes, so that a stored corpus of an older version is redone.
+# Bumped whenever the synthesis code changes, so that a stored corpus of an older version is redone.
 GENERATOR_VERSION = 1
 LABELS_FILE = "labels.csv"
 
@@ -74,7 +74,7 @@ VOWEL_FORMANTS = {
 FORMANT_BANDWIDTHS = (90.0, 110.0, 170.0)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EmotionProfile:
     """How an emotion shifts the acoustic cues, relative to the speaker's neutral voice."""
 
@@ -91,11 +91,11 @@ EMOTION_PROFILES = {
     "neutral": EmotionProfile(0.0, 3.0, 4.0, 0.0, 0.93, 0.04, 0.35),
     "happy": EmotionProfile(3.5, 5.5, 4.6, 3.5, 0.90, 0.04, 0.6),
     "sad": EmotionProfile(-1.5, 1.0, 3.1, -5.0, 0.96, 0.12, 0.2),
-    "angry": EmotionProfile(2.5, 3.5, 4.9, 7.0, 0.84, 0.02, 0.5),
+    "angry": EmotionProfile(2.5, 3.5, 4.9, 7.0, 0.78, 0.02, 0.5),
 }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Speaker:
     """A synthetic speaker's voice: F0, vocal-tract scale, loudness, tilt and tempo."""
 
@@ -305,6 +305,8 @@ def generate_mini_corpus(
         "num_speakers": num_speakers,
         "utterances_per_class": utterances_per_class,
         "emotions": list(emotions),
+        # The profiles themselves, so that retuning one invalidates a stored corpus.
+        "profiles": {emotion: dataclasses.asdict(EMOTION_PROFILES[emotion]) for emotion in emotions},
         "duration_range": [float(low), float(high)],
         "sample_rate": sample_rate,
         "seed": seed,

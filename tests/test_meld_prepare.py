@@ -7,10 +7,7 @@ AAC audio at 48 kHz, stereo or 5.1, holding 0.5 s sines), one clip missing, one 
 random bytes and one without an audio stream.
 """
 
-import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -18,13 +15,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from prepare_helpers import Interrupted, assert_same_files, load_recipe_module, run_script
 from ser_modules.manifest import read_csv
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "recipes" / "MELD" / "meld_prepare.py"
-_spec = importlib.util.spec_from_file_location("meld_prepare", SCRIPT)
-meld_prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(meld_prepare)
+SCRIPT = "recipes/MELD/meld_prepare.py"
+meld_prepare = load_recipe_module(SCRIPT)
 
 CLIP_SECONDS = 0.5
 AAC_FRAME_SECONDS = 1024 / 48000
@@ -106,11 +101,9 @@ def prepared(meld_root, tmp_path_factory):
     return save_folder, splits
 
 
-def all_files(folder):
-    """``{relative path: bytes}`` of every file below ``folder``."""
-    return {
-        str(path.relative_to(folder)): path.read_bytes() for path in sorted(Path(folder).rglob("*")) if path.is_file()
-    }
+def modification_times(folder):
+    """``{path: st_mtime_ns}`` of every file below ``folder``."""
+    return {path: os.stat(path).st_mtime_ns for path in Path(folder).rglob("*") if path.is_file()}
 
 
 def dominant_frequency(samples, sample_rate=16000):
@@ -154,7 +147,7 @@ def test_missing_broken_and_silent_clips_are_listed_with_their_reason(prepared):
         "train_splits/dia1_utt1.mp4",
     ]
     assert reasons["train_splits/dia1_utt0.mp4"] == "missing"
-    assert reasons["train_splits/dia1_utt1.mp4"].startswith("undecodable")
+    assert reasons["train_splits/dia1_utt1.mp4"] == "undecodable (Invalid data found when processing input)"
     assert reasons["dev_splits_complete/dia1_utt0.mp4"] == "no audio stream"
 
 
@@ -162,7 +155,9 @@ def test_wavs_are_16khz_mono_with_the_clip_duration_and_frequency(prepared):
     save_folder, _ = prepared
     rows = [row for name in ("train", "valid", "test") for row in read_csv(save_folder / f"{name}.csv")]
     split_of = {"train_splits": "train", "dev_splits_complete": "dev", "output_repeated_splits_test": "test"}
-    expected_frequency = {f"{split_of[folder]}_{name}": frequency for (folder, name), (_, _, frequency) in CLIPS.items()}
+    expected_frequency = {
+        f"{split_of[folder]}_{name}": frequency for (folder, name), (_, _, frequency) in CLIPS.items()
+    }
     for row in rows:
         path = row["wav"].replace("$prep_root", str(save_folder))
         info = soundfile.info(path)
@@ -195,7 +190,7 @@ def test_downmix_of_5_1_gives_the_centre_channel_its_standard_weight(meld_root):
 
 def test_rerun_with_the_same_options_does_nothing(meld_root, prepared, monkeypatch):
     save_folder, splits = prepared
-    before = {path: os.stat(save_folder / path).st_mtime_ns for path in all_files(save_folder)}
+    before = modification_times(save_folder)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the preparation should have been skipped")
@@ -203,7 +198,7 @@ def test_rerun_with_the_same_options_does_nothing(meld_root, prepared, monkeypat
     monkeypatch.setattr(meld_prepare, "read_meld_annotations", must_not_run)
     monkeypatch.setattr(meld_prepare, "decode_audio", must_not_run)
     assert meld_prepare.prepare_meld(str(meld_root), str(save_folder), num_workers=1) == splits
-    assert {path: os.stat(save_folder / path).st_mtime_ns for path in all_files(save_folder)} == before
+    assert modification_times(save_folder) == before
 
 
 def test_unfinished_preparation_decodes_only_clips_without_a_wav(meld_root, tmp_path, monkeypatch):
@@ -217,7 +212,11 @@ def test_unfinished_preparation_decodes_only_clips_without_a_wav(meld_root, tmp_
 
     decoded = []
     original = meld_prepare.decode_audio
-    monkeypatch.setattr(meld_prepare, "decode_audio", lambda path, *args: decoded.append(path) or original(path, *args))
+    def recording_decode(path, *args):
+        decoded.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(meld_prepare, "decode_audio", recording_decode)
     meld_prepare.prepare_meld(str(meld_root), str(tmp_path), num_workers=1)
 
     assert sorted(Path(path).relative_to(meld_root).as_posix() for path in decoded) == [
@@ -235,9 +234,6 @@ def test_interrupted_conversion_leaves_no_partial_wav_and_resumes_to_the_same_re
     reference = tmp_path / "uninterrupted"
     meld_prepare.prepare_meld(str(meld_root), str(reference), num_workers=1)
 
-    class Killed(RuntimeError):
-        pass
-
     original_write = soundfile.write
     calls = []
 
@@ -245,19 +241,19 @@ def test_interrupted_conversion_leaves_no_partial_wav_and_resumes_to_the_same_re
         calls.append(path)
         if len(calls) == 2:
             original_write(path, samples[: len(samples) // 2], *args, **kwargs)  # half a file on disk
-            raise Killed()
+            raise Interrupted("simulated kill while writing the second wav")
         return original_write(path, samples, *args, **kwargs)
 
     interrupted = tmp_path / "interrupted"
     monkeypatch.setattr(soundfile, "write", write_then_die_on_second_clip)
-    with pytest.raises(Killed):
+    with pytest.raises(Interrupted):
         meld_prepare.prepare_meld(str(meld_root), str(interrupted), num_workers=1)
     monkeypatch.undo()
 
     left = sorted(path.relative_to(interrupted).as_posix() for path in interrupted.rglob("*") if path.is_file())
     assert left == ["wav/conversion.json", "wav/train/dia0_utt0.wav"]
     meld_prepare.prepare_meld(str(meld_root), str(interrupted), num_workers=1)
-    assert all_files(interrupted) == all_files(reference)
+    assert_same_files(interrupted, reference)
 
 
 def test_changing_the_channel_policy_reconverts_every_clip(meld_root, tmp_path):
@@ -268,12 +264,14 @@ def test_changing_the_channel_policy_reconverts_every_clip(meld_root, tmp_path):
         (("output_repeated_splits_test", "dia2_utt3"), "test"),
     ):
         samples, _ = soundfile.read(tmp_path / "wav" / split / f"{name}.wav", dtype="int16")
-        np.testing.assert_array_equal(samples, meld_prepare.decode_audio(str(meld_root / folder / f"{name}.mp4"), "mean"))
+        expected = meld_prepare.decode_audio(str(meld_root / folder / f"{name}.mp4"), "mean")
+        np.testing.assert_array_equal(samples, expected)
 
 
 def test_annotations_that_are_not_utf8_are_read_as_windows_1252(tmp_path):
     path = tmp_path / "dev_sent_emo.csv"
-    path.write_bytes((HEADER + "\r\n").encode() + b'1,"I\x92m here, caf\xe9",Joey,Joy,positive,3,4,1,1,"0","1"\r\n')
+    cp1252_line = b'1,"I\x92m here, caf\xe9",Joey,Joy,positive,3,4,1,1,"0","1"\r\n'
+    path.write_bytes((HEADER + "\r\n").encode() + cp1252_line)
     assert meld_prepare.read_meld_annotations(str(path)) == [{
         "dialogue_id": 3, "utterance_id": 4, "emotion": "joy", "sentiment": "positive",
         "speaker": "Joey", "text": "I\u2019m here, caf\u00e9",
@@ -289,11 +287,7 @@ def test_unknown_emotion_is_an_error_naming_the_file_and_line(tmp_path):
 
 def test_script_converts_in_parallel_to_the_serial_result_and_prints_a_summary(meld_root, prepared, tmp_path):
     save_folder, _ = prepared
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT), f"--data_folder={meld_root}", f"--save_folder={tmp_path}", "--num_workers=2"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
-    )
+    completed = run_script(SCRIPT, f"--data_folder={meld_root}", f"--save_folder={tmp_path}", "--num_workers=2")
     assert completed.returncode == 0, completed.stderr
     assert "| main/train | 2 |" in completed.stdout
-    for name in ("train.csv", "valid.csv", "test.csv", "skipped_files.txt"):
-        assert (tmp_path / name).read_bytes() == (save_folder / name).read_bytes()
+    assert_same_files(tmp_path, save_folder)

@@ -72,6 +72,17 @@ def test_last_layer_is_raw_output_before_final_layer_norm():
         assert (wavlm.encoder.layer_norm(raw_last) - last_hidden_state).abs().max() < TOLERANCE
 
 
+def test_transformers_5_hidden_states_end_with_the_raw_last_layer():
+    # transformers 4.x put the final LayerNorm into hidden_states[M]; 5.x does not.
+    wavlm = tiny_wavlm()
+    encoder = VesperEncoder.from_wavlm(wavlm, normalize_waveform=False)
+    wavs, wav_lens, attention_mask = padded_batch()
+    with torch.no_grad():
+        hidden_states = wavlm(wavs, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        raw_last = encoder(wavs, wav_lens, output_layers=[4])[4]
+    assert (hidden_states[4] - raw_last).abs().max() < TOLERANCE
+
+
 def test_encoder_has_no_final_layer_norm():
     encoder = VesperEncoder(tiny_config())
     assert not any(key.startswith("encoder.layer_norm.") for key in encoder.state_dict())

@@ -101,7 +101,7 @@ def collect_clips(data_folder):
         try:
             duration = audio_info(path)[0]
         except AudioError as error:
-            logger.warning("Skipping %s", error)
+            logger.warning("Skipping an unreadable clip: %s", error)
             skipped.append((to_data_root_path(path, data_folder), "unreadable or empty audio"))
             continue
         rows.append(

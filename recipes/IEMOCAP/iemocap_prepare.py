@@ -80,6 +80,7 @@ def read_evaluation_file(path):
         ``(utterance, label)`` in file order, every label as written (``exc``, ``xxx`` ...).
     """
     labels = []
+    # Free-text annotator comments may hold non-UTF-8 bytes; the label lines are ASCII.
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.startswith("["):

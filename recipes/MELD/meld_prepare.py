@@ -159,8 +159,9 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
     for split, rows in annotations.items():
         media_folder = os.path.join(data_folder, SPLITS[split][1])
         for row in rows:
-            name = f"dia{row['dialogue_id']}_utt{row['utterance_id']}"
-            jobs.append((os.path.join(media_folder, name + ".mp4"), os.path.join(wav_folder, split, name + ".wav")))
+            name = clip_name(row)
+            mp4_path = os.path.join(media_folder, name + ".mp4")
+            jobs.append((mp4_path, os.path.join(wav_folder, split, name + ".wav")))
     outcomes = convert_clips(jobs, channel_policy, num_workers)
 
     skipped_lines = []
@@ -169,7 +170,7 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
         media_name = SPLITS[split][1]
         manifest_rows[split] = []
         for row in rows:
-            name = f"dia{row['dialogue_id']}_utt{row['utterance_id']}"
+            name = clip_name(row)
             duration, reason = outcomes[os.path.join(wav_folder, split, name + ".wav")]
             if reason is not None:
                 skipped_lines.append(f"{media_name}/{name}.mp4\t{reason}")
@@ -190,7 +191,8 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
     skipped_lines.sort()
     atomic_write_text(skipped_path, "".join(line + "\n" for line in skipped_lines))
     if skipped_lines:
-        logger.warning("%d MELD clips were skipped (listed with the reason in %s).", len(skipped_lines), skipped_path)
+        logger.warning("%d MELD clips were skipped (listed with the reason in %s).",
+                       len(skipped_lines), skipped_path)
 
     for split, rows in manifest_rows.items():
         if not rows:
@@ -202,6 +204,11 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
         write_csv(manifests[SPLITS[split][3]], rows, MANIFEST_COLUMNS)
     mark_preparation_done(save_folder, options, outputs)
     return result
+
+
+def clip_name(row):
+    """``dia{D}_utt{U}``: the stem of a clip's mp4 (and of its wav)."""
+    return f"dia{row['dialogue_id']}_utt{row['utterance_id']}"
 
 
 def read_meld_annotations(csv_path):
@@ -229,7 +236,9 @@ def read_meld_annotations(csv_path):
         naming the file and the line.
     """
     if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"The MELD annotation file {csv_path} does not exist: check --data_folder (MELD.Raw).")
+        raise FileNotFoundError(
+            f"The MELD annotation file {csv_path} does not exist: check --data_folder (MELD.Raw)."
+        )
     with open(csv_path, "rb") as handle:
         raw = handle.read()
     if raw.startswith(codecs.BOM_UTF8):
@@ -241,20 +250,25 @@ def read_meld_annotations(csv_path):
         except UnicodeDecodeError:
             continue
     if encoding != "utf-8":
-        logger.warning("%s is not valid UTF-8: read it as %s (only the transcripts are affected).", csv_path, encoding)
+        logger.warning("%s is not valid UTF-8: read it as %s (only the transcripts are affected).",
+                       csv_path, encoding)
 
     reader = csv.DictReader(io.StringIO(text, newline=""))
     reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
     missing = [column for column in ANNOTATION_COLUMNS if column not in reader.fieldnames]
     if missing:
-        raise ValueError(f"{csv_path} lacks the columns {missing} (found {reader.fieldnames}): is it a MELD annotation file?")
+        raise ValueError(
+            f"{csv_path} lacks the columns {missing} (found {reader.fieldnames}): is it a MELD annotation file?"
+        )
     rows = []
     seen = {}
     for row in reader:
         line = reader.line_num
         emotion = row["Emotion"].strip().lower()
         if emotion not in EMOTIONS:
-            raise ValueError(f"{csv_path}, line {line}: unknown emotion {row['Emotion']!r} (expected one of {EMOTIONS}).")
+            raise ValueError(
+                f"{csv_path}, line {line}: unknown emotion {row['Emotion']!r} (expected one of {EMOTIONS})."
+            )
         try:
             dialogue_id, utterance_id = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
         except ValueError as error:
@@ -265,8 +279,8 @@ def read_meld_annotations(csv_path):
         key = (dialogue_id, utterance_id)
         if key in seen:
             raise ValueError(
-                f"{csv_path}: dia{dialogue_id}_utt{utterance_id} is annotated twice (lines {seen[key]} and {line}); "
-                "remove one of the two lines."
+                f"{csv_path}: dia{dialogue_id}_utt{utterance_id} is annotated twice "
+                f"(lines {seen[key]} and {line}); remove one of the two lines."
             )
         seen[key] = line
         rows.append({
@@ -421,7 +435,8 @@ def decode_audio(media_path, channel_policy="downmix", sample_rate=SAMPLE_RATE):
                 chunks.extend(resampled.to_ndarray() for resampled in resampler.resample(frame))
             chunks.extend(resampled.to_ndarray() for resampled in resampler.resample(None))  # flush
     except av.FFmpegError as error:
-        raise ClipError(f"undecodable ({error})") from error
+        # strerror leaves out the path, so the report does not depend on where the corpus is.
+        raise ClipError(f"undecodable ({error.strerror or error})") from error
     if not chunks or sum(chunk.shape[1] for chunk in chunks) == 0:
         raise ClipError("no audio samples")
     samples = np.concatenate(chunks, axis=1)  # (C, T)

@@ -241,8 +241,8 @@ class VesperEncoder(WavLMPreTrainedModel):
     def extract_cnn_features(self, wavs, wav_lens=None):
         """Run the frozen CNN (with waveform normalisation) once for teacher and student.
 
-        Runs under ``torch.no_grad()``. Do not call it inside ``torch.inference_mode()``
-        when a trainable student will read the result.
+        Runs under ``torch.no_grad()``. It may also run under ``torch.inference_mode()``:
+        :meth:`forward_from_cnn` copies inference tensors when it needs gradients.
 
         Arguments
         ---------
@@ -263,7 +263,8 @@ class VesperEncoder(WavLMPreTrainedModel):
             wav_lens = torch.ones(batch_size, device=wavs.device)
         abs_lens = relative_to_absolute(wav_lens, num_samples)  # (B,)
         frame_lens = self.frame_lengths(abs_lens)  # (B,)
-        too_short = (frame_lens < 1).nonzero().flatten().tolist()
+        # Shape-only runs (meta tensors, e.g. FLOP counting) have no lengths to check.
+        too_short = [] if abs_lens.is_meta else (frame_lens < 1).nonzero().flatten().tolist()
         if too_short:
             min_samples = self.min_num_samples()
             raise ValueError(
@@ -403,8 +404,9 @@ def count_wavlm_pretraining_parameters(config, final_dim, num_label_classes=504)
     model: the inference encoder (``transformers.WavLMModel``: 94.38 M / 315.45 M) plus
     the HuBERT-style prediction head used in pretraining, ``final_proj``
     (Linear(D, final_dim)) and ``label_embs_concat`` (num_label_classes x final_dim,
-    500 k-means units + 4 fairseq dictionary symbols). This gives 94,707,824 and
-    316,627,392, i.e. the published values truncated to two decimals.
+    500 k-means units + 4 fairseq dictionary symbols). This accounting is our
+    reconstruction, not stated in either paper; it gives 94,707,824 and 316,627,392,
+    the published values truncated to two decimals, for both models at once.
 
     Arguments
     ---------

@@ -98,7 +98,9 @@ def load_authors_checkpoint(path, teacher_config, normalize_waveform=True):
         if key.startswith(AUTHORS_ENCODER_PREFIX)
     }
     if not original_state:
-        raise ValueError(f"{path}: no '{AUTHORS_ENCODER_PREFIX}*' keys in checkpoint['model']; is it a Vesper checkpoint?")
+        raise ValueError(
+            f"{path}: no '{AUTHORS_ENCODER_PREFIX}*' keys in checkpoint['model']; is it a Vesper checkpoint?"
+        )
     state, unmapped = rename_original_to_huggingface(original_state, teacher_config.feat_extract_norm)
     if unmapped:
         raise ValueError(f"{path}: encoder keys with no WavLM counterpart: {unmapped}.")

@@ -19,7 +19,8 @@ import math
 import speechbrain as sb
 import torch
 
-from ser_modules.vesper.encoder import normalize_waveforms
+from ser_modules.upstreams.base import relative_to_absolute
+from ser_modules.upstreams.huggingface import normalize_waveforms
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ class VesperPretrainBrain(sb.Brain):
                 # Validation draws the same masks every epoch, so its loss is comparable.
                 generator = torch.Generator().manual_seed(self.validation_seed(batch))
             phoneme_mask, word_mask = self.hparams.masker(
-                normalize_waveforms(wavs, wav_lens), wav_lens, num_frames, generator=generator
+                normalize_waveforms(wavs, relative_to_absolute(wav_lens, wavs.shape[1])), wav_lens, num_frames,
+                generator=generator,
             )
             phoneme_mask, word_mask = phoneme_mask.to(self.device), word_mask.to(self.device)
         student_outputs = self.modules.student(cnn_feats, frame_mask, phoneme_mask, word_mask)
