@@ -40,7 +40,7 @@ def to_data_root_path(path, data_folder):
         ``"$data_root/<relative path with forward slashes>"``.
     """
     relative = os.path.relpath(os.path.abspath(path), os.path.abspath(data_folder))
-    if relative.startswith(".."):
+    if relative == ".." or relative.startswith(".." + os.sep):
         raise ValueError(
             f"{path} is not inside the data folder {data_folder}: manifests store paths "
             "relative to --data_folder, so every file must live below it."
@@ -89,6 +89,10 @@ def write_csv(path, rows, fieldnames=None):
         fieldnames = list(rows[0].keys())
     if fieldnames[0] != "ID":
         raise ValueError(f"The first column of a SpeechBrain manifest must be ID, got {fieldnames}")
+    for row in rows:
+        missing = [name for name in fieldnames if name not in row]
+        if missing:
+            raise ValueError(f"Row {row.get('ID', '?')} of {path} lacks the fields {missing}.")
     ids = [row["ID"] for row in rows]
     duplicated = [key for key, count in collections.Counter(ids).items() if count > 1]
     if duplicated:

@@ -151,7 +151,10 @@ def _plan_syllables(rng, duration, rate):
         gap = rng.uniform(0.15, 0.3) * 4.0 / rate if rng.random() < 0.2 else rng.uniform(0.02, 0.06)
         vowel = max(period - consonant - gap, 0.06)
         if time + consonant + vowel > end:
-            break
+            if syllables:
+                break
+            # A short, slow utterance still gets one (shortened) syllable.
+            vowel = end - time - consonant
         syllables.append((time, consonant, vowel))
         time += consonant + vowel + gap
     return syllables
@@ -293,7 +296,9 @@ def generate_mini_corpus(
     """
     unknown = [emotion for emotion in emotions if emotion not in EMOTION_PROFILES]
     if unknown:
-        raise ValueError(f"No acoustic profile for the emotions {unknown}: choose among {list(EMOTION_PROFILES)}.")
+        raise ValueError(
+            f"No acoustic profile for the emotions {unknown}: choose among {list(EMOTION_PROFILES)}."
+        )
     if num_speakers < 1 or utterances_per_class < 1:
         raise ValueError("num_speakers and utterances_per_class must be at least 1.")
     low, high = duration_range

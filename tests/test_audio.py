@@ -36,7 +36,8 @@ def test_file_at_the_target_rate_is_returned_sample_for_sample(tmp_path):
 
 
 def test_six_channel_48khz_file_becomes_the_resampled_mean_of_its_channels(tmp_path):
-    channels = np.stack([_sine(200.0 * (c + 1), 48000, 0.5, amplitude=0.1) for c in range(6)], axis=1)  # (T, 6)
+    # Six sines of different frequencies, so that any channel weighting but the mean shows.
+    channels = np.stack([_sine(200.0 * (c + 1), 48000, 0.5, amplitude=0.1) for c in range(6)], axis=1)
     soundfile.write(tmp_path / "surround.wav", channels, 48000, subtype="FLOAT")
     expected = torchaudio.functional.resample(torch.from_numpy(channels.mean(axis=1)), 48000, 16000)
     waveform = load_audio(str(tmp_path / "surround.wav"))
@@ -138,7 +139,10 @@ def test_random_crop_is_reproducible_with_a_seeded_generator_and_varies_across_s
 
 def test_random_crop_reaches_both_ends_of_the_waveform():
     waveform = torch.arange(12.0)
-    starts = {int(crop_or_pad(waveform, 10, mode="random", generator=torch.Generator().manual_seed(s))[0]) for s in range(50)}
+    starts = {
+        int(crop_or_pad(waveform, 10, mode="random", generator=torch.Generator().manual_seed(seed))[0])
+        for seed in range(50)
+    }
     assert starts == {0, 1, 2}
 
 

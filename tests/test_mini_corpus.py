@@ -15,11 +15,19 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from prepare_helpers import load_recipe_module
 from ser_modules import mini_corpus
+from ser_modules.manifest import read_csv
 from ser_modules.mini_corpus import generate_mini_corpus
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
-TINY = {"num_speakers": 2, "utterances_per_class": 1, "emotions": ("neutral", "sad"), "duration_range": (1.0, 1.2)}
+# A corpus of 4 short utterances, for the tests of determinism and skipping.
+TINY = {
+    "num_speakers": 2,
+    "utterances_per_class": 1,
+    "emotions": ("neutral", "sad"),
+    "duration_range": (1.0, 1.2),
+}
 
 
 def _files(folder):
@@ -232,10 +240,23 @@ def test_unknown_emotion_is_rejected_with_the_known_ones(tmp_path):
 
 
 def test_command_line_writes_the_same_corpus_as_the_function(tmp_path, capsys):
-    mini_corpus.main(
-        [str(tmp_path / "cli"), "--seed", "3", "--num_speakers", "2", "--utterances_per_class", "1",
-         "--emotions", "neutral", "sad", "--duration_range", "1.0", "1.2"]
-    )  # fmt: skip
+    argv = [str(tmp_path / "cli"), "--seed", "3", "--num_speakers", "2", "--utterances_per_class", "1"]
+    mini_corpus.main(argv + ["--emotions", "neutral", "sad", "--duration_range", "1.0", "1.2"])
     assert capsys.readouterr().out.strip() == os.path.join(str(tmp_path / "cli"), "labels.csv")
     generate_mini_corpus(str(tmp_path / "function"), seed=3, **TINY)
     assert _files(tmp_path / "cli") == _files(tmp_path / "function")
+
+
+def test_corpus_goes_through_the_custom_corpus_preparation_into_speaker_folds(corpus, tmp_path):
+    folder, rows = corpus
+    custom = load_recipe_module("recipes/custom/custom_prepare.py")
+    manifests = custom.prepare_custom(folder, str(tmp_path), labels_csv="labels.csv", split="speaker_kfold", n_folds=3)
+    tested = []
+    for fold in manifests.values():
+        test = read_csv(fold["test"])
+        train_speakers = {row["spk_id"] for row in read_csv(fold["train"]) + read_csv(fold["valid"])}
+        assert not train_speakers & {row["spk_id"] for row in test}
+        tested += test
+    assert sorted((row["emo"], row["spk_id"], row["gender"]) for row in tested) == sorted(
+        (row["emotion"], row["speaker"], row["gender"]) for row in rows
+    )
