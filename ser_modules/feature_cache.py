@@ -103,6 +103,51 @@ def collate_waveforms(batch):
     return ids, wavs, torch.as_tensor(wav_lens, dtype=torch.float32)
 
 
+class ShardWriter:
+    """Streams utterance features into ``.tmp_shard_N.bin``; :meth:`commit` publishes it.
+
+    Only one batch is in memory at a time. The ``.bin`` is renamed into place first and
+    the ``.json`` index written last, so a shard with a ``.json`` is always complete.
+    """
+
+    def __init__(self, folder, shard, dtype):
+        self.folder = folder
+        self.name = f"shard_{shard:05d}"
+        self.dtype = dtype
+        self.tmp_path = os.path.join(folder, f".tmp_{self.name}.bin")
+        self.file = open(self.tmp_path, "wb")
+        self.record = {"ids": [], "offsets": [], "lengths": [], "num_frames": 0}
+
+    def add(self, utt_id, frames):
+        """Append one utterance's ``(T', nL, D)`` features (any device and float dtype)."""
+        frames = frames.to(self.dtype)
+        if not torch.isfinite(frames).all():
+            raise ValueError(
+                f"The features of utterance {utt_id} overflow {self.dtype}: build the cache "
+                "with dtype=torch.float32."
+            )
+        self.file.write(frames.cpu().numpy().tobytes())  # C order: (T', nL, D)
+        self.record["ids"].append(utt_id)
+        self.record["offsets"].append(self.record["num_frames"])
+        self.record["lengths"].append(frames.shape[0])
+        self.record["num_frames"] += frames.shape[0]
+        self.record["num_layers"], self.record["dim"] = frames.shape[1], frames.shape[2]
+
+    def commit(self):
+        """Make the shard durable and visible; returns its frame count."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp_path, os.path.join(self.folder, f"{self.name}.bin"))
+        self.record["dtype"] = str(self.dtype).replace("torch.", "")
+        atomic_write_text(os.path.join(self.folder, f"{self.name}.json"), json.dumps(self.record) + "\n")
+        return self.record["num_frames"]
+
+    def close(self):
+        """Close without publishing (the ``.tmp`` file is removed by the next build)."""
+        self.file.close()
+
+
 class FeatureCache:
     """Frozen-upstream features of every utterance, stored once on disk.
 
@@ -307,7 +352,9 @@ class FeatureCache:
             raise RuntimeError(f"Feature extraction failed on the utterances {ids}: {error}") from error
         return feats, torch.round(feat_lens * feats.shape[2]).long()
 
-    def build(self, rows, replacements=None, batch_size=8, device="cpu", num_workers=0, progressbar=True):
+    def build(
+        self, rows, replacements=None, batch_size=8, device="cpu", num_workers=0, progressbar=True
+    ):
         """Extract and store the features of every utterance not cached yet.
 
         Arguments
@@ -338,7 +385,9 @@ class FeatureCache:
             An audio file cannot be read (the message names it).
         """
         if self.upstream is None:
-            raise RuntimeError("This FeatureCache copy has no upstream (it was pickled): build it in the main process.")
+            raise RuntimeError(
+                "This FeatureCache copy has no upstream (it was pickled): build it in the main process."
+            )
         items = self._collect_items(rows, replacements or {})
         cached = self._read_index()
         todo = [utt_id for utt_id in items if utt_id not in cached]
@@ -363,7 +412,8 @@ class FeatureCache:
             shard_end = min(shard_start + self.shard_size, len(todo))
             for start in range(shard_start, shard_end, batch_size):
                 end = min(start + batch_size, shard_end)
-                batches.append((first_shard + shard_start // self.shard_size, list(range(start, end)), end == shard_end))
+                shard = first_shard + shard_start // self.shard_size
+                batches.append((shard, list(range(start, end)), end == shard_end))
 
         dataset = WaveformDataset(
             [(utt_id, items[utt_id][0]) for utt_id in todo],
@@ -379,43 +429,24 @@ class FeatureCache:
         )
         device = torch.device(device)
         self.upstream.to(device)
-        total_frames, total_seconds, shard_file, record = 0, 0.0, None, None
-        progress = tqdm(zip(loader, batches), total=len(batches), disable=not progressbar, desc="Caching features")
+        total_frames, total_seconds, writer = 0, 0.0, None
+        progress = tqdm(
+            zip(loader, batches), total=len(batches), disable=not progressbar, desc="Caching features"
+        )
         try:
             for (ids, wavs, wav_lens), (shard, _, last_of_shard) in progress:
-                if shard_file is None:
-                    tmp_bin = os.path.join(self.folder, f".tmp_shard_{shard:05d}.bin")
-                    shard_file = open(tmp_bin, "wb")
-                    record = {"ids": [], "offsets": [], "lengths": [], "num_frames": 0}
+                if writer is None:
+                    writer = ShardWriter(self.folder, shard, self.dtype)
                 feats, frame_counts = self._extract(wavs, wav_lens, device, ids)  # (B, nL, T', D)
                 total_seconds += float(torch.round(wav_lens * wavs.shape[1]).sum()) / self.sample_rate
                 for utt_id, utterance, count in zip(ids, feats, frame_counts.tolist()):
-                    frames = utterance[:, :count].transpose(0, 1).to(self.dtype)  # (T', nL, D)
-                    if not torch.isfinite(frames).all():
-                        raise ValueError(
-                            f"The features of utterance {utt_id} overflow {self.dtype}: build the "
-                            "cache with dtype=torch.float32."
-                        )
-                    shard_file.write(frames.cpu().numpy().tobytes())
-                    record["ids"].append(utt_id)
-                    record["offsets"].append(record["num_frames"])
-                    record["lengths"].append(count)
-                    record["num_frames"] += count
-                record["num_layers"], record["dim"] = feats.shape[1], feats.shape[3]
+                    writer.add(utt_id, utterance[:, :count].transpose(0, 1))  # (T', nL, D)
                 if last_of_shard:
-                    shard_file.flush()
-                    os.fsync(shard_file.fileno())
-                    shard_file.close()
-                    shard_file = None
-                    os.replace(tmp_bin, os.path.join(self.folder, f"shard_{shard:05d}.bin"))
-                    record["dtype"] = str(self.dtype).replace("torch.", "")
-                    shard_json = os.path.join(self.folder, f"shard_{shard:05d}.json")
-                    atomic_write_text(shard_json, json.dumps(record) + "\n")
-                    total_frames += record["num_frames"]
+                    total_frames += writer.commit()
+                    writer = None
         finally:
-            # An interrupted shard stays a .tmp file, removed by the next build.
-            if shard_file is not None:
-                shard_file.close()
+            if writer is not None:
+                writer.close()
         self._read_index()
         logger.info(
             "Cached the features of %d utterances (%.2f h of audio, %d frames) in %s; "

@@ -80,6 +80,11 @@ def folder_contents(folder):
     return contents
 
 
+def modification_times(folder):
+    """``{file name: mtime in ns}`` of a cache folder."""
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
+
+
 @pytest.fixture()
 def corpus(tmp_path):
     data_folder = tmp_path / "corpus"
@@ -160,9 +165,9 @@ def test_second_build_is_a_no_op(tmp_path, corpus):
     FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4).build(rows, replacements, progressbar=False)
     never_called = FailingFbank(fail_at=1, n_mels=20)
     cache = FeatureCache(tmp_path, never_called, shard_size=4)
-    before = {name: os.stat(os.path.join(cache.folder, name)).st_mtime_ns for name in os.listdir(cache.folder)}
+    before = modification_times(cache.folder)
     cache.build(rows, replacements, progressbar=False)
-    after = {name: os.stat(os.path.join(cache.folder, name)).st_mtime_ns for name in os.listdir(cache.folder)}
+    after = modification_times(cache.folder)
     assert never_called.calls == 0 and after == before
 
 

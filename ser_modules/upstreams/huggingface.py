@@ -26,7 +26,6 @@ index is the raw output of the last layer, *without* the encoder's final LayerNo
 """
 
 import json
-import logging
 import math
 import os
 
@@ -44,8 +43,6 @@ from ser_modules.upstreams.base import (
     resolve_layers,
     sha256_file,
 )
-
-logger = logging.getLogger(__name__)
 
 LOBES = {"wavlm": WavLM, "hubert": HuBERT, "wav2vec2": Wav2Vec2}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -186,7 +183,9 @@ class HuggingFaceUpstream(Upstream):
             "source": self.source,
             "config_sha256": sha256_file(os.path.join(self.source, "config.json")),
             "preprocessor_sha256": sha256_file(preprocessor),
-            "weights_sha256": {name: sha256_file(os.path.join(self.source, name)) for name in weight_files},
+            "weights_sha256": {
+                name: sha256_file(os.path.join(self.source, name)) for name in weight_files
+            },
             "layers": self.layers,
             "normalize": self.normalize,
             "sample_rate": self.sample_rate,
