@@ -154,6 +154,8 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         return {**found, "architecture_file": architecture_path, "heatmap": heatmap_path}
 
     search_modules = {**modules, "layer_combiner": hparams["search_layer_combiner"], "downstream": hparams["supernet"]}
+    if "search_input_norm" in hparams:
+        search_modules["input_norm"] = hparams["search_input_norm"]
     brain = BASSearchBrain(
         modules=search_modules,
         opt_class=hparams["search_opt_class"],

@@ -113,14 +113,18 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
 
     def make(crop_seconds):
         return FeatureCache(
-            hparams["cache_folder"], upstream, crop_seconds=crop_seconds, crop_mode="first"
+            hparams["cache_folder"],
+            upstream,
+            crop_seconds=crop_seconds,
+            crop_mode="first",
+            precision=hparams["cache_precision"],
         )
 
     train_cache = make(hparams["crop_seconds"])
     caches = {"train": train_cache, "eval": train_cache}
     if hparams["eval_crop_seconds"] != hparams["crop_seconds"]:
         caches["eval"] = make(hparams["eval_crop_seconds"])
-    device = run_opts.get("device", "cpu")
+    device = run_opts.get("device") or sb.utils.distributed.infer_device()
     for cache in {id(c): c for c in caches.values()}.values():
         sb.utils.distributed.run_on_main(
             cache.build,
@@ -129,7 +133,6 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
                 "replacements": replacements,
                 "batch_size": hparams["cache_batch_size"],
                 "device": device,
-                "precision": hparams["cache_precision"],
             },
         )
     return caches

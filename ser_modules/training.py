@@ -51,7 +51,9 @@ class EmotionBrain(sb.Brain):
     """Frozen upstream features -> layer combiner -> downstream model -> cross-entropy.
 
     Expected ``modules``: ``layer_combiner`` ((B, nL, T, D) -> (B, T, D)), ``downstream``
-    (``(feats, lens) -> logits``) and, when features are not cached, ``upstream``.
+    (``(feats, lens) -> logits``), when features are not cached, ``upstream``, and
+    optionally ``input_norm`` (``(frames, lens, epoch) -> frames``, applied after the
+    layer combiner).
     Expected hparams: ``selection_metric`` (WA, UA or WF1), ``train_logger``,
     ``lr_scheduler`` (a ``torch.optim.lr_scheduler`` factory stepped once per epoch) and
     ``num_classes``.
@@ -62,6 +64,10 @@ class EmotionBrain(sb.Brain):
         batch = batch.to(self.device)
         feats, feat_lens = self.upstream_features(batch)  # (B, nL, T, D), (B,)
         frames = self.modules.layer_combiner(feats)  # (B, T, D)
+        if "input_norm" in self.modules:
+            # e.g. SpeechBrain's global InputNormalization: statistics gathered while
+            # training the first epoch(s), then frozen (and checkpointed).
+            frames = self.modules.input_norm(frames, feat_lens, epoch=self.hparams.epoch_counter.current)
         logits = self.modules.downstream(frames, feat_lens)  # (B, C)
         return logits, feat_lens
 

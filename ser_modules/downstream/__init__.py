@@ -24,6 +24,7 @@ from ser_modules.downstream.models import (
     masked_mean_pool,
     valid_frame_mask,
 )
+from ser_modules.downstream.normalization import GlobalFrameNormalization
 from ser_modules.downstream.supernet import (
     BASSuperNet,
     SearchableLayer,
