@@ -89,13 +89,15 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
     return waveform
 
 
-def crop_or_pad(waveform, num_samples, mode="first", generator=None):
+def crop_or_pad(waveform, num_samples, mode="first", generator=None, min_samples=None):
     """Crop a waveform to ``num_samples`` or leave it shorter (padding happens in batching).
 
     The papers feed the first N seconds of each utterance (``mode="first"``); a random
     window is offered for training as augmentation (``mode="random"``). Shorter inputs are
     returned unchanged: SpeechBrain's padded batches pad them and carry the true length,
-    so padding never enters a result.
+    so padding never enters a result. The one exception is ``min_samples``: an utterance
+    shorter than the samples an upstream needs for one frame (400 for WavLM's CNN) would
+    give no feature at all, so it is zero-padded to that length.
 
     Arguments
     ---------
@@ -108,13 +110,17 @@ def crop_or_pad(waveform, num_samples, mode="first", generator=None):
         ``"center"`` (the middle window).
     generator : torch.Generator, optional
         Source of randomness for ``mode="random"``.
+    min_samples : int, optional
+        Zero-pad (at the end) waveforms shorter than this.
 
     Returns
     -------
     torch.Tensor
-        ``(min(T, num_samples),)`` waveform.
+        ``(max(min(T, num_samples), min_samples),)`` waveform.
     """
     length = waveform.shape[0]
+    if min_samples is not None and length < min_samples:
+        return torch.nn.functional.pad(waveform, (0, min_samples - length))
     if num_samples is None or num_samples <= 0 or length <= num_samples:
         return waveform
     if mode == "first":

@@ -26,7 +26,7 @@ from ser_modules.downstream import (
     plot_theta_heatmap,
     save_architecture,
 )
-from ser_modules.training import EmotionBrain
+from ser_modules.training import EmotionBrain, unwrap_module
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,14 @@ class BASSearchBrain(EmotionBrain):
 
     theta_set = None
 
+    @property
+    def supernet(self):
+        """The ``BASSuperNet`` itself, also when DDP wraps it (multi-process training)."""
+        return unwrap_module(self.modules.downstream)
+
     def init_optimizers(self):
         """Joint SGD on weights and theta (paper), or separate optimisers (FBNet)."""
-        supernet = self.modules.downstream
+        supernet = self.supernet
         if not self.hparams.theta_split:
             super().init_optimizers()
             return
@@ -69,7 +74,7 @@ class BASSearchBrain(EmotionBrain):
         temperature = fbnet_temperature(
             epoch, self.hparams.initial_temperature, self.hparams.temperature_decay
         )
-        self.modules.downstream.set_temperature(temperature)
+        self.supernet.set_temperature(temperature)
         if self.hparams.theta_split:
             # A fresh, epoch-seeded order; after an intra-epoch recovery skip the batches
             # already used (one per weight step), so the theta updates replay exactly.
@@ -108,7 +113,7 @@ class BASSearchBrain(EmotionBrain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Also log the temperature and softmax(theta) of each layer."""
         if stage == sb.Stage.VALID:
-            supernet = self.modules.downstream
+            supernet = self.supernet
             probabilities = architecture_probabilities(supernet)
             table = "; ".join(
                 f"L{index + 1} " + " ".join(
@@ -175,9 +180,7 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["test_dataloader_opts"],
     )
-    supernet = brain.modules.downstream
-    if hasattr(supernet, "module"):  # DistributedDataParallel wrapper
-        supernet = supernet.module
+    supernet = brain.supernet
     architecture, ties = derive_architecture(supernet)
     probabilities = architecture_probabilities(supernet)
     if ties:
@@ -187,11 +190,13 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         )
     logger.info("Derived architecture: %s", " -> ".join(architecture))
     if sb.utils.distributed.if_main_process():
-        save_architecture(architecture_path, architecture, probabilities, supernet.candidates, ties)
+        # architecture.json marks the phase as done, so it is written last: a run killed
+        # while drawing the heatmap searches (recovers) again instead of missing the PNG.
         plot_theta_heatmap(
             probabilities, supernet.candidates, heatmap_path,
             title=f"BAS softmax(theta), {hparams['split_name']}",
         )
+        save_architecture(architecture_path, architecture, probabilities, supernet.candidates, ties)
     sb.utils.distributed.ddp_barrier()
     found = load_architecture(architecture_path)
     return {**found, "architecture_file": architecture_path, "heatmap": heatmap_path}

@@ -78,14 +78,24 @@ def resolve_path(path, replacements, utt_id=None):
     return VARIABLE.sub(substitute, path)
 
 
-class WaveformDataset(torch.utils.data.Dataset):
-    """Reads, resamples and crops the audio of ``(utt_id, path)`` items for extraction."""
+def minimum_samples(upstream):
+    """Samples an upstream needs to give one frame: its CNN's receptive field (400 for
+    WavLM / HuBERT), 1 for upstreams that give a frame for any input (filterbanks)."""
+    return int(getattr(upstream, "receptive_field", 1))
 
-    def __init__(self, items, num_samples, crop_mode, sample_rate):
+
+class WaveformDataset(torch.utils.data.Dataset):
+    """Reads, resamples and crops the audio of ``(utt_id, path)`` items for extraction.
+
+    Waveforms shorter than ``min_samples`` are zero-padded to it.
+    """
+
+    def __init__(self, items, num_samples, crop_mode, sample_rate, min_samples=None):
         self.items = items
         self.num_samples = num_samples
         self.crop_mode = crop_mode
         self.sample_rate = sample_rate
+        self.min_samples = min_samples
 
     def __len__(self):
         return len(self.items)
@@ -93,7 +103,7 @@ class WaveformDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         utt_id, path = self.items[index]
         waveform = load_audio(path, self.sample_rate)  # (T,); AudioError names the file
-        return utt_id, crop_or_pad(waveform, self.num_samples, self.crop_mode)
+        return utt_id, crop_or_pad(waveform, self.num_samples, self.crop_mode, min_samples=self.min_samples)
 
 
 def collate_waveforms(batch):
@@ -397,9 +407,12 @@ class FeatureCache:
         os.makedirs(self.folder, exist_ok=True)
         self._prepare_folder()
 
+        durations = {}
+
         def sort_key(utt_id):
             path, duration = items[utt_id]
             duration = audio_info(path)[0] if duration is None else duration
+            durations[utt_id] = duration
             if self.crop_seconds is not None:
                 duration = min(duration, self.crop_seconds)
             return (-duration, utt_id)
@@ -415,11 +428,14 @@ class FeatureCache:
                 shard = first_shard + shard_start // self.shard_size
                 batches.append((shard, list(range(start, end)), end == shard_end))
 
+        # An utterance shorter than one frame is zero-padded to one: it would give no feature.
+        min_samples = minimum_samples(self.upstream)
         dataset = WaveformDataset(
             [(utt_id, items[utt_id][0]) for utt_id in todo],
             seconds_to_samples(self.crop_seconds, self.sample_rate),
             self.crop_mode,
             self.sample_rate,
+            min_samples=min_samples,
         )
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -448,6 +464,13 @@ class FeatureCache:
             if writer is not None:
                 writer.close()
         self._read_index()
+        padded = [utt_id for utt_id in todo if durations[utt_id] * self.sample_rate < min_samples]
+        if padded:
+            logger.warning(
+                "%d utterances were shorter than the %d samples the upstream needs for one "
+                "frame: they were zero-padded to it (%s).",
+                len(padded), min_samples, ", ".join(padded[:5]) + (" ..." if len(padded) > 5 else ""),
+            )
         logger.info(
             "Cached the features of %d utterances (%.2f h of audio, %d frames) in %s; "
             "%d were already cached.",

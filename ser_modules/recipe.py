@@ -8,7 +8,8 @@ dataset defaults to :func:`run_recipe`, which
 2. prepares the manifests (once, on the main process),
 3. builds the frozen upstream and, by default, the feature cache of every utterance,
 4. for every fold (or the single split): optionally searches an architecture (BAS), trains
-   the downstream model, selects the checkpoint on the validation set, and tests it,
+   the downstream model, selects the checkpoint on the validation set, tests it, and
+   exports it as a model folder ``<split>/model`` (see :mod:`ser_modules.inference`),
 5. aggregates the folds into ``results.json``, ``results.md`` and a confusion-matrix PNG.
 
 Every phase leaves its result on disk and is skipped when re-run, so a crashed run resumes
@@ -25,6 +26,8 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+from ser_modules.feature_cache import minimum_samples
+from ser_modules.inference import export_model_folder
 from ser_modules.manifest import atomic_write_text, read_csv
 from ser_modules.metrics import aggregate_folds
 from ser_modules.training import EmotionBrain, build_datasets, build_label_encoder
@@ -166,7 +169,21 @@ def train_and_test(hparams, run_opts, datasets, modules, label_encoder, brain_cl
     outcome["selected_epoch"] = int(best.meta["epoch"]) if best is not None else None
     outcome["selection"] = {"metric": metric, "set": selection_set}
     outcome["labels"] = [label_encoder.decode_ndim(i) for i in range(len(label_encoder))]
+    outcome["model_folder"] = export_selected_model(hparams, best)
     return outcome
+
+
+def export_selected_model(hparams, checkpoint):
+    """Export the selected checkpoint as ``<experiment_folder>/model`` (main process);
+    see :mod:`ser_modules.inference`. Returns the folder, or None without a checkpoint."""
+    if checkpoint is None:
+        return None
+    model_folder = os.path.join(hparams["experiment_folder"], "model")
+    if sb.utils.distributed.if_main_process():
+        label_encoder_path = os.path.join(hparams["output_folder"], "label_encoder.txt")
+        export_model_folder(hparams, checkpoint, label_encoder_path, model_folder)
+    sb.utils.distributed.ddp_barrier()
+    return model_folder
 
 
 def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
@@ -260,7 +277,8 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
     datasets = build_datasets(
         csv_paths, replacements, label_encoder, feature_caches=caches,
         crop_seconds=hparams["crop_seconds"], train_crop_mode=hparams["train_crop_mode"],
-        sample_rate=hparams["sample_rate"],
+        sample_rate=hparams["sample_rate"], eval_crop_seconds=hparams["eval_crop_seconds"],
+        min_samples=minimum_samples(upstream),
     )
     frozen = {} if caches is not None else {"upstream": upstream}
     search = None

@@ -6,20 +6,34 @@ the feature cache (``batch.feats``, the default) or computed on the fly from the
 defaults each ``recipes/<DATASET>/train.py`` passes to :mod:`ser_modules.recipe`.
 """
 
+import json
 import logging
+import os
 import random
+import shutil
 
 import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from torch.nn import DataParallel as DP
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
-from ser_modules.manifest import DATA_ROOT
+from ser_modules.manifest import DATA_ROOT, atomic_write_text
 from ser_modules.metrics import classification_scores
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap_module(module):
+    """The module itself when ``DistributedDataParallel`` (or ``DataParallel``) wraps it.
+
+    Brain wraps every trainable module for multi-process training; the wrapper forwards
+    calls but not the module's own methods (``set_temperature``, ``architecture_logits``).
+    """
+    return module.module if isinstance(module, (DDP, DP)) else module
 
 
 @register_checkpoint_hooks
@@ -33,6 +47,8 @@ class RandomState:
 
     @mark_as_saver
     def _save(self, path):
+        if not sb.utils.distributed.if_main_process():
+            return  # save hooks run on every process: one writer per file
         torch.save(
             {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
             path,
@@ -45,6 +61,75 @@ class RandomState:
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])
         torch.set_rng_state(state["torch"])
+
+
+COMPLETION_RECORD = "completion"  # recoverable name: <checkpoint>/completion.ckpt
+
+
+@register_checkpoint_hooks
+class CheckpointCompletion:
+    """The last file of every checkpoint: the size of each file written before it.
+
+    SpeechBrain writes ``CKPT.yaml`` first and the parameter files after it, so a run
+    killed while saving (likely with ``ckpt_interval_steps=1``) leaves a checkpoint that
+    looks valid but holds missing or truncated files, and recovering it fails.
+    :func:`remove_incomplete_checkpoints` deletes the checkpoints whose record is missing
+    or does not match the files, before the Brain recovers.
+    """
+
+    @mark_as_saver
+    def _save(self, path):
+        # SpeechBrain calls save hooks on every process, and some of them write files on
+        # every process: record the sizes once all of them are done.
+        sb.utils.distributed.ddp_barrier()
+        if not sb.utils.distributed.if_main_process():
+            return
+        folder, own_name = os.path.split(path)
+        sizes = {
+            name: os.path.getsize(os.path.join(folder, name))
+            for name in sorted(os.listdir(folder))
+            if name != own_name and not name.startswith(".")
+        }
+        atomic_write_text(path, json.dumps(sizes) + "\n")
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        del path, end_of_epoch  # nothing to restore: the file only vouches for the others
+
+
+def checkpoint_is_complete(folder):
+    """Whether a checkpoint folder holds every file its completion record lists, in full."""
+    record_path = os.path.join(folder, COMPLETION_RECORD + ".ckpt")
+    try:
+        with open(record_path, encoding="utf-8") as handle:
+            sizes = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return "CKPT.yaml" in sizes and all(
+        os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) == size
+        for name, size in sizes.items()
+    )
+
+
+def remove_incomplete_checkpoints(checkpointer):
+    """Delete the checkpoints a crash cut short (main process; the others wait).
+
+    Recovery then falls back to the latest complete checkpoint, which every kill leaves:
+    SpeechBrain deletes older checkpoints only after saving the new one.
+    """
+    if checkpointer is None:
+        return
+    if sb.utils.distributed.if_main_process() and os.path.isdir(checkpointer.checkpoints_dir):
+        for name in sorted(os.listdir(checkpointer.checkpoints_dir)):
+            folder = os.path.join(checkpointer.checkpoints_dir, name)
+            if name.startswith("CKPT") and os.path.isdir(folder) and not checkpoint_is_complete(folder):
+                logger.warning(
+                    "Removing the checkpoint %s: it was cut short by an interruption (files "
+                    "missing or truncated). Training resumes from the previous checkpoint.",
+                    folder,
+                )
+                shutil.rmtree(folder)
+    sb.utils.distributed.ddp_barrier()
 
 
 class EmotionBrain(sb.Brain):
@@ -92,6 +177,23 @@ class EmotionBrain(sb.Brain):
             self.stage_predictions.extend(logits.argmax(dim=-1).tolist())
             self.stage_probabilities.extend(torch.softmax(logits.float(), dim=-1).tolist())
         return loss
+
+    def on_fit_start(self):
+        """Drop checkpoints cut short by a crash, recover, then register the completion record.
+
+        The record is registered after every other recoverable (the dataloader, optimiser
+        and scheduler are added before this point), so it is the last file written.
+        """
+        remove_incomplete_checkpoints(self.checkpointer)
+        super().on_fit_start()
+        if self.checkpointer is not None:
+            self.checkpointer.recoverables.pop(COMPLETION_RECORD, None)
+            self.checkpointer.add_recoverable(COMPLETION_RECORD, CheckpointCompletion())
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Drop checkpoints cut short by a crash before loading the selected one."""
+        remove_incomplete_checkpoints(self.checkpointer)
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
 
     def init_optimizers(self):
         """Optimise only trainable parameters (the upstream is frozen) and add the scheduler."""
@@ -165,8 +267,24 @@ def build_label_encoder(csv_paths, path):
     return encoder
 
 
+def warn_about_short_utterances(dataset, csv_path, min_samples, sample_rate):
+    """Log how many utterances of a manifest are shorter than one upstream frame."""
+    if not min_samples or min_samples <= 1:
+        return
+    short = [
+        utt_id for utt_id, row in dataset.data.items()
+        if row.get("duration") not in (None, "") and float(row["duration"]) * sample_rate < min_samples
+    ]
+    if short:
+        logger.warning(
+            "%d utterances of %s are shorter than the %d samples the upstream needs for one "
+            "frame: they are zero-padded to it (%s).",
+            len(short), csv_path, min_samples, ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""),
+        )
+
+
 def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, crop_seconds=None,
-                   train_crop_mode="first", sample_rate=16000):
+                   train_crop_mode="first", sample_rate=16000, eval_crop_seconds=None, min_samples=None):
     """SpeechBrain datasets for the ``train`` / ``valid`` / ``test`` manifests of one split.
 
     Arguments
@@ -181,15 +299,29 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
         ``{"train": FeatureCache, "eval": FeatureCache}``: read ``feats`` (T, nL, D) from the
         caches instead of audio. Without it, each item provides the waveform ``sig``.
     crop_seconds : float, optional
-        Crop of the waveform pipeline (the papers: first N seconds).
+        Crop of the training waveforms (the papers: first N seconds).
     train_crop_mode : str
         ``"first"`` or ``"random"`` (augmentation, on-the-fly features only).
+    sample_rate : int
+        Rate the audio is resampled to.
+    eval_crop_seconds : float, optional
+        Crop of the validation and test waveforms (default: ``crop_seconds``), as the
+        evaluation cache uses.
+    min_samples : int, optional
+        Waveforms shorter than this (the samples one upstream frame needs) are
+        zero-padded to it, as the feature cache does.
 
     Returns
     -------
     dict of DynamicItemDataset
     """
-    num_samples = seconds_to_samples(crop_seconds, sample_rate)
+    if feature_caches is not None and train_crop_mode != "first":
+        raise ValueError(
+            f"train_crop_mode={train_crop_mode!r} needs use_cache=False: cached features are "
+            "extracted once from the first crop_seconds of each utterance."
+        )
+    if eval_crop_seconds is None:
+        eval_crop_seconds = crop_seconds
     datasets = {}
     for name, csv_path in csv_paths.items():
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path, replacements=replacements)
@@ -206,13 +338,16 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
             keys.append("feats")
         else:
             crop_mode = train_crop_mode if name == "train" else "first"
+            num_samples = seconds_to_samples(crop_seconds if name == "train" else eval_crop_seconds, sample_rate)
+            warn_about_short_utterances(dataset, csv_path, min_samples, sample_rate)
 
             @sb.utils.data_pipeline.takes("wav")
             @sb.utils.data_pipeline.provides("sig")
-            def audio_pipeline(path, crop_mode=crop_mode):
+            def audio_pipeline(path, crop_mode=crop_mode, num_samples=num_samples):
                 if DATA_ROOT in path or "$prep_root" in path:
                     raise ValueError(f"Unresolved placeholder in manifest path {path}")
-                return crop_or_pad(load_audio(path, sample_rate), num_samples, mode=crop_mode)
+                waveform = load_audio(path, sample_rate)
+                return crop_or_pad(waveform, num_samples, mode=crop_mode, min_samples=min_samples)
 
             dataset.add_dynamic_item(audio_pipeline)
             keys.append("sig")

@@ -1,35 +1,48 @@
 #!/usr/bin/env python3
-"""Vesper pretraining on unlabeled speech (LSSED or any folder / CSV of audio).
+"""Vesper pretraining on unlabeled speech (LSSED or any folder / CSV list of audio).
 
     python recipes/LSSED/pretrain.py hparams/vesper4_pretrain.yaml \
         --data_folder=/path/to/audio --teacher_source=/path/to/wavlm-large-hf
 
+Flow: prepare the manifests (``lssed_prepare.py``; its options such as ``--file_list``
+or ``--valid_count`` go on the same command line) -> [optionally cache the teacher's
+targets] -> pretrain the student (``VesperPretrainBrain``, resumable from its
+checkpoints) -> export the student as a Hugging Face WavLM folder,
+``<output_folder>/hf_export`` (``export_folder``), usable as ``--ssl_source`` by every
+emotion recipe.
+
 Multi-GPU: ``torchrun --standalone --nproc_per_node=8 recipes/LSSED/pretrain.py ...``
-(``batch_size`` is per process). At the end the best checkpoint (validation loss) is
-exported as a Hugging Face WavLM folder, ``<output_folder>/vesper_hf``, usable as
-``--ssl_source`` by every emotion recipe.
+(``batch_size`` is per process); on CPU add ``--device=cpu --distributed_backend=gloo``.
+See ``recipes/LSSED/README.md``.
 """
 
 import logging
-import math
-import os
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from lssed_prepare import prepare_lssed
 
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
 from ser_modules.recipe import parse_overrides, split_preparation_arguments
 from ser_modules.vesper.export import export_to_huggingface
-from ser_modules.vesper.pretraining import VesperPretrainBrain
+from ser_modules.vesper.pretraining import VesperPretrainBrain, crop_seed
 
 logger = logging.getLogger(__name__)
 
+CACHE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
 
 def build_datasets(hparams, csv_paths, target_cache=None):
-    """Waveform datasets cropped to ``crop_seconds`` (random window in training)."""
+    """Waveform datasets cropped to ``crop_seconds`` (and the cached targets, if any).
+
+    Training crops are drawn with ``train_crop_mode`` ("random": a window seeded by the
+    seed, the epoch and the utterance, see :func:`crop_seed`); validation always takes
+    the first ``crop_seconds``.
+    """
     num_samples = seconds_to_samples(hparams["crop_seconds"], hparams["sample_rate"])
+    epoch_counter = hparams["epoch_counter"]
     datasets = {}
     for name in ("train", "valid"):
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
@@ -37,14 +50,19 @@ def build_datasets(hparams, csv_paths, target_cache=None):
         )
         mode = hparams["train_crop_mode"] if name == "train" else "first"
 
-        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(path, mode=mode):
-            return crop_or_pad(load_audio(path, hparams["sample_rate"]), num_samples, mode=mode)
+        def audio_pipeline(utterance_id, path, mode=mode):
+            generator = None
+            if mode == "random":
+                seed = crop_seed(hparams["seed"], epoch_counter.current, utterance_id)
+                generator = torch.Generator().manual_seed(seed)
+            return crop_or_pad(load_audio(path, hparams["sample_rate"]), num_samples, mode=mode, generator=generator)
 
         dataset.add_dynamic_item(audio_pipeline)
         keys = ["id", "sig"]
         if target_cache is not None:
+
             @sb.utils.data_pipeline.takes("id")
             @sb.utils.data_pipeline.provides("targets")
             def target_pipeline(utterance_id):
@@ -57,16 +75,65 @@ def build_datasets(hparams, csv_paths, target_cache=None):
     return datasets
 
 
+def build_target_cache(hparams, run_opts, csv_paths):
+    """Compute the teacher's targets of every utterance once (``precompute_teacher_targets``).
+
+    The reference code's approach: the teacher never runs during training, at the cost
+    of disk space (LSSED, 5 s crops, WavLM Large, float16: about 150 GB).
+    """
+    from ser_modules.feature_cache import FeatureCache
+    from ser_modules.manifest import read_csv
+
+    if hparams["train_crop_mode"] != "first":
+        raise ValueError(
+            "precompute_teacher_targets=True needs train_crop_mode=first: cached targets belong to "
+            "one fixed crop, and a random crop would change them every epoch."
+        )
+    if hparams["target_cache_dtype"] not in CACHE_DTYPES:
+        raise ValueError(f"target_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {hparams['target_cache_dtype']!r}.")
+    target_cache = FeatureCache(
+        hparams["target_cache_folder"], hparams["modules"]["teacher"],
+        crop_seconds=hparams["crop_seconds"], crop_mode="first",
+        dtype=CACHE_DTYPES[hparams["target_cache_dtype"]], precision=run_opts.get("precision") or "fp32",
+    )
+    rows = [row for name in ("train", "valid") for row in read_csv(csv_paths[name])]
+    # Forked: building the cache leaves the random state of training (masks, dropout) as
+    # it is, so training on cached targets draws what training on online targets draws.
+    with torch.random.fork_rng(devices=[]):
+        sb.utils.distributed.run_on_main(
+            target_cache.build,
+            kwargs={"rows": rows, "replacements": {"data_root": hparams["data_folder"]},
+                    "batch_size": hparams["batch_size"],
+                    "device": run_opts.get("device") or sb.utils.distributed.infer_device(),
+                    "num_workers": hparams["num_workers"]},
+        )
+    return target_cache
+
+
+def check_dimensions(hparams):
+    """The predictors' width must be the teacher's (1024 for WavLM Large)."""
+    teacher_dim = hparams["teacher"].config.hidden_size
+    if hparams["encoder_dim"] != teacher_dim:
+        raise ValueError(
+            f"encoder_dim={hparams['encoder_dim']} but the teacher {hparams['teacher_source']} has "
+            f"hidden_size={teacher_dim}: pass --encoder_dim={teacher_dim}."
+        )
+
+
 def main(argv):
+    """Prepare, pretrain and export (see the module docstring); returns the export folder."""
     prepare_kwargs, argv = split_preparation_arguments(argv, prepare_lssed)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     overrides = parse_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as handle:
         hparams = load_hyperpyyaml(handle, overrides)
+    check_dimensions(hparams)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
+
+    # 1. Manifests of the unlabeled audio (written once, skipped when unchanged).
     splits = sb.utils.distributed.run_on_main(
         prepare_lssed,
         kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prepare_folder"],
@@ -74,33 +141,17 @@ def main(argv):
     )
     csv_paths = splits["main"]
 
+    # 2. Teacher targets: online (default) or cached once.
+    modules = dict(hparams["modules"])
     target_cache = None
     if hparams["precompute_teacher_targets"]:
-        if hparams["train_crop_mode"] != "first":
-            raise ValueError(
-                "precompute_teacher_targets=True needs train_crop_mode=first: a random crop "
-                "changes the teacher's targets every epoch."
-            )
-        from ser_modules.feature_cache import FeatureCache
-        from ser_modules.manifest import read_csv
-
-        target_cache = FeatureCache(
-            hparams["target_cache_folder"], hparams["modules"]["teacher"],
-            crop_seconds=hparams["crop_seconds"], crop_mode="first",
-        )
-        rows = [row for name in ("train", "valid") for row in read_csv(csv_paths[name])]
-        sb.utils.distributed.run_on_main(
-            target_cache.build,
-            kwargs={"rows": rows, "replacements": {"data_root": hparams["data_folder"]},
-                    "batch_size": hparams["batch_size"], "device": run_opts.get("device", "cpu"),
-                    "precision": hparams["target_cache_precision"]},
-        )
+        target_cache = build_target_cache(hparams, run_opts, csv_paths)
+        del modules["teacher"]  # never runs during training: keep it off the device
     datasets = build_datasets(hparams, csv_paths, target_cache)
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    hparams["steps_per_epoch"] = math.ceil(len(datasets["train"]) / hparams["batch_size"] / world_size)
+    # 3. Pretraining (resumes from the latest checkpoint in save_folder).
     brain = VesperPretrainBrain(
-        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        modules=modules, opt_class=hparams["opt_class"], hparams=hparams,
         run_opts=run_opts, checkpointer=hparams["checkpointer"],
     )
     brain.fit(
@@ -108,11 +159,24 @@ def main(argv):
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
+
+    # 4. Export the selected checkpoint as a Hugging Face WavLM folder.
+    export_folder = hparams["export_folder"]
     if sb.utils.distributed.if_main_process():
-        brain.checkpointer.recover_if_possible(min_key="loss")
+        selection = hparams["export_checkpoint"]
+        if selection == "best":
+            brain.checkpointer.recover_if_possible(min_key="loss")
+        elif selection == "last":
+            brain.checkpointer.recover_if_possible()
+        else:
+            raise ValueError(f"export_checkpoint must be 'best' or 'last', got {selection!r}.")
+        checkpoint = brain.checkpointer.find_checkpoint(min_key="loss" if selection == "best" else None)
         encoder = hparams["student_encoder"]
-        export_to_huggingface(encoder, hparams["export_folder"])
-        print(f"Exported Vesper-{encoder.num_layers} (best validation loss) to {hparams['export_folder']}")
+        export_to_huggingface(encoder, export_folder)
+        epoch = int(checkpoint.meta["epoch"]) if checkpoint is not None and "epoch" in checkpoint.meta else None
+        print(f"Exported Vesper-{encoder.num_layers} ({selection} checkpoint, epoch {epoch}) to {export_folder}")
+    sb.utils.distributed.ddp_barrier()
+    return export_folder
 
 
 if __name__ == "__main__":

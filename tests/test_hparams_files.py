@@ -1,0 +1,134 @@
+"""Every hparams file: each top-level key is used, and the file loads.
+
+SpeechBrain's consistency rule: a top-level key must be referenced by another key
+(``!ref <key>``) or read by the Python code (``hparams["key"]``, ``hparams.key``,
+``hparams.get("key")``, ``"key" in hparams``, ``setup["key"]``), or be a run option that
+``sb.Brain`` reads from the hparams (``ckpt_interval_steps`` ...). A key nobody reads is
+a setting that silently does nothing.
+"""
+
+import ast
+import glob
+import os
+import re
+
+import pytest
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from prepare_helpers import REPO_ROOT
+from ser_modules.upstreams.tiny import save_tiny_model
+
+HPARAMS_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "hparams", "*.yaml")))
+CODE_FOLDERS = ("ser_modules", "recipes")
+# Names the code uses for the loaded hparams.
+HPARAMS_NAMES = {"hparams", "setup"}
+# Brain reads these from the hparams when the command line does not set them.
+RUN_OPTIONS = set(sb.core.RunOptions().as_dict())
+TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w]*)\s*:", re.MULTILINE)
+REFERENCE = re.compile(r"<([A-Za-z_]\w*)")
+
+
+def _is_hparams(node):
+    """``hparams``, ``setup`` or ``<anything>.hparams``."""
+    if isinstance(node, ast.Name):
+        return node.id in HPARAMS_NAMES
+    return isinstance(node, ast.Attribute) and node.attr == "hparams"
+
+
+def keys_read_by_code():
+    """Every hparams key the Python code of the project reads, found in its syntax tree."""
+    used = set()
+    for folder in CODE_FOLDERS:
+        for path in glob.glob(os.path.join(REPO_ROOT, folder, "**", "*.py"), recursive=True):
+            with open(path, encoding="utf-8") as handle:
+                tree = ast.parse(handle.read(), filename=path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Subscript) and _is_hparams(node.value):
+                    key = node.slice
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                        used.add(key.value)
+                elif isinstance(node, ast.Attribute) and _is_hparams(node.value):
+                    used.add(node.attr)
+                elif (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "get"
+                    and _is_hparams(node.func.value)
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
+                    used.add(node.args[0].value)
+                elif (
+                    isinstance(node, ast.Compare)
+                    and isinstance(node.left, ast.Constant)
+                    and isinstance(node.ops[0], (ast.In, ast.NotIn))
+                    and _is_hparams(node.comparators[0])
+                ):
+                    used.add(node.left.value)
+    return used
+
+
+CODE_KEYS = keys_read_by_code()
+
+
+def unused_keys(yaml_text):
+    """Top-level keys of a YAML text that no key references and the code does not read."""
+    keys = TOP_LEVEL_KEY.findall(yaml_text)
+    unused = []
+    for key in keys:
+        if key.startswith("__") or key in CODE_KEYS or key in RUN_OPTIONS:
+            continue  # "__name" keys are executed when the file loads (__set_seed)
+        definition = re.compile(rf"^{re.escape(key)}\s*:", re.MULTILINE)
+        others = definition.sub("", yaml_text)
+        if key not in REFERENCE.findall(others):
+            unused.append(key)
+    return unused
+
+
+def test_the_scanner_finds_code_keys_and_run_options():
+    # The scanner must see the access forms the code uses, or the check below is empty.
+    assert {"crop_seconds", "theta_dataloader_opts", "search", "search_input_norm", "fold"} <= CODE_KEYS
+    assert {"ckpt_interval_steps", "precision"} <= RUN_OPTIONS
+
+
+def test_an_added_unused_key_is_reported():
+    with open(os.path.join(REPO_ROOT, "hparams", "superb_fbank.yaml"), encoding="utf-8") as handle:
+        text = handle.read()
+    assert unused_keys(text) == []
+    assert unused_keys(text + "\nforgotten_setting: 3  # read by nobody\n") == ["forgotten_setting"]
+    referenced = text + "\nforgotten_setting: 3\nuser: !ref <forgotten_setting>\n"
+    assert unused_keys(referenced) == ["user"]
+
+
+@pytest.mark.parametrize("path", HPARAMS_FILES, ids=os.path.basename)
+def test_every_top_level_key_is_used(path):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    assert unused_keys(text) == [], (
+        f"{os.path.basename(path)} has keys that no key references and no code reads: remove "
+        "them, or read them where they take effect."
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_wavlm(tmp_path_factory):
+    # 12 layers: enough for the Vesper-12 student drawn from the teacher's layers.
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_wavlm"), kind="wavlm", num_layers=12)
+
+
+@pytest.mark.parametrize("path", HPARAMS_FILES, ids=os.path.basename)
+def test_file_loads_with_its_placeholders_filled(path, tmp_path, tiny_wavlm):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    placeholders = re.findall(r"^(\w+):\s*!PLACEHOLDER", text, re.MULTILINE)
+    values = {"data_folder": str(tmp_path / "corpus"), "ssl_source": tiny_wavlm, "teacher_source": tiny_wavlm}
+    unknown = set(placeholders) - set(values)
+    assert not unknown, f"New placeholders {unknown}: give them a value in this test."
+    overrides = {name: values[name] for name in placeholders}
+    overrides["output_folder"] = str(tmp_path / "out")
+    if "encoder_dim" in text:  # Vesper pretraining: the tiny teacher's width
+        overrides["encoder_dim"] = 32
+    hparams = load_hyperpyyaml(text, overrides)
+    assert hparams["output_folder"] == str(tmp_path / "out")
+    assert "checkpointer" in hparams and "modules" in hparams
