@@ -33,19 +33,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(command, log_path=None):
     """Run one user-facing command from the project root; stop with its output on failure."""
+    wait_for(start(command, log_path))
+
+
+def start(command, log_path=None, env=None):
+    """Print a user-facing command and start it from the project root (output to ``log_path``)."""
     printable = " ".join(command[1:] if command[0] == sys.executable else command)
     print(f"\n$ python {printable}" if command[0] == sys.executable else f"\n$ {printable}", flush=True)
-    started = time.time()
-    if log_path is None:
-        result = subprocess.run(command, cwd=ROOT)
-    else:
-        with open(log_path, "w", encoding="utf-8") as log:
-            result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
+                               env=env)
+    return process, log, log_path, time.time(), printable
+
+
+def wait_for(job):
+    """Wait for a job from :func:`start`; stop the default run with its log tail if it failed."""
+    process, log, log_path, started, printable = job
+    returncode = process.wait()
+    if log is not None:
+        log.close()
+    if returncode != 0:
         if log_path is not None:
-            with open(log_path, encoding="utf-8", errors="replace") as log:
-                print("".join(log.readlines()[-40:]))
-        sys.exit(f"The step above failed (exit code {result.returncode}); full log: {log_path or 'above'}.")
+            with open(log_path, encoding="utf-8", errors="replace") as handle:
+                print("".join(handle.readlines()[-40:]))
+        sys.exit(f"A step failed (exit code {returncode}): {printable}\nFull log: {log_path or 'above'}.")
     print(f"  done in {time.time() - started:.0f} s" + (f" (log: {log_path})" if log_path else ""), flush=True)
 
 
@@ -85,28 +96,51 @@ def main(argv=None):
         pretrain.append(f"--number_of_epochs={args.pretrain_epochs}")
     run(pretrain, log_path=os.path.join(work, "vesper_pretrain.log"))
 
-    print("\n5. Emotion recognition on the frozen Vesper: BAS and the baselines, 5 folds each")
+    print("\n5. Emotion recognition on the frozen Vesper: BAS and the baselines, 5 folds each\n"
+          "   (two lanes in parallel, one CPU thread each: the BAS search, and the three baselines)")
     common = [f"--data_folder={corpus}", "--labels_csv=labels.csv", f"--ssl_source={export}",
               f"--cache_folder={os.path.join(work, 'feature_cache')}", "--num_heads=4", "--ffn_dim=128",
-              f"--number_of_epochs={args.epochs}"]
+              f"--number_of_epochs={args.epochs}", "--batch_size=8", "--lr=0.02"]
     runs = {
-        "3L-BAS": ["hparams/bas_vesper.yaml", "--search_layers=3", f"--search_epochs={args.epochs}"],
+        "3L-BAS": ["hparams/bas_vesper.yaml", "--search_layers=3", f"--search_epochs={args.epochs}",
+                   "--search_lr=0.02"],
         "3L-baseline": ["hparams/transformer_vesper.yaml", "--num_layers=3"],
         "simple-FFN": ["hparams/ffn_vesper.yaml"],
         "SUPERB classifier": ["hparams/superb_vesper.yaml"],
     }
-    folders = []
+    commands = {}
     for name, arguments in runs.items():
         folder = os.path.join(work, name.replace(" ", "_"))
-        folders.append(folder)
-        print(f"\n   {name}")
-        run([python, "recipes/custom/train.py", arguments[0], *common, *arguments[1:], f"--output_folder={folder}"],
-            log_path=os.path.join(work, f"{os.path.basename(folder)}.log"))
+        commands[name] = ([python, "recipes/custom/train.py", arguments[0], *common, *arguments[1:],
+                           f"--output_folder={folder}"], os.path.join(work, f"{os.path.basename(folder)}.log"))
+    folders = [os.path.join(work, name.replace(" ", "_")) for name in runs]
+    # The feature cache is built once, by the first run, before the lanes share it.
+    single_thread = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    first, *rest = runs
+    bas = start(*commands[first], env=single_thread) if not os.path.isdir(
+        os.path.join(work, "feature_cache")) else None
+    if bas is not None:
+        # Let the BAS run fill the cache alone, then start the baselines lane.
+        while bas[0].poll() is None and "already cached" not in _read(bas[2]) and "Cached " not in _read(bas[2]):
+            time.sleep(1)
+    else:
+        bas = start(*commands[first], env=single_thread)
+    for name in rest:
+        wait_for(start(*commands[name], env=single_thread))
+    wait_for(bas)
 
     print("\n6. Report")
     report = os.path.join(work, "report.md")
     run([python, "-m", "ser_modules.reports", *folders, f"--out={report}", f"--figures={os.path.join(work, 'figures')}"])
 
+    print("\nResults on the mini corpus (speaker-grouped 5-fold, mean +/- std over the test folds):\n")
+    print(f"| {'model':<18} | {'WA':<15} | {'UA':<15} | {'WF1':<15} |")
+    print(f"|{'-' * 20}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
+    for name, folder in zip(runs, folders):
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as handle:
+            result = json.load(handle)
+        cells = [f"{result['mean'][m]:.3f} +/- {result['std'][m]:.3f}" for m in ("WA", "UA", "WF1")]
+        print(f"| {name:<18} | " + " | ".join(cells) + " |")
     with open(os.path.join(folders[0], "results.json"), encoding="utf-8") as handle:
         bas = json.load(handle)
     print("\nArchitectures found by the BAS search (first layer first):")
@@ -116,6 +150,11 @@ def main(argv=None):
     for path in sorted(os.listdir(os.path.join(work, "figures"))):
         print(f"  {os.path.join(work, 'figures', path)}")
     print(f"\nReport: {report}\nFinished in {(time.time() - started) / 60:.1f} min.")
+
+
+def _read(path):
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
 if __name__ == "__main__":
