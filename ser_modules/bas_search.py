@@ -26,7 +26,7 @@ from ser_modules.downstream import (
     plot_theta_heatmap,
     save_architecture,
 )
-from ser_modules.training import EmotionBrain, unwrap_module
+from ser_modules.training import EmotionBrain, loader_generator, unwrap_module
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class BASSearchBrain(EmotionBrain):
                 self.theta_set, seed=int(self.hparams.seed), epoch=int(epoch)
             )
             loader = sb.dataio.dataloader.make_dataloader(
-                self.theta_set, sampler=sampler, **self.hparams.theta_dataloader_opts
+                self.theta_set, sampler=sampler, generator=loader_generator(self.hparams.seed),
+                **self.hparams.theta_dataloader_opts,
             )
             self.theta_batches = self._cycle(loader, skip=self.step)
 

@@ -63,6 +63,19 @@ class RandomState:
         torch.set_rng_state(state["torch"])
 
 
+def loader_generator(seed, stage=None):
+    """A seeded ``torch.Generator`` for a DataLoader, so that iterating it leaves the global RNG alone.
+
+    Every ``iter(DataLoader)`` draws a worker base seed from the loader's generator, or
+    from the global torch RNG when it has none. A run recovered inside an epoch creates
+    its iterator after :class:`RandomState` restored the global RNG, where the
+    uninterrupted run had created it before the checkpoint: with the global RNG that extra
+    draw would shift every later dropout mask and Gumbel sample.
+    """
+    offset = {sb.Stage.TRAIN: 1, sb.Stage.VALID: 2, sb.Stage.TEST: 3}.get(stage, 4)
+    return torch.Generator().manual_seed(int(seed) * 10 + offset)
+
+
 COMPLETION_RECORD = "completion"  # recoverable name: <checkpoint>/completion.ckpt
 
 
@@ -143,6 +156,11 @@ class EmotionBrain(sb.Brain):
     ``lr_scheduler`` (a ``torch.optim.lr_scheduler`` factory stepped once per epoch) and
     ``num_classes``.
     """
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's dataloader, with its own seeded generator (see :func:`loader_generator`)."""
+        loader_kwargs.setdefault("generator", loader_generator(getattr(self.hparams, "seed", 0), stage))
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
 
     def compute_forward(self, batch, stage):
         """Return logits (B, C) and the relative feature lengths (B,)."""

@@ -30,6 +30,7 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
+from ser_modules.training import loader_generator
 from ser_modules.upstreams.base import Upstream, relative_to_absolute, sha256_file
 from ser_modules.upstreams.huggingface import WEIGHT_SUFFIXES, normalize_waveforms
 
@@ -207,12 +208,10 @@ class VesperPretrainBrain(sb.Brain):
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """Record the number of training batches of this process (for the LR schedule).
 
-        Each loader gets a private generator: otherwise every new epoch's iterator draws
-        its workers' base seed from the global generator, and a run resumed mid-epoch
-        (which creates that iterator after restoring the global generator) would draw
-        different masks and dropout than the uninterrupted run.
+        Each loader gets a private generator (:func:`ser_modules.training.loader_generator`),
+        so a run resumed mid-epoch draws the same masks and dropout as the uninterrupted run.
         """
-        loader_kwargs.setdefault("generator", torch.Generator().manual_seed(self.hparams.seed))
+        loader_kwargs.setdefault("generator", loader_generator(self.hparams.seed, stage))
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.steps_per_epoch = len(loader)
