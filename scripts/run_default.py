@@ -123,6 +123,8 @@ def main(argv=None):
         # Let the BAS run fill the cache alone, then start the baselines lane.
         while bas[0].poll() is None and "already cached" not in _read(bas[2]) and "Cached " not in _read(bas[2]):
             time.sleep(1)
+        if bas[0].poll() not in (None, 0):
+            wait_for(bas)  # the BAS run failed before caching: stop with its log
     else:
         bas = start(*commands[first], env=single_thread)
     for name in rest:
