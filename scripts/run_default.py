@@ -22,6 +22,7 @@ README explains how to run the real recipes.
 """
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -36,6 +37,9 @@ def run(command, log_path=None):
     wait_for(start(command, log_path))
 
 
+Job = collections.namedtuple("Job", "process log log_path started printable")
+
+
 def start(command, log_path=None, env=None):
     """Print a user-facing command and start it from the project root (output to ``log_path``)."""
     printable = " ".join(command[1:] if command[0] == sys.executable else command)
@@ -43,21 +47,21 @@ def start(command, log_path=None, env=None):
     log = open(log_path, "w", encoding="utf-8") if log_path else None
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
                                env=env)
-    return process, log, log_path, time.time(), printable
+    return Job(process, log, log_path, time.time(), printable)
 
 
 def wait_for(job):
     """Wait for a job from :func:`start`; stop the default run with its log tail if it failed."""
-    process, log, log_path, started, printable = job
-    returncode = process.wait()
-    if log is not None:
-        log.close()
+    returncode = job.process.wait()
+    if job.log is not None:
+        job.log.close()
     if returncode != 0:
-        if log_path is not None:
-            with open(log_path, encoding="utf-8", errors="replace") as handle:
+        if job.log_path is not None:
+            with open(job.log_path, encoding="utf-8", errors="replace") as handle:
                 print("".join(handle.readlines()[-40:]))
-        sys.exit(f"A step failed (exit code {returncode}): {printable}\nFull log: {log_path or 'above'}.")
-    print(f"  done in {time.time() - started:.0f} s" + (f" (log: {log_path})" if log_path else ""), flush=True)
+        sys.exit(f"A step failed (exit code {returncode}): {job.printable}\nFull log: {job.log_path or 'above'}.")
+    print(f"  done in {time.time() - job.started:.0f} s" + (f" (log: {job.log_path})" if job.log_path else ""),
+          flush=True)
 
 
 def main(argv=None):
@@ -108,45 +112,45 @@ def main(argv=None):
         "simple-FFN": ["hparams/ffn_vesper.yaml"],
         "SUPERB classifier": ["hparams/superb_vesper.yaml"],
     }
-    commands = {}
-    for name, arguments in runs.items():
-        folder = os.path.join(work, name.replace(" ", "_"))
-        commands[name] = ([python, "recipes/custom/train.py", arguments[0], *common, *arguments[1:],
-                           f"--output_folder={folder}"], os.path.join(work, f"{os.path.basename(folder)}.log"))
-    folders = [os.path.join(work, name.replace(" ", "_")) for name in runs]
-    # The feature cache is built once, by the first run, before the lanes share it.
+    folders = {name: os.path.join(work, name.replace(" ", "_")) for name in runs}
+    commands = {
+        name: ([python, "recipes/custom/train.py", arguments[0], *common, *arguments[1:],
+                f"--output_folder={folders[name]}"], f"{folders[name]}.log")
+        for name, arguments in runs.items()
+    }
     single_thread = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     first, *rest = runs
-    bas = start(*commands[first], env=single_thread) if not os.path.isdir(
-        os.path.join(work, "feature_cache")) else None
-    if bas is not None:
-        # Let the BAS run fill the cache alone, then start the baselines lane.
-        while bas[0].poll() is None and "already cached" not in _read(bas[2]) and "Cached " not in _read(bas[2]):
+    cache_built = os.path.isdir(os.path.join(work, "feature_cache"))
+    bas = start(*commands[first], env=single_thread)
+    if not cache_built:
+        # The feature cache is built once: let the BAS run fill it alone, then start the
+        # baselines lane, which shares it.
+        while bas.process.poll() is None:
+            log_text = _read(bas.log_path)
+            if "already cached" in log_text or "Cached " in log_text:
+                break
             time.sleep(1)
-        if bas[0].poll() not in (None, 0):
+        if bas.process.poll() not in (None, 0):
             wait_for(bas)  # the BAS run failed before caching: stop with its log
-    else:
-        bas = start(*commands[first], env=single_thread)
     for name in rest:
         wait_for(start(*commands[name], env=single_thread))
     wait_for(bas)
 
     print("\n6. Report")
     report = os.path.join(work, "report.md")
-    run([python, "-m", "ser_modules.reports", *folders, f"--out={report}", f"--figures={os.path.join(work, 'figures')}"])
+    run([python, "-m", "ser_modules.reports", *folders.values(), f"--out={report}", f"--figures={os.path.join(work, 'figures')}"])
 
     print("\nResults on the mini corpus (speaker-grouped 5-fold, mean +/- std over the test folds):\n")
     print(f"| {'model':<18} | {'WA':<15} | {'UA':<15} | {'WF1':<15} |")
     print(f"|{'-' * 20}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
-    for name, folder in zip(runs, folders):
+    results = {}
+    for name, folder in folders.items():
         with open(os.path.join(folder, "results.json"), encoding="utf-8") as handle:
-            result = json.load(handle)
-        cells = [f"{result['mean'][m]:.3f} +/- {result['std'][m]:.3f}" for m in ("WA", "UA", "WF1")]
+            results[name] = json.load(handle)
+        cells = [f"{results[name]['mean'][m]:.3f} +/- {results[name]['std'][m]:.3f}" for m in ("WA", "UA", "WF1")]
         print(f"| {name:<18} | " + " | ".join(cells) + " |")
-    with open(os.path.join(folders[0], "results.json"), encoding="utf-8") as handle:
-        bas = json.load(handle)
     print("\nArchitectures found by the BAS search (first layer first):")
-    for fold, architecture in bas["search"]["architectures"].items():
+    for fold, architecture in results[first]["search"]["architectures"].items():
         print(f"  {fold}: {' -> '.join(architecture)}")
     print("\nFigures:")
     for path in sorted(os.listdir(os.path.join(work, "figures"))):
