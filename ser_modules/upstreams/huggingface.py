@@ -23,9 +23,18 @@ Hidden states follow ``transformers`` (>= 5): index 0 is the input of the first
 transformer layer (CNN features, projection and positional convolution), index k the raw
 output of layer k. For pre-LN models (``do_stable_layer_norm``, the Large ones) the last
 index is the raw output of the last layer, *without* the encoder's final LayerNorm.
+
+With ``fast_path=True`` (the default) the hidden states come from
+:class:`~ser_modules.upstreams.fast_wavlm.FastSSLForward`, an inference-only forward of the
+same weights laid out for the CPU (channels-last CNN as GEMMs, fused Q/K/V, fused
+``scaled_dot_product_attention`` with WavLM's gated relative-position bias as the mask,
+native bf16 under bf16 autocast). It equals the Hugging Face forward to 1e-4 relative in
+fp32 (tested); ``fast_path=False`` runs the Hugging Face model itself, the reference.
+The feature cache, inference and t-SNE all call this upstream, so they all get the fast path.
 """
 
 import json
+import logging
 import math
 import os
 
@@ -43,6 +52,9 @@ from ser_modules.upstreams.base import (
     resolve_layers,
     sha256_file,
 )
+from ser_modules.upstreams.fast_wavlm import FastSSLForward, unsupported_reason
+
+logger = logging.getLogger(__name__)
 
 LOBES = {"wavlm": WavLM, "hubert": HuBERT, "wav2vec2": Wav2Vec2}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -106,6 +118,11 @@ class HuggingFaceUpstream(Upstream):
         from ``preprocessor_config.json``.
     sample_rate : int
         Rate of the input waveforms; must match the model's feature extractor.
+    fast_path : bool
+        Compute the hidden states with :class:`FastSSLForward` (equal to the Hugging Face
+        forward within float rounding, about 2x faster on CPU); ``False`` runs the Hugging
+        Face model (the reference). A model the fast path does not support (e.g. a
+        batch-norm positional convolution) falls back to the Hugging Face forward, logged.
 
     Example
     -------
@@ -113,7 +130,7 @@ class HuggingFaceUpstream(Upstream):
     >>> feats, feat_lens = upstream(wavs, wav_lens)  # (B, 25, T', 1024)  # doctest: +SKIP
     """
 
-    def __init__(self, source, kind="auto", layers="all", normalize=None, sample_rate=16000):
+    def __init__(self, source, kind="auto", layers="all", normalize=None, sample_rate=16000, fast_path=True):
         super().__init__()
         self.source = os.path.abspath(str(source))
         model_type = read_model_type(self.source)
@@ -166,6 +183,13 @@ class HuggingFaceUpstream(Upstream):
         self.receptive_field = 1
         for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
             self.receptive_field = (self.receptive_field - 1) * stride + kernel
+        self.fast = None
+        if fast_path:
+            reason = unsupported_reason(self.model)
+            if reason is None:
+                self.fast = FastSSLForward(self.model)
+            else:
+                logger.info("%s: %s, so the Hugging Face forward is used (no fast path).", self.source, reason)
         self.freeze()
 
     def num_frames(self, num_samples):
@@ -192,10 +216,22 @@ class HuggingFaceUpstream(Upstream):
             "feature_version": FEATURE_VERSION,
         }
 
-    def _hidden_states(self, wavs, attention_mask=None):
-        """Selected hidden states ``(B, nL, T', D)`` of one call of the Hugging Face model."""
-        output = self.model(wavs, attention_mask=attention_mask, output_hidden_states=True)
-        return torch.stack([output.hidden_states[index] for index in self.layers], dim=1)
+    def _hidden_states(self, wavs, attention_mask=None, frame_lengths=None):
+        """Selected hidden states ``(B, nL, T', D)`` of one call of the model.
+
+        The fast path runs in the autocast dtype when autocast is on for the input's device
+        (bf16 on CPU: native bf16 matmuls; the result is float32), else in float32.
+        """
+        if self.fast is None:
+            output = self.model(wavs, attention_mask=attention_mask, output_hidden_states=True)
+            return torch.stack([output.hidden_states[index] for index in self.layers], dim=1)
+        device_type = wavs.device.type
+        dtype = torch.float32
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            states = self.fast(wavs, frame_lengths, keep=self.layers, dtype=dtype)
+        return torch.stack(states, dim=1)
 
     def forward(self, wavs, wav_lens=None):
         """Selected hidden states of a padded batch; see :meth:`Upstream.forward`.
@@ -233,7 +269,7 @@ class HuggingFaceUpstream(Upstream):
         with torch.no_grad():
             if self.batch_with_mask:
                 mask = padding_mask(lengths, max_samples).long()  # (B, T)
-                feats = self._hidden_states(wavs, mask)  # (B, nL, T', D)
+                feats = self._hidden_states(wavs, mask, frame_lengths)  # (B, nL, T', D)
                 frame_mask = padding_mask(frame_lengths, max_frames)  # (B, T')
                 feats = feats * frame_mask[:, None, :, None].to(feats.dtype)
             else:
