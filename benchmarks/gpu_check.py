@@ -9,16 +9,18 @@ Measured on one device (``--device``, default ``cuda``), each after an untimed w
    as ``benchmarks/bench_vesper_pretrain_step.py``;
 2. **WavLM-Large extraction**: seconds of audio per second through
    :class:`~ser_modules.upstreams.HuggingFaceUpstream` (all 25 hidden states, the feature
-   cache's call), batch 32 x 5 s, fp32 and bf16;
+   cache's call), batch 32 x 5 s, fp32 and bf16, with the fast path and, for reference,
+   the Hugging Face forward (``fast_path=False``);
 3. **BAS super-net search step** on cached WavLM-Large-sized features (batch 32 x 325
    frames x 1024, 4 searchable layers, as ``benchmarks/bench_bas_search.py`` part b),
    milliseconds per step, fp32 and bf16;
 4. the **projected hours for 100 epochs of LSSED** pretraining (147,025 utterances x 5 s):
    ``100 * ceil(147025 / batch) / steps_per_second / 3600`` for each precision.
 
-Weights are random (same architectures, same cost). ``--tiny`` swaps in small models and
-batches so that a CPU test runs the whole script in seconds (``tests/test_gpu_check.py``):
-the code path is the real one, only the sizes change.
+Weights are random (same architectures, same cost). A measurement that fails is reported in
+the table (``failed: Error``) and the others still run; the exit status is then 1.
+``--tiny`` swaps in small models and batches so that a CPU test runs the whole script in
+seconds (``tests/test_gpu_check.py``): the code path is the real one, only the sizes change.
 
 Run (or ``bash benchmarks/gpu_check.sh``)::
 
@@ -27,8 +29,8 @@ Run (or ``bash benchmarks/gpu_check.sh``)::
 
 import argparse
 import contextlib
-import functools
 import importlib.util
+import logging
 import math
 import os
 import statistics
@@ -136,17 +138,18 @@ def pretraining_steps_per_second(size, device, precisions):
 
         rates[precision] = 1.0 / timed(step, device, size["steps"])
         del brain
-    parameters = sum(p.numel() for p in student.parameters()) / 1e6
-    return rates, parameters
+    return rates
 
 
-def extraction_speed(size, device, precisions):
+def extraction_speed(size, device, precisions, fast_path):
     """Seconds of audio per second through HuggingFaceUpstream (all hidden states)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(0)
         WavLMModel(size["teacher_config"]).save_pretrained(folder)
         Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
-        upstream = HuggingFaceUpstream(folder, layers="all").to(device)
+        upstream = HuggingFaceUpstream(folder, layers="all", fast_path=fast_path).to(device)
+    if fast_path and upstream.fast is None:
+        raise RuntimeError("the fast path was not enabled for this model")
     samples = int(size["seconds"] * SAMPLE_RATE)
     wavs = 0.1 * torch.randn(size["extract_batch"], samples, device=device)
     speeds = {}
@@ -156,7 +159,7 @@ def extraction_speed(size, device, precisions):
                 upstream(wavs)
 
         speeds[precision] = size["extract_batch"] * size["seconds"] / timed(extract, device, size["steps"])
-    return speeds, upstream.fast is not None
+    return speeds
 
 
 def bas_step_ms(size, device, precisions, layers=4, classes=4):
@@ -193,9 +196,21 @@ def device_name(device):
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def markdown_table(device, size, pretrain, student_parameters, extraction, fast_path, bas, precisions, elapsed, tiny):
-    """The check's Markdown report."""
+def cells(values, precisions, digits):
+    """Table cells of one measurement: numbers, or the error that stopped it."""
+    if isinstance(values, Exception):
+        return " | ".join(f"failed: {type(values).__name__}" for _ in precisions)
+    return " | ".join(f"{values[p]:.{digits}f}" for p in precisions)
+
+
+def markdown_table(device, size, results, precisions, elapsed, tiny):
+    """The check's Markdown report (a measurement that raised shows ``failed: Error``)."""
     batch, seconds = size["batch"], size["seconds"]
+    teacher_layers = size["teacher_config"].num_hidden_layers
+    pretrain = results["pretrain"]
+    hours = pretrain if isinstance(pretrain, Exception) else {
+        p: projected_hours(pretrain[p], batch) for p in precisions
+    }
     lines = [
         f"GPU check on {device_name(device)}; torch {torch.__version__}; random weights; "
         f"{'TINY sizes (CPU test of the script, not a measurement)' if tiny else 'full sizes'}; "
@@ -204,18 +219,30 @@ def markdown_table(device, size, pretrain, student_parameters, extraction, fast_
         "| measurement | setting | " + " | ".join(precisions) + " |",
         "|---|---|" + "---|" * len(precisions),
         f"| Vesper-{size['student_layers']} pretraining, steps/s | batch {batch} x {seconds:g} s, online "
-        f"{size['teacher_config'].num_hidden_layers}-layer teacher, student {student_parameters:.1f} M | "
-        + " | ".join(f"{pretrain[p]:.3f}" for p in precisions) + " |",
+        f"{teacher_layers}-layer teacher | {cells(pretrain, precisions, 3)} |",
         f"| projected hours, {EPOCHS} epochs of LSSED | {LSSED_UTTERANCES:,} x {LSSED_SECONDS:g} s, "
-        f"{math.ceil(LSSED_UTTERANCES / batch)} steps/epoch at batch {batch} | "
-        + " | ".join(f"{projected_hours(pretrain[p], batch):.1f}" for p in precisions) + " |",
-        f"| WavLM-Large extraction, audio s / s | batch {size['extract_batch']} x {seconds:g} s, all "
-        f"{size['teacher_config'].num_hidden_layers + 1} hidden states, fast path {'on' if fast_path else 'off'} | "
-        + " | ".join(f"{extraction[p]:.1f}" for p in precisions) + " |",
+        f"{math.ceil(LSSED_UTTERANCES / batch)} steps/epoch at batch {batch} | {cells(hours, precisions, 1)} |",
+        f"| WavLM-Large extraction (fast path), audio s / s | batch {size['extract_batch']} x {seconds:g} s, all "
+        f"{teacher_layers + 1} hidden states | {cells(results['extract_fast'], precisions, 1)} |",
+        f"| WavLM-Large extraction (HF forward), audio s / s | the same, Hugging Face forward "
+        f"(fast_path=False) | {cells(results['extract_hf'], precisions, 1)} |",
         f"| BAS super-net search step, ms | 4 layers, cached features {size['bas_batch']} x "
-        f"{size['bas_frames']} x {size['bas_dim']} | " + " | ".join(f"{bas[p]:.1f}" for p in precisions) + " |",
+        f"{size['bas_frames']} x {size['bas_dim']} | {cells(results['bas'], precisions, 1)} |",
     ]
+    failures = [f"- {name}: {type(error).__name__}: {error}" for name, error in results.items() if isinstance(error, Exception)]
+    if failures:
+        lines += ["", "Failed measurements:", *failures]
     return "\n".join(lines) + "\n"
+
+
+def measure(name, call, results):
+    """Run one measurement; keep its error instead of losing the rest of the check."""
+    try:
+        results[name] = call()
+    except Exception as error:  # noqa: BLE001 - reported in the table, exit status 1
+        logging.exception("%s failed", name)
+        results[name] = error
+    print(f"{name}: {results[name]}", flush=True)
 
 
 def main(argv=None):
@@ -233,20 +260,18 @@ def main(argv=None):
         raise SystemExit("No CUDA device is visible: run on a GPU machine, or pass --device cpu --tiny to test.")
     size = settings(args)
     started = time.perf_counter()
-    pretrain, student_parameters = pretraining_steps_per_second(size, device, args.precisions)
-    print(f"pretraining steps/s: {pretrain}", flush=True)
-    extraction, fast_path = extraction_speed(size, device, args.precisions)
-    print(f"extraction audio s/s: {extraction}", flush=True)
-    bas = bas_step_ms(size, device, args.precisions)
-    print(f"BAS step ms: {bas}", flush=True)
-    table = markdown_table(
-        device, size, pretrain, student_parameters, extraction, fast_path, bas, args.precisions,
-        time.perf_counter() - started, args.tiny,
-    )
+    results = {}
+    measure("pretrain", lambda: pretraining_steps_per_second(size, device, args.precisions), results)
+    measure("extract_fast", lambda: extraction_speed(size, device, args.precisions, True), results)
+    measure("extract_hf", lambda: extraction_speed(size, device, args.precisions, False), results)
+    measure("bas", lambda: bas_step_ms(size, device, args.precisions), results)
+    table = markdown_table(device, size, results, args.precisions, time.perf_counter() - started, args.tiny)
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write(table)
     print(table)
-    return {"pretrain": pretrain, "extraction": extraction, "bas": bas, "size": size, "output": args.output}
+    if any(isinstance(value, Exception) for value in results.values()):
+        raise SystemExit(1)
+    return results
 
 
 if __name__ == "__main__":

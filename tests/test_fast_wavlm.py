@@ -203,6 +203,9 @@ def test_upstream_fast_path_equals_the_reference_path(wavlm_folder):
     assert float((feats - ref_feats).abs().max() / scale) <= FP32_TOLERANCE
     # The fast path adds no parameters or saved state: checkpoints are unchanged.
     assert fast.state_dict().keys() == reference.state_dict().keys()
+    # ... but a feature cache never mixes features of the two paths.
+    assert fast.identity()["fast_path"] is True and reference.identity()["fast_path"] is False
+    assert {**fast.identity(), "fast_path": False} == reference.identity()
 
 
 def test_upstream_under_bf16_autocast_runs_the_bf16_fast_path(wavlm_folder):

@@ -197,7 +197,7 @@ class HuggingFaceUpstream(Upstream):
         return self.model._get_feat_extract_output_lengths(num_samples)
 
     def identity(self):
-        """Model files by sha256, model type, layers, normalisation and sample rate."""
+        """Model files by sha256, model type, layers, normalisation, sample rate, fast path."""
         weight_files = sorted(
             name for name in os.listdir(self.source) if name.endswith(WEIGHT_SUFFIXES)
         )
@@ -214,6 +214,9 @@ class HuggingFaceUpstream(Upstream):
             "normalize": self.normalize,
             "sample_rate": self.sample_rate,
             "feature_version": FEATURE_VERSION,
+            # The fast path equals the Hugging Face forward only to float rounding (and runs
+            # native bf16 under autocast): features of the two are never mixed in a cache.
+            "fast_path": self.fast is not None,
         }
 
     def _hidden_states(self, wavs, attention_mask=None, frame_lengths=None):
