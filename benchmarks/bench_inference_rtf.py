@@ -30,14 +30,15 @@ Next to each, interleaved in the same loop so that load from other jobs hits bot
   against best: under load from other jobs a single short matmul sample is too noisy).
 
 "x real time" is seconds of audio per second of compute (10x: a minute in 6 s). Each figure
-is the best of ``--repeats`` interleaved rounds (the least disturbed by other jobs).
+is the best of ``--repeats`` interleaved rounds (the least disturbed by other jobs;
+``--long_repeats`` for the long file).
 ``--profile`` also prints ``torch.profiler`` tables of the Vesper-4-sized single-file call,
 Hugging Face vs fast path.
 
 Run::
 
     PYTHONPATH=. python benchmarks/bench_inference_rtf.py [--models fbank vesper4 large]
-        [--files 3] [--long_minutes 10] [--repeats 2] [--threads 2] [--profile]
+        [--files 3] [--long_minutes 10] [--repeats 2] [--long_repeats 1] [--threads 2] [--profile]
 """
 
 import argparse
@@ -185,6 +186,7 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=WINDOW_SECONDS, help="single-file duration")
     parser.add_argument("--long_minutes", type=float, default=10.0, help="long-file duration (0: skip)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (best is kept)")
+    parser.add_argument("--long_repeats", type=int, default=1, help="interleaved rounds of the long file")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--profile", action="store_true", help="profile the Vesper-4-sized single file")
     args = parser.parse_args(argv)
@@ -239,7 +241,8 @@ def main(argv=None):
                 for label, paths, samples, seconds in tests:
                     batches = [window_batches(item) for item in samples]
                     best = {"ours": 0.0, "hf": 0.0}
-                    for _ in range(args.repeats):
+                    rounds = args.long_repeats if label.startswith("long") else args.repeats
+                    for _ in range(rounds):
                         ours, hf = [], []
                         for path, batch in zip(paths, batches):
                             ours.append(classify_seconds(classifier, path))
@@ -251,7 +254,8 @@ def main(argv=None):
                         if model is not None:
                             best["hf"] = max(best["hf"], seconds / statistics.median(hf))
                     rows.append((name, label, precision, best, flops_per_second))
-                    print(f"  done: {name}, {label}, {precision}", flush=True)
+                    print(f"  {name}, {label}, {precision}: ours {best['ours']:.2f}x real time, bare HF "
+                          f"{best['hf']:.2f}x, best matmul so far {matmul_best[precision]:.0f} GFLOP/s", flush=True)
 
     print()
     print(
