@@ -143,6 +143,9 @@ class FastSSLForward(torch.nn.Module):
     The model's parameters are read, not copied, in fp32; derived weights (reshaped CNN
     kernels, the positional-convolution weight, fused Q/K/V, bf16 copies) are built on first
     use per device and dtype, and rebuilt if a parameter changes in place (``load_state_dict``).
+    On CPU the prepacked linear weights are a second copy of the transformer's weights (about
+    +1.2 GB for WavLM Large in fp32, +0.6 GB in bf16): the price of not re-laying them out on
+    every call.
 
     Arguments
     ---------
@@ -406,13 +409,14 @@ class FastSSLForward(torch.nn.Module):
                 hidden = self._norm(hidden, weights["encoder_norm"])
 
             position_bias = None
-            if self.is_wavlm:
+            if self.is_wavlm and max(keep) > 0:
                 first = self.model.encoder.layers[0].attention
                 buckets = _relative_position_bucket(first, length, hidden.device)
                 position_bias = first.rel_attn_embed.weight[buckets].permute(2, 0, 1).float()  # (H, T, T)
 
             states = {0: hidden} if 0 in wanted else {}
-            for index, entry in enumerate(weights["layers"], 1):
+            # Layers above the highest kept state never influence the result.
+            for index, entry in enumerate(weights["layers"][: max(keep)], 1):
                 if self.stable_layer_norm:
                     normed = self._norm(hidden, entry["norm1"])
                     # fp32 + bf16 promotes to fp32 in one kernel: the residual stream stays fp32.
@@ -425,8 +429,6 @@ class FastSSLForward(torch.nn.Module):
                     hidden = self._norm(hidden + self._feed_forward(hidden, entry, dtype), entry["norm2"])
                 if index in wanted:
                     states[index] = hidden
-                if index >= max(keep):
-                    break
         return [states[index] for index in keep]
 
 
