@@ -8,7 +8,7 @@ a CPU (it runs on a GPU too). Profiling the Hugging Face forward of a Vesper-4-s
 prints it again):
 
 * ``mkldnn_convolution`` (~40 %): the seven CNN convolutions (4.9 GFLOP per audio second) and
-  the grouped positional convolution, at about half the matmul throughput;
+  the grouped positional convolution (0.8), at about half the matmul throughput;
 * ``copy_`` (~20 %) and ``native_layer_norm`` (~10 %): the CNN's layer norm runs on
   ``(B, T, C)`` but the convolutions want ``(B, C, T)``, so every CNN layer transposes and
   copies its activations twice;
@@ -20,11 +20,14 @@ So this forward:
 
 * keeps the CNN channels-last ``(B, T, C)`` from the waveform on: a convolution with stride
   ``s`` and kernel ``k`` reads, for output frame ``t``, the ``k*C`` *contiguous* values that
-  start at frame ``t*s``, so it is one strided view (no unfold copy in the layout) and one
-  GEMM with the weight reshaped once to ``(C_out, k*C_in)``; the layer norm is then over the
-  last, contiguous axis, and GELU runs in place: no transposes at all;
+  start at frame ``t*s``; split in chunks of ``s`` taps, each chunk is a strided view of the
+  input that BLAS reads in place (no im2col copy) and one GEMM with the weight reshaped once;
+  the layer norm is then over the last, contiguous axis, and GELU runs in place: no
+  transposes at all;
 * computes the weight-normalised positional-convolution weight once (Hugging Face recomputes
-  it on every call) and fuses the three Q/K/V projections into one GEMM;
+  it on every call), fuses the three Q/K/V projections into one GEMM, and on CPU runs the
+  linear layers through oneDNN with weights prepacked once and GELU fused into the FFN's
+  first GEMM;
 * runs attention through ``torch.nn.functional.scaled_dot_product_attention`` (the fused CPU
   flash kernel), with WavLM's gated relative-position bias (and the key padding mask) as its
   additive float ``attn_mask``;
