@@ -394,7 +394,8 @@ class FastSSLForward(torch.nn.Module):
         with torch.no_grad():
             features = self._cnn(wavs, weights, dtype)  # (B, T', C)
             if weights["proj_norm"] is not None:
-                features = self._norm(features, weights["proj_norm"], dtype)
+                # fp32 statistics; also, not every device has mixed-dtype layer norm.
+                features = self._norm(features.float(), weights["proj_norm"], dtype)
             hidden = _linear(features, weights["projection"]).float()  # (B, T', D)
             batch, length, _ = hidden.shape
 
