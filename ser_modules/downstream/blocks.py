@@ -388,14 +388,53 @@ class WindowedSelfAttention(torch.nn.Module):
             ``(B, T, D)``.
         """
         batch, num_frames, dim = x.shape
-        qkv = self.project_qkv(x).view(batch, num_frames, 3, self.num_heads, dim // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D / H)
-        allowed = window_attention_mask(padding_mask, num_frames, self.window, device=x.device)
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, T, D / H)
+        head_dim = dim // self.num_heads
+        qkv = self.project_qkv(x).view(batch, num_frames, 3, self.num_heads, head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.window is None or self.window >= 2 * num_frames - 1:
+            allowed = window_attention_mask(padding_mask, num_frames, None, device=x.device)
+            attended = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=allowed, dropout_p=dropout
+            )  # (B, H, T, d)
+        else:
+            attended = self.banded_attention(query, key, value, padding_mask, dropout)
         return self.project_out(attended.transpose(1, 2).reshape(batch, num_frames, dim))
+
+    def banded_attention(self, query, key, value, padding_mask, dropout):
+        """Attention over the ``window`` keys around each query, without a T x T matrix.
+
+        The window is walked offset by offset: ``w`` element-wise products of ``(B, H, T, d)``
+        tensors against the keys and values shifted by that offset (zero-padded, masked
+        outside the utterance); the query's own frame is never masked, so no row is empty.
+        Cost O(T w d) instead of the O(T^2 d) of a masked dense attention.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, T, d)``.
+        """
+        batch, _, num_frames, head_dim = query.shape
+        half = self.window // 2
+        padded_keys = F.pad(key, (0, 0, half, half))  # (B, H, T + 2 half, d)
+        padded_values = F.pad(value, (0, 0, half, half))
+        valid = torch.ones(batch, num_frames, dtype=torch.bool, device=query.device)
+        if padding_mask is not None:
+            valid = ~padding_mask
+        padded_valid = F.pad(valid, (half, half), value=False)  # (B, T + 2 half)
+        query = query * head_dim**-0.5
+        scores, allowed = [], []
+        for offset in range(self.window):  # key of frame t at offset: frame t + offset - half
+            scores.append((query * padded_keys[:, :, offset : offset + num_frames]).sum(dim=-1))
+            allowed.append(padded_valid[:, offset : offset + num_frames] | (offset == half))
+        scores = torch.stack(scores, dim=-1)  # (B, H, T, w)
+        allowed = torch.stack(allowed, dim=-1).unsqueeze(1)  # (B, 1, T, w)
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        weights = F.dropout(weights, p=dropout, training=dropout > 0)
+        attended = 0.0
+        for offset in range(self.window):
+            attended = attended + weights[..., offset : offset + 1] * padded_values[:, :, offset : offset + num_frames]
+        return attended
 
 
 class SpeechFormerLayer(torch.nn.Module):

@@ -82,18 +82,21 @@ class SpecAugment(torch.nn.Module):
         if not (self.training and self.enabled):
             return x
         batch, num_frames, dim = x.shape
+        spans = torch.zeros(batch, num_frames, dtype=torch.bool, device=x.device)
         if self.time_mask_prob > 0 and num_frames >= self.time_mask_length:
             lengths = (~padding_mask).long()
             # Utterances shorter than one span keep all their frames; transformers would
             # otherwise refuse the batch.
             too_short = lengths.sum(dim=1) < self.time_mask_length
-            spans = _compute_mask_indices(
+            drawn = _compute_mask_indices(
                 (batch, num_frames), self.time_mask_prob, self.time_mask_length,
                 attention_mask=lengths.masked_fill(too_short[:, None], 1), min_masks=2,
             )
-            spans = torch.from_numpy(np.asarray(spans, dtype=bool)).to(x.device)
+            spans = torch.from_numpy(np.asarray(drawn, dtype=bool)).to(x.device)
             spans &= ~padding_mask & ~too_short[:, None]
-            x = torch.where(spans.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        # Always in the graph (even with no span drawn), so DistributedDataParallel finds a
+        # gradient for the embedding on every rank.
+        x = torch.where(spans.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
         if self.feature_mask_prob > 0:
             channels = _compute_mask_indices(
                 (batch, dim), self.feature_mask_prob, self.feature_mask_length, min_masks=1
