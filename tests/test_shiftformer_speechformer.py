@@ -25,6 +25,7 @@ from ser_modules.downstream.speechformer import (
     merge_frames,
     sinusoidal_encoding,
     statistical_windows,
+    upstream_frame_hop_ms,
 )
 from ser_modules.downstream.supernet import BASSuperNet, derived_state_dict
 from ser_modules.downstream.models import BlockStackClassifier
@@ -139,6 +140,11 @@ def test_statistical_windows_follow_the_authors_integer_arithmetic():
     assert statistical_windows(10) == ([5, 9, 9, None], [5, 5, 4])
     with pytest.raises(ValueError, match="hop"):
         statistical_windows(60)
+    # what speechformer.yaml derives from upstream_kind
+    assert upstream_frame_hop_ms("auto") == upstream_frame_hop_ms("wavlm") == 20
+    assert upstream_frame_hop_ms("fbank") == 10 and upstream_frame_hop_ms("fbank", 20) == 20
+    with pytest.raises(ValueError, match="block_dim"):
+        build_downstream("speechformer", 16, 4, model_dim=8)
 
 
 @pytest.mark.parametrize("window", [3, 5])

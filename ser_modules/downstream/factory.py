@@ -69,6 +69,11 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
             spec_augment=bool(spec_augment), model_dim=model_dim,
         )
     if model == "speechformer":
+        if model_dim is not None:
+            raise ValueError(
+                "downstream_model=speechformer works at the input width (its merging blocks set "
+                f"the widths after it): leave block_dim / model_dim empty, got {model_dim}."
+            )
         return SpeechFormerClassifier(
             input_dim, num_classes, frame_hop_ms=frame_hop_ms, stage_layers=speechformer_layers,
             expand=speechformer_expand, num_heads=num_heads, dropout=dropout, attention_dropout=dropout,
