@@ -77,6 +77,11 @@ DOWNSTREAM_ARGUMENTS = {
     "num_heads": "num_heads",
     "ffn_dim": "ffn_dim",
     "dropout": "dropout",
+    # Shiftformer and SpeechFormer options (same names in the recipes)
+    **{name: name for name in (
+        "shift_layers", "shift_mlp_ratio", "shift_div", "shift_stride", "shift_bidirectional",
+        "spec_augment", "frame_hop_ms", "speechformer_layers", "speechformer_expand",
+    )},
 }
 
 INTERFACE_SOURCE = '''"""Interface of this model folder for SpeechBrain's ``foreign_class``::
@@ -176,8 +181,14 @@ def upstream_arguments(upstream_factory):
             f"hparams['upstream'] is {upstream_factory!r}: expected the recipe's '!name:' "
             "partial of an upstream class (e.g. ser_modules.upstreams.FbankUpstream)."
         )
-    bound = inspect.signature(func).bind_partial(*upstream_factory.args, **upstream_factory.keywords)
-    arguments = dict(bound.arguments)
+    signature = inspect.signature(func)
+    bound = signature.bind_partial(*upstream_factory.args, **upstream_factory.keywords)
+    arguments = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind == inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)  # e.g. build_upstream(kind, ..., **kwargs): keep them flat
+        else:
+            arguments[name] = value
     if arguments.get("source") is not None:
         arguments["source"] = os.path.abspath(str(arguments["source"]))
     return func, arguments
@@ -212,7 +223,7 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
             yaml_object("upstream", "name", target, kwargs),
         ]
     else:
-        if "source" in upstream_kwargs:
+        if upstream_kwargs.get("source") is not None:
             sections += [
                 "# The frozen upstream, read from its local Hugging Face folder by ABSOLUTE path:",
                 "# the model works where that folder exists (export with copy_upstream=True for",
@@ -220,7 +231,9 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
             ]
         else:
             sections.append("# The frozen upstream (no files).")
-        sections.append(yaml_object("upstream", "new", target, upstream_kwargs))
+        # A class is built with !new:, a factory function (build_upstream) with !apply:.
+        tag = "new" if inspect.isclass(upstream_class) else "apply"
+        sections.append(yaml_object("upstream", tag, target, upstream_kwargs))
     sections.append("")
     sections.append("# Trained modules; their parameters are <name>.ckpt in this folder.")
     for name, module in modules.items():

@@ -167,6 +167,32 @@ VESPER_TABLE8 = {
 }
 VESPER_TABLE3 = {upstream: scores for (upstream, source), scores in VESPER_TABLE8.items() if source == "weighted"}
 
+# Vesper paper, Table IV: the SER-specific downstream models Shiftformer [42] and
+# SpeechFormer-S [65] on each upstream, (WA, UA, WF1) per dataset. The paper does not say
+# which upstream layers feed them: its numbers are shown beside runs of any classifier input.
+SHIFTFORMER = "Shiftformer"
+SPEECHFORMER_S = "SpeechFormer-S"
+TABLE4_MODELS = (SHIFTFORMER, SPEECHFORMER_S)
+_TABLE4_PRINTED = {  # (dataset, upstream): (Shiftformer WA, UA, WF1, SpeechFormer-S WA, UA, WF1)
+    ("IEMOCAP", "WavLM Base"): (0.615, 0.624, 0.609, 0.608, 0.613, 0.602),
+    ("IEMOCAP", "Vesper-4"): (0.730, 0.739, 0.730, 0.711, 0.725, 0.711),
+    ("IEMOCAP", "WavLM Large"): (0.727, 0.736, 0.727, 0.721, 0.729, 0.719),
+    ("IEMOCAP", "Vesper-12"): (0.737, 0.743, 0.735, 0.729, 0.731, 0.725),
+    ("MELD", "WavLM Base"): (0.480, 0.212, 0.424, 0.481, 0.208, 0.414),
+    ("MELD", "Vesper-4"): (0.479, 0.240, 0.445, 0.489, 0.260, 0.441),
+    ("MELD", "WavLM Large"): (0.527, 0.265, 0.476, 0.493, 0.281, 0.474),
+    ("MELD", "Vesper-12"): (0.530, 0.262, 0.479, 0.507, 0.276, 0.477),
+    ("CREMA-D", "WavLM Base"): (0.709, 0.712, 0.708, 0.696, 0.698, 0.691),
+    ("CREMA-D", "Vesper-4"): (0.780, 0.783, 0.778, 0.761, 0.764, 0.760),
+    ("CREMA-D", "WavLM Large"): (0.751, 0.754, 0.751, 0.770, 0.772, 0.769),
+    ("CREMA-D", "Vesper-12"): (0.806, 0.809, 0.804, 0.794, 0.797, 0.795),
+}
+VESPER_TABLE4 = {
+    (dataset, upstream, model): dict(zip(METRIC_NAMES, values[3 * index : 3 * index + 3]))
+    for (dataset, upstream), values in _TABLE4_PRINTED.items()
+    for index, model in enumerate(TABLE4_MODELS)
+}
+
 # Display orders: the papers' datasets first, the BAS Table 1 models in its order.
 DATASET_ORDER = ("IEMOCAP", "MELD", "CREMA-D")
 MODEL_ORDER = ("3L-baseline", "4L-baseline", "simple-FFN", "3L-BAS", "4L-BAS", "SUPERB classifier")
@@ -321,6 +347,8 @@ FAMILY_DEFAULTS = {
     "transformer": {"downstream_model": "transformer", "num_layers": 3},
     "ffn": {"downstream_model": "ffn"},
     "bas": {"downstream_model": "blocks", "search": True, "search_layers": 3},
+    "shiftformer": {"downstream_model": "shiftformer"},
+    "speechformer": {"downstream_model": "speechformer"},
 }
 
 
@@ -352,6 +380,14 @@ def model_name(hparams_file, settings):
         return "simple-FFN"
     if model == "superb":
         return SUPERB
+    if model == "shiftformer":
+        return SHIFTFORMER
+    if model == "speechformer":
+        expand = list(settings.get("speechformer_expand") or [1, 1, 1])
+        layers = list(settings.get("speechformer_layers") or [2, 2, 4, 4])
+        if layers == [2, 2, 4, 4] and expand in ([1, 1, 1], [1, 1, 2]):
+            return SPEECHFORMER_S if expand == [1, 1, 1] else "SpeechFormer-B"
+        return f"SpeechFormer (layers {layers}, expand {expand})"
     return str(model)
 
 
@@ -373,6 +409,20 @@ def upstream_name(hparams_file, settings):
     another size is named by its shape, so that it never matches a paper's row.
     """
     _, family_key = _family(hparams_file)
+    if not family_key and settings.get("upstream_kind"):
+        # One hparams file for every upstream (shiftformer.yaml ...): the kind hparam, or
+        # for "auto" the folder's config.json, names the family. Vesper exports are WavLM
+        # models of 4 or 12 layers at 1024 dims (or have "vesper" in their name).
+        family_key = str(settings["upstream_kind"])
+        source = str(settings.get("ssl_source") or "")
+        if family_key != "fbank" and source:
+            config = _read_model_config(source)
+            family_key = config.get("model_type", family_key) if family_key == "auto" else family_key
+            shape = (config.get("num_hidden_layers"), config.get("hidden_size"))
+            if "vesper" in os.path.basename(os.path.normpath(source)).lower() or (
+                family_key == "wavlm" and shape in ((4, 1024), (12, 1024))
+            ):
+                family_key = "vesper"
     family = UPSTREAM_FAMILIES.get(family_key)
     if family is None:
         return family_key or "?"
@@ -735,6 +785,36 @@ def vesper_table(runs, by_input=False):
     return columns, table_rows(ordered, columns, row_key, reference, scale=1.0)
 
 
+def vesper_table4(runs):
+    """Vesper Table IV layout: rows = dataset x upstream, columns = {Shiftformer,
+    SpeechFormer-S} x {WA, UA, WF1} (fractions), the paper's number beside ours.
+
+    Returns
+    -------
+    (list of (str, str), list of dict)
+        The columns ``(model, metric)`` and rows like :func:`table_rows`'s.
+    """
+    chosen = [run for run in runs if run.model in TABLE4_MODELS]
+    columns = [(model, metric) for model in TABLE4_MODELS for metric in METRIC_NAMES]
+    dataset_rank = {name: index for index, name in enumerate(_dataset_order({run.dataset for run in chosen}))}
+    ordered = sorted(chosen, key=lambda r: (dataset_rank[r.dataset], _upstream_order(r.upstream), r.variant,
+                                            r.classifier_input))
+    rows = {}
+    for run in ordered:
+        upstream = run.upstream
+        if run.classifier_input != "weighted" and run.upstream != "Fbank":
+            upstream += f" ({run.classifier_input})"
+        label = (run.dataset, upstream + (f" [{run.variant}]" if run.variant else "") + run.mark)
+        row = rows.setdefault(label, {"label": label, "cells": {}})
+        for metric in METRIC_NAMES:
+            mean, std = score_cell(run, metric, 1.0)
+            paper = None if run.variant else VESPER_TABLE4.get((run.dataset, run.upstream, run.model), {}).get(metric)
+            row["cells"][(run.model, metric)] = {
+                "mean": mean, "std": std, "folds": len(run.results["folds"]), "paper": paper, "run": run,
+            }
+    return columns, list(rows.values())
+
+
 # ---------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------
@@ -888,6 +968,11 @@ def build_report(paths, out=None, figures_folder=None, allow_mixed=False):
             columns, rows = vesper_table(runs, by_input=True)
             lines += ["", "## Vesper Table VIII layout (classifier input: weighted sum of layers or one layer)", ""]
             lines += markdown_table(["upstream", "input"], rows, columns, digits=3)
+
+    if any(run.model in TABLE4_MODELS for run in runs):
+        columns, rows = vesper_table4(runs)
+        lines += ["", "## Vesper Table IV layout (SER-specific downstream models)", ""]
+        lines += markdown_table(["dataset", "upstream"], rows, columns, digits=3)
 
     lines += ["", "## Runs", "",
               "| run | dataset | upstream | model | folds | selection | crop (s) | WA | UA | WF1 | confusion |",

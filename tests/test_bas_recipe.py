@@ -171,3 +171,30 @@ def test_all_equal_thetas_take_the_first_candidate_and_are_reported_as_ties(mini
     np.testing.assert_allclose(search["probabilities"]["main"], np.full((3, 3), 1 / 3))
     with open(os.path.join(output, "main", "search", "architecture.json"), encoding="utf-8") as handle:
         assert json.load(handle)["ties"] == [0, 1, 2]
+
+
+def test_search_over_the_extended_candidates_runs_end_to_end_and_plots_them_all(mini_corpus, tmp_path):
+    # Beyond the paper: the Table IV models' blocks join the search space.
+    candidates = ["msa_ffn", "msa", "ffn", "shift", "speechformer"]
+    output = str(tmp_path / "out")
+    run_in_process(
+        CUSTOM, *bas_arguments(mini_corpus, output), f"--candidates=[{','.join(candidates)}]",
+        "--num_heads=4", "--search_epochs=2", "--number_of_epochs=1", "--ckpt_interval_steps=0",
+    )
+    results = read_results(output)
+    search = results["search"]
+    assert search["candidates"] == candidates
+    probabilities = np.array(search["probabilities"]["main"])
+    assert probabilities.shape == (3, 5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    assert len(np.unique(probabilities.round(6))) > 1, "the thetas did not move: the search did nothing"
+    assert set(search["architectures"]["main"]) <= set(candidates)
+    heatmap = os.path.join(output, "main", "search", "theta_heatmap.png")
+    import matplotlib.image
+
+    # One column per candidate: the figure is wider than a 3-candidate one (2.5 + 1.5 K in).
+    assert matplotlib.image.imread(heatmap).shape[1] >= 100 * (2.5 + 1.5 * 5) * 0.9
+    from ser_modules.reports import build_report
+
+    report = build_report([output])
+    assert "| layer | msa_ffn | msa | ffn | shift | speechformer |" in report

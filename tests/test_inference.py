@@ -357,3 +357,30 @@ def test_ssl_upstream_is_referenced_by_absolute_path(untrained_wavlm_split, tmp_
             EmotionClassifier.from_hparams(source=exported, savedir=exported)
     finally:
         shutil.move(moved_upstream, tiny)
+
+
+@pytest.mark.parametrize("hparams_file", ["hparams/shiftformer.yaml", "hparams/speechformer.yaml"])
+def test_table_iv_models_export_and_reproduce_their_test_probabilities(hparams_file, corpus, tmp_path):
+    # The Table IV downstream models through their own hparams files (upstream picked by
+    # build_upstream), exported, reloaded and classified file by file. Features on the fly:
+    # the float16 cache would shift these deeper models' probabilities by ~2e-3.
+    output = str(tmp_path / "run")
+    run_in_process(
+        "recipes/custom/train.py", hparams_file, "--upstream_kind=fbank", "--use_cache=False", f"--data_folder={corpus}",
+        "--labels_csv=labels.csv", "--split=stratified", "--valid_fraction=0.25", f"--output_folder={output}",
+        "--number_of_epochs=2", "--batch_size=4", "--lr=0.01", f"--crop_seconds={CROP_SECONDS}",
+    )
+    folder = os.path.join(output, "main", "model")
+    with open(os.path.join(folder, "hyperparams.yaml"), encoding="utf-8") as handle:
+        text = handle.read()
+    assert "upstream: !apply:ser_modules.upstreams.build_upstream" in text
+    assert f"model: {os.path.basename(hparams_file)[:-5]}" in text
+    loaded = EmotionClassifier.from_hparams(source=folder, savedir=folder, run_opts={"device": "cpu"})
+    outcome = read_test_outcome(output)
+    with open(os.path.join(output, "prepared", "test.csv"), encoding="utf-8") as handle:
+        paths = {row["ID"]: row["wav"].replace("$data_root", corpus) for row in csv.DictReader(handle)}
+    got = np.stack([
+        probability_vector(loaded.classify_file(paths[utterance_id]), outcome["labels"])
+        for utterance_id in outcome["ids"]
+    ])
+    np.testing.assert_allclose(got, np.array(outcome["probabilities"]), atol=1e-4)

@@ -33,6 +33,8 @@ from test_meld_prepare import meld_root  # noqa: F401  (fixture: a miniature MEL
 SUPERB_WAVLM = "hparams/superb_wavlm.yaml"
 CUSTOM = "recipes/custom/train.py"
 METRICS = ("WA", "UA", "WF1")
+# The SUPERB classifier and the two Table IV downstream models (the downstream switch).
+DOWNSTREAMS = ("superb", "shiftformer", "speechformer")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,22 @@ def cached_run(mini_arguments, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("cached_run"))
     run_in_process(CUSTOM, *mini_arguments, f"--output_folder={output}")
     return output
+
+
+@pytest.fixture(scope="module")
+def reference_runs(cached_run, mini_arguments, tmp_path_factory):
+    """``downstream -> output folder`` of uninterrupted runs, made on first use."""
+    runs = {"superb": cached_run}
+
+    def get(downstream):
+        if downstream not in runs:
+            output = str(tmp_path_factory.mktemp(f"{downstream}_run"))
+            run_in_process(CUSTOM, *mini_arguments, f"--output_folder={output}", f"--downstream_model={downstream}")
+            check_results(output, ["main"])
+            runs[downstream] = output
+        return runs[downstream]
+
+    return get
 
 
 def check_results(output, expected_folds):
@@ -121,12 +139,13 @@ def test_meld_runs_the_official_split_on_a_tiny_wavlm_through_the_cache(tmp_path
     assert cache_sources(output) == {os.path.abspath(tiny_wavlm)}
 
 
-def test_cremad_runs_the_random_split_on_a_tiny_wavlm_through_the_cache(tmp_path, tiny_wavlm):
+@pytest.mark.parametrize("downstream", DOWNSTREAMS)
+def test_cremad_runs_the_random_split_on_a_tiny_wavlm_through_the_cache(tmp_path, tiny_wavlm, downstream):
     corpus = test_cremad_prepare.build_corpus(str(tmp_path))
     output = str(tmp_path / "out")
     run_in_process(
         "recipes/CREMA-D/train.py", SUPERB_WAVLM, f"--data_folder={corpus}", f"--ssl_source={tiny_wavlm}",
-        f"--output_folder={output}", "--number_of_epochs=1",
+        f"--output_folder={output}", "--number_of_epochs=1", f"--downstream_model={downstream}",
     )
     results = check_results(output, ["main"])
     assert results["pooled"]["labels"] == ["ang", "dis", "fea", "hap", "neu", "sad"]
@@ -148,11 +167,13 @@ def test_cached_features_train_to_the_same_probabilities_as_features_computed_on
     assert np.abs(cached - 0.25).max() > 0.05, "the model did not learn: the comparison shows nothing"
 
 
+@pytest.mark.parametrize("downstream", DOWNSTREAMS)
 def test_run_killed_mid_epoch_resumes_to_the_results_of_an_uninterrupted_run(
-    cached_run, mini_arguments, tmp_path
+    reference_runs, mini_arguments, tmp_path, downstream
 ):
+    cached_run = reference_runs(downstream)
     output = str(tmp_path / "killed")
-    arguments = [*mini_arguments, f"--output_folder={output}"]
+    arguments = [*mini_arguments, f"--output_folder={output}", f"--downstream_model={downstream}"]
     save_folder = os.path.join(output, "main", "save")
     kill_when(start_child(CUSTOM, *arguments), lambda: has_intra_epoch_checkpoint(save_folder, after_epochs=1))
     assert not os.path.isfile(os.path.join(output, "main", "test_outcome.json"))
@@ -185,19 +206,25 @@ def test_checkpoints_cut_short_by_a_kill_are_removed_before_recovery(tmp_path):
     assert not os.path.exists(truncated.path) and not os.path.exists(unrecorded.path)
 
 
-def test_two_process_ddp_on_cpu_finishes_and_writes_results(mini_corpus, tmp_path):
+@pytest.mark.parametrize("model_arguments", [
     # BAS covers both Brains (super net search and retraining) under DDP.
+    ("hparams/bas_fbank.yaml", "--search_epochs=1", "--ffn_dim=16"),
+    ("hparams/shiftformer.yaml", "--upstream_kind=fbank"),
+    ("hparams/speechformer.yaml", "--upstream_kind=fbank"),
+], ids=["bas", "shiftformer", "speechformer"])
+def test_two_process_ddp_on_cpu_finishes_and_writes_results(mini_corpus, tmp_path, model_arguments):
     output = str(tmp_path / "ddp")
     run_child(
-        CUSTOM, "hparams/bas_fbank.yaml", f"--data_folder={mini_corpus}", "--labels_csv=labels.csv",
-        "--split=stratified", "--valid_fraction=0.25", f"--output_folder={output}", "--search_epochs=1",
-        "--number_of_epochs=1", "--ffn_dim=16", "--batch_size=4", "--ckpt_interval_steps=1",
+        CUSTOM, *model_arguments, f"--data_folder={mini_corpus}", "--labels_csv=labels.csv",
+        "--split=stratified", "--valid_fraction=0.25", f"--output_folder={output}",
+        "--number_of_epochs=1", "--batch_size=4", "--ckpt_interval_steps=1",
         "--distributed_backend=gloo",
         launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
         timeout=300,
     )
     results = check_results(output, ["main"])
-    assert len(results["search"]["architectures"]["main"]) == 3
+    if model_arguments[0].endswith("bas_fbank.yaml"):
+        assert len(results["search"]["architectures"]["main"]) == 3
 
 
 def test_bf16_training_runs_and_gives_finite_probabilities(mini_arguments, tmp_path):

@@ -20,6 +20,7 @@ from ser_modules.reports import (
     results_markdown,
     upstream_name,
     vesper_table,
+    vesper_table4,
 )
 
 LABELS = ["ang", "hap", "neu", "sad"]
@@ -107,6 +108,10 @@ def _is_png(path):
         ("superb_vesper.yaml", {}, "SUPERB classifier"),
         ("superb_wavlm.yaml", {"downstream_model": "ffn"}, "simple-FFN"),
         ("bas_wavlm.yaml", {"search": False, "architecture": ["ffn", "msa"]}, "blocks ffn-msa"),
+        ("shiftformer.yaml", {}, "Shiftformer"),
+        ("speechformer.yaml", {}, "SpeechFormer-S"),
+        ("speechformer.yaml", {"speechformer_expand": [1, 1, 2]}, "SpeechFormer-B"),
+        ("transformer_wavlm.yaml", {"downstream_model": "shiftformer"}, "Shiftformer"),
     ],
 )
 def test_model_name_comes_from_hparams_file_and_overrides(hparams_file, overrides, expected):
@@ -223,6 +228,34 @@ def test_vesper_tables_hold_superb_runs_by_upstream_and_classifier_input(tmp_pat
     assert rows[1]["cells"][("IEMOCAP", "UA")]["paper"] == 0.712
     report = build_report([weighted, last, bas])
     assert "## Vesper Table VIII layout" in report
+
+
+def test_vesper_table4_holds_shiftformer_and_speechformer_by_dataset_and_upstream(tmp_path):
+    vesper = _model_folder(tmp_path, "vesper4", 4, 1024)
+    base = _model_folder(tmp_path, "base", 12, 768)
+    shift, predictions = write_run(tmp_path / "s", "shiftformer.yaml", dataset="CREMA-D",
+                                   overrides={"upstream_kind": "auto", "ssl_source": vesper})
+    speech, _ = write_run(tmp_path / "f", "speechformer.yaml", dataset="CREMA-D", seed=2,
+                          overrides={"upstream_kind": "auto", "ssl_source": vesper})
+    switched, _ = write_run(tmp_path / "w", "transformer_wavlm.yaml", dataset="CREMA-D", seed=4,
+                            overrides={"downstream_model": "speechformer", "ssl_source": base})
+    fbank, _ = write_run(tmp_path / "b", "shiftformer.yaml", dataset="CREMA-D", seed=6,
+                         overrides={"upstream_kind": "fbank"})
+    superb, _ = write_run(tmp_path / "p", "superb_fbank.yaml", dataset="CREMA-D", seed=8)
+    runs, _ = collect_runs([superb, fbank, switched, speech, shift])
+
+    columns, rows = vesper_table4(runs)
+    assert columns == [(model, metric) for model in ("Shiftformer", "SpeechFormer-S") for metric in ("WA", "UA", "WF1")]
+    assert [row["label"] for row in rows] == [("CREMA-D", "Fbank"), ("CREMA-D", "WavLM Base"), ("CREMA-D", "Vesper-4")]
+    vesper_row = _row(rows, "CREMA-D", "Vesper-4")
+    ua = [sk_metrics.recall_score(t, p, average="macro") for t, p in predictions.values()]
+    assert vesper_row["cells"][("Shiftformer", "UA")]["mean"] == pytest.approx(np.mean(ua))
+    assert vesper_row["cells"][("Shiftformer", "WA")]["paper"] == 0.780
+    assert vesper_row["cells"][("SpeechFormer-S", "WF1")]["paper"] == 0.760
+    assert _row(rows, "CREMA-D", "WavLM Base")["cells"][("SpeechFormer-S", "UA")]["paper"] == 0.698
+    assert ("SpeechFormer-S", "UA") not in _row(rows, "CREMA-D", "Fbank")["cells"]
+    report = build_report([superb, fbank, switched, speech, shift])
+    assert "## Vesper Table IV layout" in report and "(paper 0.783)" in report
 
 
 def test_runs_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path):

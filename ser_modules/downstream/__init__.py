@@ -1,9 +1,12 @@
 """Downstream models on frozen upstream features, and the BAS block architecture search.
 
-- ``blocks``: the three candidate blocks (``msa_ffn``, ``msa``, ``ffn``).
+- ``blocks``: the candidate blocks (``msa_ffn``, ``msa``, ``ffn`` of BAS; ``shift`` and
+  ``speechformer`` of the Table IV models).
 - ``models``: layer combination, masked pooling, the SUPERB classifier and fixed block
   stacks (transformer baselines, simple FFN, derived BAS networks).
 - ``supernet``: the Gumbel-softmax super net searched by BAS.
+- ``shiftformer``, ``speechformer``: the Vesper paper's Table IV downstream models.
+- ``factory``: ``build_downstream``, the ``downstream_model`` switch of the recipes.
 - ``architecture``: derive, save, load, plot and tally the architectures found.
 """
 
@@ -25,6 +28,8 @@ from ser_modules.downstream.models import (
     valid_frame_mask,
 )
 from ser_modules.downstream.normalization import GlobalFrameNormalization
+from ser_modules.downstream.shiftformer import ShiftformerClassifier
+from ser_modules.downstream.speechformer import SpeechFormerClassifier
 from ser_modules.downstream.supernet import (
     BASSuperNet,
     SearchableLayer,
