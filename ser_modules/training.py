@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.feature_cache import NonFiniteFeaturesError
 from ser_modules.manifest import DATA_ROOT
 from ser_modules.metrics import classification_scores
 
@@ -53,13 +54,33 @@ class EmotionBrain(sb.Brain):
         """Return logits (B, C) and the relative feature lengths (B,)."""
         batch = batch.to(self.device)
         feats, feat_lens = self.upstream_features(batch)  # (B, nL, T, D), (B,)
+        self.check_finite(feats, batch, "features")
         frames = self.modules.layer_combiner(feats)  # (B, T, D)
         if "input_norm" in self.modules:
             # e.g. SpeechBrain's global InputNormalization: statistics gathered while
             # training the first epoch(s), then frozen (and checkpointed).
             frames = self.modules.input_norm(frames, feat_lens, epoch=self.hparams.epoch_counter.current)
         logits = self.modules.downstream(frames, feat_lens)  # (B, C)
+        self.check_finite(logits, batch, "logits")
         return logits, feat_lens
+
+    @staticmethod
+    def check_finite(values, batch, what):
+        """Stop with the utterances (and files) named when ``values`` (B, ...) hold NaN or inf.
+
+        A NaN would otherwise be argmax-ed into class 0, written into the normaliser's
+        statistics, or averaged into every later step.
+        """
+        finite = torch.isfinite(values.detach()).flatten(1).all(dim=1)  # (B,)
+        if bool(finite.all()):
+            return
+        files = getattr(batch, "wav", None) or [None] * len(batch.id)
+        named = [f"{utt_id} ({path})" if path else utt_id
+                 for utt_id, path, ok in zip(batch.id, files, finite.tolist()) if not ok]
+        raise NonFiniteFeaturesError(
+            f"NaN or infinite {what} for the utterances {', '.join(named)}: check those audio files "
+            "(out-of-range samples) and remove them from the manifest or re-extract them."
+        )
 
     def upstream_features(self, batch):
         """Layer-wise frame features of a batch: cached (default) or computed now."""
@@ -228,7 +249,7 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
     datasets = {}
     for name, csv_path in csv_paths.items():
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path, replacements=replacements)
-        keys = ["id", "emo_encoded"]
+        keys = ["id", "wav", "emo_encoded"]  # wav: named in errors
         if feature_caches is not None:
             cache = feature_caches["train" if name == "train" else "eval"]
 

@@ -348,3 +348,17 @@ def test_two_processes_building_one_cache_both_end_with_the_sequential_result(tm
         return {name: data for name, data in folder_contents(folder).items() if name != ".lock"}
 
     assert contents(shared.folder) == contents(reference.folder)
+
+
+class NaNFbank(FbankUpstream):
+    def forward(self, wavs, wav_lens=None):
+        feats, lens = super().forward(wavs, wav_lens)
+        return feats * float("nan"), lens
+
+
+def test_nan_features_are_refused_naming_the_utterance_and_its_file(tmp_path, corpus):
+    rows, replacements = corpus
+    cache = FeatureCache(tmp_path, NaNFbank(n_mels=20))
+    with pytest.raises(ValueError, match=r"NaN or infinite features for utterance utt\d+ \(.*utt\d+\.wav\)") as error:
+        cache.build(rows, replacements, progressbar=False)
+    assert "float32" not in str(error.value)  # no advice about a cache type no option sets

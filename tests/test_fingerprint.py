@@ -101,3 +101,35 @@ def test_a_locked_output_folder_refuses_a_second_run(tmp_path):
 def test_a_non_numeric_epoch_count_names_the_option_and_the_file(corpora, tmp_path):
     with pytest.raises(ValueError, match=r"--number_of_epochs='abc' is not an integer .*superb_fbank.yaml"):
         run_in_process(CUSTOM, *fbank_arguments(corpora[0], str(tmp_path / "out"), "--number_of_epochs=abc"))
+
+
+def test_training_on_a_file_of_huge_samples_stops_naming_it(corpora, tmp_path):
+    import numpy as np
+    import soundfile
+
+    from ser_modules.audio import AudioError
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(corpora[0], corpus)
+    victim = sorted(os.path.join(d, n) for d, _, ns in os.walk(corpus) for n in ns if n.endswith(".wav"))[0]
+    soundfile.write(victim, np.full(8000, 1e20, dtype=np.float32), 16000, subtype="FLOAT")
+    for cache in ("True", "False"):
+        with pytest.raises(AudioError, match=os.path.basename(victim)):
+            run_in_process(CUSTOM, *fbank_arguments(corpus, str(tmp_path / f"out_{cache}"), f"--use_cache={cache}"))
+
+
+def test_nan_features_in_training_stop_naming_the_files_instead_of_predicting(corpora, tmp_path, monkeypatch):
+    from ser_modules.feature_cache import NonFiniteFeaturesError
+    from ser_modules.upstreams import FbankUpstream
+
+    forward = FbankUpstream.forward
+
+    def nan_forward(self, wavs, wav_lens=None):
+        feats, lens = forward(self, wavs, wav_lens)
+        return feats * float("nan"), lens
+
+    monkeypatch.setattr(FbankUpstream, "forward", nan_forward)
+    output = str(tmp_path / "out")
+    with pytest.raises(NonFiniteFeaturesError, match=r"NaN or infinite features for the utterances .*\.wav\)"):
+        run_in_process(CUSTOM, *fbank_arguments(corpora[0], output, "--use_cache=False"))
+    assert not os.path.isfile(os.path.join(output, "results.json"))
