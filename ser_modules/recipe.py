@@ -77,7 +77,7 @@ def split_preparation_arguments(argv, prepare_function):
             else:
                 index += 1
                 value = argv[index]
-            prepare_kwargs[name] = _parse_value(value, parameters[name].default)
+            prepare_kwargs[name] = _parse_value(value, parameters[name].default, name)
         else:
             rest.append(argument)
         index += 1

@@ -133,3 +133,21 @@ def test_nan_features_in_training_stop_naming_the_files_instead_of_predicting(co
     with pytest.raises(NonFiniteFeaturesError, match=r"NaN or infinite features for the utterances .*\.wav\)"):
         run_in_process(CUSTOM, *fbank_arguments(corpora[0], output, "--use_cache=False"))
     assert not os.path.isfile(os.path.join(output, "results.json"))
+
+
+def test_a_latin1_labels_csv_names_the_file(corpora, tmp_path):
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(corpora[0], corpus)
+    labels = os.path.join(corpus, "labels.csv")
+    with open(labels, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(labels, "w", encoding="latin-1") as handle:
+        handle.write(text.replace("happy", "heureux-é", 1))
+    with pytest.raises(ValueError, match=r"labels.csv is not UTF-8 text \(line \d+"):
+        run_in_process(CUSTOM, *fbank_arguments(corpus, str(tmp_path / "out")))
+
+
+def test_a_non_numeric_preparation_option_names_the_option(corpora, tmp_path):
+    with pytest.raises(ValueError, match=r"--valid_fraction='abc' is not a number"):
+        arguments = [a for a in fbank_arguments(corpora[0], str(tmp_path / "out")) if "valid_fraction" not in a]
+        run_in_process(CUSTOM, *arguments, "--valid_fraction=abc")
