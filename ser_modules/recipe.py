@@ -40,7 +40,7 @@ from ser_modules.fingerprint import (
     plain_hparams,
     text_sha256,
 )
-from ser_modules.inference import export_model_folder
+from ser_modules.inference import check_upstream_files, export_model_folder
 from ser_modules.manifest import atomic_write_text, read_csv
 from ser_modules.metrics import aggregate_folds
 from ser_modules.training import EmotionBrain, build_datasets, build_label_encoder
@@ -229,6 +229,12 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
     with open(hparams_file, encoding="utf-8") as handle:
         yaml_text = handle.read()
     check_override_types(yaml_text, overrides, hparams_file)
+    if "output_folder" not in overrides:
+        # The YAML default (results/<hparams>/<seed>) is the same for every corpus: put the
+        # dataset in it, so the recipes of two corpora never meet in one folder.
+        seed = overrides.get("seed", _plain_yaml_values(yaml_text).get("seed", 0))
+        stem = os.path.splitext(os.path.basename(hparams_file))[0]
+        overrides["output_folder"] = os.path.join("results", dataset_name, stem, str(seed))
     setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
     output_folder = setup["output_folder"]
     # One run per output folder: a second one fails here instead of deleting the first
@@ -272,6 +278,7 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
         build_label_encoder, args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")]
     )
 
+    check_upstream_files(setup.get("ssl_source"))  # a truncated download is named, not a bare error
     upstream = setup["upstream"]()
     caches = None
     if setup["use_cache"]:
@@ -287,6 +294,7 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
         "hparams_file_sha256": text_sha256(yaml_text),
         "preparation": prepare_kwargs,
         "labels": [label_encoder.decode_ndim(i) for i in range(len(label_encoder))],
+        "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
         "code": code_version(),
     }
 

@@ -151,3 +151,13 @@ def test_a_non_numeric_preparation_option_names_the_option(corpora, tmp_path):
     with pytest.raises(ValueError, match=r"--valid_fraction='abc' is not a number"):
         arguments = [a for a in fbank_arguments(corpora[0], str(tmp_path / "out")) if "valid_fraction" not in a]
         run_in_process(CUSTOM, *arguments, "--valid_fraction=abc")
+
+
+def test_the_default_output_folder_names_the_dataset(corpora, tmp_path, monkeypatch):
+    from prepare_helpers import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    arguments = [a for a in fbank_arguments(corpora[0], "unused") if not a.startswith("--output_folder")]
+    arguments[0] = os.path.join(REPO_ROOT, arguments[0])
+    run_in_process(CUSTOM, *arguments)
+    assert os.path.isfile(tmp_path / "results" / "custom" / "superb_fbank" / "1986" / "results.json")
