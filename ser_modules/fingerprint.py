@@ -127,13 +127,13 @@ def plain_hparams(hparams, exclude_prefixes=()):
             return all(plain(item) for item in value)
         return False
 
-    prefixes = tuple(os.path.abspath(str(prefix)) for prefix in exclude_prefixes if prefix)
+    prefixes = tuple(os.path.join(os.path.abspath(str(prefix)), "") for prefix in exclude_prefixes if prefix)
     selected = {}
     for name, value in hparams.items():
         if name in IGNORED_HPARAMS or name.startswith("__") or not plain(value):
             continue
-        if isinstance(value, str) and prefixes and os.path.abspath(value).startswith(prefixes) and os.sep in value:
-            continue
+        if isinstance(value, str) and os.sep in value and os.path.join(os.path.abspath(value), "").startswith(prefixes):
+            continue  # a path inside the output folder: moving the folder is no change
         selected[name] = list(value) if isinstance(value, tuple) else value
     return selected
 
