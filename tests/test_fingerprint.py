@@ -161,3 +161,11 @@ def test_the_default_output_folder_names_the_dataset(corpora, tmp_path, monkeypa
     arguments[0] = os.path.join(REPO_ROOT, arguments[0])
     run_in_process(CUSTOM, *arguments)
     assert os.path.isfile(tmp_path / "results" / "custom" / "superb_fbank" / "1986" / "results.json")
+
+
+def test_a_run_on_an_output_folder_in_use_fails_clearly(corpora, tmp_path):
+    output = str(tmp_path / "out")
+    with FolderLock(output, what="this output folder"):  # another run holds it
+        with pytest.raises(FolderBusy, match="Another process"):
+            run_in_process(CUSTOM, *fbank_arguments(corpora[0], output))
+    assert not os.path.isdir(os.path.join(output, "main"))
