@@ -122,6 +122,9 @@ def build_target_cache(hparams, run_opts, csv_paths):
                     "device": run_opts.get("device") or sb.utils.distributed.infer_device(),
                     "num_workers": hparams["num_workers"]},
         )
+    # Every process reads the cache, keyed by audio content: bind the IDs to their files
+    # (the main process already did, in build).
+    target_cache.bind(rows, {"data_root": hparams["data_folder"]})
     return target_cache
 
 
