@@ -33,10 +33,10 @@ from hyperpyyaml import load_hyperpyyaml
 from ser_modules.feature_cache import minimum_samples, resolve_path
 from ser_modules.fingerprint import (
     FolderLock,
+    audio_digest,
     check_fingerprint,
     code_version,
     file_sha256,
-    audio_digest,
     plain_hparams,
     text_sha256,
 )
@@ -326,10 +326,7 @@ def check_override_types(yaml_text, overrides, hparams_file):
         if isinstance(default, bool):
             ok = isinstance(value, bool)
             expected = "True or False"
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            expected = "an integer"
-        elif isinstance(default, float):
+        elif isinstance(default, (int, float)):  # an int default may take a float (minutes ...)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             expected = "a number"
         else:

@@ -99,7 +99,7 @@ def test_a_locked_output_folder_refuses_a_second_run(tmp_path):
 
 
 def test_a_non_numeric_epoch_count_names_the_option_and_the_file(corpora, tmp_path):
-    with pytest.raises(ValueError, match=r"--number_of_epochs='abc' is not an integer .*superb_fbank.yaml"):
+    with pytest.raises(ValueError, match=r"--number_of_epochs='abc' is not a number .*superb_fbank.yaml"):
         run_in_process(CUSTOM, *fbank_arguments(corpora[0], str(tmp_path / "out"), "--number_of_epochs=abc"))
 
 
