@@ -68,13 +68,18 @@ def _in_own_group_dying_with_parent():
         pass
 
 
-def stop_all():
-    """Terminate every running step's process group (then kill what is left)."""
+def signal_all(signum=signal.SIGTERM):
+    """Send ``signum`` to every running step's process group (no waiting: safe in a handler)."""
     for job in list(RUNNING.values()):
         try:
-            os.killpg(job.process.pid, signal.SIGTERM)
+            os.killpg(job.process.pid, signum)
         except ProcessLookupError:
             pass
+
+
+def stop_all():
+    """Terminate every running step's process group, wait for them (then kill what is left)."""
+    signal_all(signal.SIGTERM)
     deadline = time.time() + 10
     for pid, job in list(RUNNING.items()):
         try:
@@ -89,8 +94,10 @@ def stop_all():
 
 
 def _stop_on_signal(signum, frame):
+    # Only signal here: the interrupted Popen.wait holds the lock a second wait would need.
+    # The SystemExit unwinds it, and atexit's stop_all then waits for the steps.
     del frame
-    stop_all()
+    signal_all(signal.SIGTERM)
     sys.exit(128 + signum)
 
 

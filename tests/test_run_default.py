@@ -85,3 +85,32 @@ def test_steps_die_with_a_killed_default_run(tmp_path):
     while alive(child) and time.time() < deadline:
         time.sleep(0.1)
     assert not alive(child), "the step outlived the killed default run"
+
+
+TERMINATED_PARENT = """
+import sys
+sys.path.insert(0, {scripts!r})
+import run_default, signal
+for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, run_default._stop_on_signal)
+import atexit
+atexit.register(run_default.stop_all)
+job = run_default.start(["sleep", "300"])
+open({pid_file!r}, "w").write(str(job.process.pid))
+run_default.wait_for(job)
+"""
+
+
+def test_a_terminated_default_run_stops_its_steps_and_exits(tmp_path):
+    pid_file = str(tmp_path / "pid")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_PARENT.format(scripts=os.path.join(REPO_ROOT, "scripts"), pid_file=pid_file)],
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT), cwd=REPO_ROOT,
+    )
+    deadline = time.time() + 120
+    while not (os.path.exists(pid_file) and open(pid_file).read()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(open(pid_file).read())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not alive(child)
