@@ -15,10 +15,15 @@ import torchaudio
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# Largest sample magnitude accepted. Integer formats decode to [-1, 1]; float formats hold
+# whatever was written, and a file with samples far outside [-1, 1] (1e20: a broken
+# converter, or uninitialised memory) turns into NaN features downstream. 1e3 leaves room
+# for unnormalised but sane float files and rejects the rest with the file named.
+MAX_ABS_SAMPLE = 1e3
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used: unreadable, empty or with non-finite samples."""
+    """An audio file that cannot be used: unreadable, empty, non-finite or out-of-range samples."""
 
 
 def audio_info(path):
@@ -68,7 +73,8 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
     Raises
     ------
     AudioError
-        Unreadable file, no samples, or NaN / infinite samples.
+        Unreadable file, no samples, NaN / infinite samples, or samples whose magnitude
+        exceeds :data:`MAX_ABS_SAMPLE` (float formats only can hold them).
     """
     try:
         data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
@@ -82,6 +88,13 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
     if not np.isfinite(data).all():
         raise AudioError(
             f"The audio file {path} holds NaN or infinite samples: re-extract it or remove it."
+        )
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"The audio file {path} holds samples of magnitude {peak:.3g}, far outside the audio range "
+            f"[-1, 1] (limit {MAX_ABS_SAMPLE:g}): it would give NaN features. Re-extract it (normalised) "
+            "or remove it from the manifest."
         )
     waveform = torch.from_numpy(np.ascontiguousarray(to_mono(data)))  # (T,)
     if file_rate != sample_rate:

@@ -103,7 +103,11 @@ YAML_KEYWORDS = {"null", "true", "false", "yes", "no", "on", "off", "y", "n"}
 
 
 class ModelFolderError(FileNotFoundError):
-    """A model folder that cannot be loaded: missing, or lacking a file it needs."""
+    """A model folder that cannot be loaded: missing, lacking a file, or not trusted."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The model gave NaN or infinite outputs for a file: reported as a failed file."""
 
 
 # --------------------------------------------------------------------------- export
@@ -357,8 +361,145 @@ def _construct_untagged(loader, suffix, node):
 _TagTolerantLoader.add_multi_constructor("!", _construct_untagged)
 
 
+# What a model folder's YAML may build. HyperPyYAML imports and calls whatever its tags
+# name (``!apply:os.system`` runs a command), so every tag is checked against this list
+# before HyperPyYAML sees the file. Classes of these packages are built with ``!new:`` (or
+# ``!name:``, a copied upstream); nothing else may be called.
+ALLOWED_CLASS_PREFIXES = ("ser_modules.upstreams.", "ser_modules.downstream.")
+ALLOWED_CLASSES = (
+    "speechbrain.dataio.encoder.CategoricalEncoder",
+    "speechbrain.utils.parameter_transfer.Pretrainer",
+)
+ALLOWED_CALLS = ("ser_modules.downstream.factory.build_downstream", "ser_modules.upstreams.build_upstream")
+PLAIN_TAGS = ("!ref", "!copy", "!tuple")
+STANDARD_TAG = "tag:yaml.org,2002:"
+STANDARD_TYPES = {"str", "int", "float", "bool", "null", "map", "seq", "binary", "timestamp", "merge", "value"}
+
+
+def _allowed_target(kind, target):
+    """Whether ``!kind:target`` is on the allow-list (see :data:`ALLOWED_CLASS_PREFIXES`)."""
+    if kind == "apply":
+        return target in ALLOWED_CALLS
+    if kind not in ("new", "name"):
+        return False
+    if target in ALLOWED_CLASSES:
+        return True
+    if not target.startswith(ALLOWED_CLASS_PREFIXES):
+        return False
+    import importlib
+
+    module_name, _, attribute = target.rpartition(".")
+    try:  # only the project's own modules are imported here
+        value = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError):
+        return False
+    return inspect.isclass(value) and issubclass(value, torch.nn.Module)
+
+
+def check_yaml_is_safe(hparams_path):
+    """Refuse a model folder's YAML that names anything outside the allow-list.
+
+    The YAML is only composed (parsed into nodes), never constructed: nothing it names is
+    imported or called.
+
+    Raises
+    ------
+    ModelFolderError
+        Naming the file, the line and the refused tag.
+    """
+    with open(hparams_path, encoding="utf-8") as handle:
+        try:
+            root = yaml.compose(handle, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as error:
+            raise ModelFolderError(f"{hparams_path} is not valid YAML ({error}): re-export the model.") from error
+    stack, seen = [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        tag = node.tag or ""
+        if tag.startswith(STANDARD_TAG):
+            allowed = tag[len(STANDARD_TAG):] in STANDARD_TYPES
+        elif tag.startswith("!") and ":" in tag:
+            kind, _, target = tag[1:].partition(":")
+            allowed = _allowed_target(kind, target)
+        else:
+            allowed = tag in PLAIN_TAGS
+        if not allowed:
+            raise ModelFolderError(
+                f"Refusing to load {hparams_path}: line {node.start_mark.line + 1} uses the tag {tag!r}, "
+                "which is not on the allow-list of model folders (ser_modules upstream and downstream "
+                "classes, build_downstream, SpeechBrain's CategoricalEncoder and Pretrainer). A model "
+                "folder must not run code; re-export the model with ser_modules.inference.export_model_folder."
+            )
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def load_plain_checkpoint(path):
+    """``torch.load(path, weights_only=True)``: tensors and plain values only.
+
+    Raises
+    ------
+    ModelFolderError
+        When the file holds anything else (a pickled object could run code) or is damaged.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, truncated files, ...
+        raise ModelFolderError(
+            f"Refusing to load {path}: it is not a plain parameter file (tensors and plain values "
+            f"only; {type(error).__name__}: {error}). Re-export the model folder."
+        ) from error
+
+
+def check_safetensors_file(path):
+    """Check a ``.safetensors`` file against its own header (a truncated copy is named).
+
+    Raises
+    ------
+    ModelFolderError
+        When the header is unreadable or the file size differs from what it describes.
+    """
+    size = os.path.getsize(path)
+    remedy = "the file is truncated or damaged: copy or download it again."
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_size > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(handle.read(header_size))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise ModelFolderError(f"{path} is not a readable safetensors file ({error}): {remedy}") from error
+    expected = 8 + header_size + max(ends, default=0)
+    if expected != size:
+        raise ModelFolderError(f"{path} holds {size} bytes but its header describes {expected}: {remedy}")
+
+
+def check_upstream_files(folder):
+    """Check the ``*.safetensors`` weights of a Hugging Face upstream folder (if any)."""
+    if folder and os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".safetensors"):
+                check_safetensors_file(os.path.join(folder, name))
+
+
 def check_model_folder(folder, hparams_file=HYPERPARAMS_FILE):
     """Check that a model folder holds every file its hyperparams need, before loading.
+
+    Also refuses, before anything is built or loaded: YAML tags outside the allow-list
+    (:func:`check_yaml_is_safe`), parameter files that are not plain tensors
+    (:func:`load_plain_checkpoint`) or hold NaN, and truncated upstream weights.
+
+    Returns
+    -------
+    dict
+        The YAML read as plain data (tags dropped).
 
     Raises
     ------
@@ -375,6 +516,7 @@ def check_model_folder(folder, hparams_file=HYPERPARAMS_FILE):
     hparams_path = os.path.join(folder, hparams_file)
     if not os.path.isfile(hparams_path):
         raise ModelFolderError(f"{folder} is not a model folder: it has no {hparams_file}. {how_to_get_one}")
+    check_yaml_is_safe(hparams_path)
     with open(hparams_path, encoding="utf-8") as handle:
         try:
             description = yaml.load(handle, Loader=_TagTolerantLoader) or {}
@@ -403,6 +545,26 @@ def check_model_folder(folder, hparams_file=HYPERPARAMS_FILE):
             f"The upstream model folder {upstream_source} used by {folder} is missing (no "
             f"config.json there): {remedy}"
         )
+    check_upstream_files(upstream_source)
+    for name in loadables:  # plain data only, before SpeechBrain loads them
+        for value in _tensors(load_plain_checkpoint(os.path.join(folder, name + CHECKPOINT_EXTENSION))):
+            if not bool(torch.isfinite(value).all()):
+                raise ModelFolderError(
+                    f"{os.path.join(folder, name + CHECKPOINT_EXTENSION)} holds NaN or infinite values: "
+                    "the model was trained on broken inputs; retrain it."
+                )
+    return description
+
+
+def _tensors(value):
+    """Every floating-point tensor inside a loaded checkpoint (dicts / lists / tensors)."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [tensor for item in value.values() for tensor in _tensors(item)]
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
 
 
 def window_bounds(num_samples, window, hop):
@@ -452,10 +614,37 @@ class EmotionClassifier(Pretrained):
         if not os.path.isfile(encoder_path):
             raise ModelFolderError(f"The model folder {folder} lacks {os.path.basename(encoder_path)}: re-export it.")
         hparams["label_encoder"].load(encoder_path)
+        self._load_strictly(folder, hparams["pretrainer"].loadables)
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
         self.model_folder = folder
         self.labels = [self.hparams.label_encoder.ind2lab[index] for index in range(len(self.hparams.label_encoder))]
         self.min_samples = minimum_samples(self.mods.upstream)
+
+    @staticmethod
+    def _load_strictly(folder, loadables):
+        """Load every parameter file again, strictly (SpeechBrain's transfer only warns).
+
+        Raises
+        ------
+        ModelFolderError
+            Naming the file and the missing, unexpected or mis-shaped parameters.
+        """
+        for name, module in loadables.items():
+            path = os.path.join(folder, name + CHECKPOINT_EXTENSION)
+            state = load_plain_checkpoint(path)
+            try:
+                if hasattr(module, "_load_statistics_dict"):  # global normalisation statistics
+                    missing = {"count", "glob_mean", "glob_std"} - set(state)
+                    if missing:
+                        raise RuntimeError(f"missing statistics {sorted(missing)}")
+                    module._load_statistics_dict(state)
+                else:
+                    module.load_state_dict(state, strict=True)
+            except (RuntimeError, TypeError, AttributeError) as error:
+                raise ModelFolderError(
+                    f"{path} does not fit the {name} described in the model folder's YAML ({error}). "
+                    "The parameter file belongs to another model: re-export the model folder."
+                ) from error
 
     @staticmethod
     def model_folder_of(hparams):
@@ -477,8 +666,16 @@ class EmotionClassifier(Pretrained):
             Passed to ``Pretrained.from_hparams`` (``savedir``, ``run_opts={"device": ...}``,
             ``overrides`` ...).
         """
-        check_model_folder(source, hparams_file)
-        return super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
+        description = check_model_folder(source, hparams_file)
+        classifier = super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
+        declared = (description.get("downstream") or {}).get("num_classes")
+        if declared is not None and int(declared) != len(classifier.labels):
+            raise ModelFolderError(
+                f"The model in {source} has {declared} outputs but its label encoder lists "
+                f"{len(classifier.labels)} labels ({classifier.labels}): the files do not belong together; "
+                "re-export the model folder."
+            )
+        return classifier
 
     def forward(self, wavs, wav_lens=None):
         """Logits ``(B, C)`` of a padded batch of waveforms ``(B, T)`` at ``sample_rate``."""
@@ -513,6 +710,10 @@ class EmotionClassifier(Pretrained):
         wav_lens = wav_lens.to(self.device)
         with torch.no_grad(), self.inference_ctx:
             logits = self.forward(wavs, wav_lens)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteOutputError(
+                "the model gave NaN or infinite outputs (out-of-range audio, or a broken model folder)"
+            )
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()  # (B, C)
         indices = probabilities.argmax(dim=-1)
         return probabilities, indices, [self.labels[index] for index in indices.tolist()]
@@ -575,10 +776,15 @@ class EmotionClassifier(Pretrained):
         Raises
         ------
         ser_modules.audio.AudioError
-            Unreadable, empty or non-finite audio (the message names the file).
+            Unreadable, empty, non-finite or out-of-range audio (the message names the file).
+        NonFiniteOutputError
+            The model gave NaN or infinite outputs for it (never turned into a label).
         """
         waveform = load_audio(path, int(self.hparams.sample_rate))  # (T,), mono, resampled
-        result = self.classify_waveform(waveform, window_seconds, hop_seconds, batch_size)
+        try:
+            result = self.classify_waveform(waveform, window_seconds, hop_seconds, batch_size)
+        except NonFiniteOutputError as error:
+            raise NonFiniteOutputError(f"Cannot classify {path}: {error}.") from error
         return {"file": str(path), "duration_seconds": waveform.shape[0] / int(self.hparams.sample_rate), **result}
 
     def _prediction(self, probabilities):
@@ -600,7 +806,17 @@ def read_path_list(list_path):
     A CSV's paths are read from its ``path``, ``wav``, ``file`` or ``audio`` column (else
     the first column). Relative paths are taken relative to the list's folder.
     """
-    with open(list_path, encoding="utf-8", newline="") as handle:
+    try:
+        return _read_path_list(list_path)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"The path list {list_path} is not UTF-8 text ({error}): save it as UTF-8."
+        ) from error
+
+
+def _read_path_list(list_path):
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first path.
+    with open(list_path, encoding="utf-8-sig", newline="") as handle:
         if list_path.lower().endswith(".csv"):
             rows = list(csv.reader(handle))
             if not rows:
@@ -659,13 +875,13 @@ def classify_files(classifier, paths, window_seconds=None, hop_seconds=None, bat
     results : list of dict
         :meth:`EmotionClassifier.classify_file` of each readable file.
     failures : list of dict
-        ``{"file", "error"}`` of each file that could not be read.
+        ``{"file", "error"}`` of each file that could not be read or gave non-finite outputs.
     """
     results, failures = [], []
     for path in paths:
         try:
             results.append(classifier.classify_file(path, window_seconds, hop_seconds, batch_size))
-        except AudioError as error:
+        except (AudioError, NonFiniteOutputError) as error:
             logger.warning("Skipped: %s", error)
             failures.append({"file": str(path), "error": str(error)})
     return results, failures

@@ -118,8 +118,27 @@ def write_csv(path, rows, fieldnames=None):
 
 def read_csv(path):
     """Read a manifest as a list of dicts (all values are strings)."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    check_utf8(path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle))
+
+
+def check_utf8(path):
+    """Raise a ``ValueError`` naming ``path`` (and the offending line) if it is not UTF-8 text.
+
+    A latin-1 or Windows-1252 CSV otherwise fails deep inside the CSV reader with a
+    ``UnicodeDecodeError`` that names no file.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text (line {line}, byte {data[error.start]:#04x}): save it as UTF-8, e.g. "
+            f"iconv -f latin1 -t utf-8 {path} > fixed.csv"
+        ) from error
 
 
 def _normalise_options(options):
@@ -212,19 +231,30 @@ def format_summary(manifests):
     return "\n".join(lines)
 
 
-def _parse_value(text, default):
-    """Convert a command-line string to the type of the parameter's default."""
+def _parse_value(text, default, name=None):
+    """Convert a command-line string to the type of the parameter's default.
+
+    Raises
+    ------
+    ValueError
+        Naming the option (``--name=value``) and the expected type.
+    """
+    option = f"--{name}={text!r}" if name else repr(text)
     if isinstance(default, bool):
         lowered = text.lower()
         if lowered in ("true", "1", "yes"):
             return True
         if lowered in ("false", "0", "no"):
             return False
-        raise ValueError(f"Expected True or False, got {text!r}")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
+        raise ValueError(f"{option}: expected True or False")
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError as error:
+        expected = "an integer" if isinstance(default, int) else "a number"
+        raise ValueError(f"{option} is not {expected} (default {default!r})") from error
     if default is None and text.lower() == "none":
         return None
     return text
@@ -263,7 +293,7 @@ def preparation_cli(prepare_function, argv=None):
         if value is None:
             continue
         default = parameter.default
-        kwargs[name] = value if default is inspect.Parameter.empty else _parse_value(value, default)
+        kwargs[name] = value if default is inspect.Parameter.empty else _parse_value(value, default, name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = prepare_function(**kwargs)
     manifests = {}

@@ -13,9 +13,13 @@ dataset defaults to :func:`run_recipe`, which
 5. aggregates the folds into ``results.json``, ``results.md`` and a confusion-matrix PNG.
 
 Every phase leaves its result on disk and is skipped when re-run, so a crashed run resumes
-where it stopped (inside a phase, SpeechBrain's checkpoints resume the epoch).
+where it stopped (inside a phase, SpeechBrain's checkpoints resume the epoch). A fold's
+folder holds a fingerprint of what produces it (:mod:`ser_modules.fingerprint`): a re-run
+with other options, another corpus or other code is refused with the differing keys, never
+answered with the old results. The output folder is locked while a run uses it.
 """
 
+import contextlib
 import inspect
 import json
 import logging
@@ -26,8 +30,17 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.feature_cache import minimum_samples
-from ser_modules.inference import export_model_folder
+from ser_modules.feature_cache import minimum_samples, resolve_path
+from ser_modules.fingerprint import (
+    FolderLock,
+    audio_digest,
+    check_fingerprint,
+    code_version,
+    file_sha256,
+    plain_hparams,
+    text_sha256,
+)
+from ser_modules.inference import check_upstream_files, export_model_folder
 from ser_modules.manifest import atomic_write_text, read_csv
 from ser_modules.metrics import aggregate_folds
 from ser_modules.training import EmotionBrain, build_datasets, build_label_encoder
@@ -64,7 +77,7 @@ def split_preparation_arguments(argv, prepare_function):
             else:
                 index += 1
                 value = argv[index]
-            prepare_kwargs[name] = _parse_value(value, parameters[name].default)
+            prepare_kwargs[name] = _parse_value(value, parameters[name].default, name)
         else:
             rest.append(argument)
         index += 1
@@ -138,6 +151,9 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
                 "device": device,
             },
         )
+        # The other DDP processes read the cache too: tell their copies which audio each
+        # ID stands for (the cache is keyed by content; the main process already knows).
+        cache.bind(rows, replacements)
     return caches
 
 
@@ -212,7 +228,30 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as handle:
         yaml_text = handle.read()
+    check_override_types(yaml_text, overrides, hparams_file)
+    if "output_folder" not in overrides:
+        # The YAML default (results/<hparams>/<seed>) is the same for every corpus: put the
+        # dataset in it, so the recipes of two corpora never meet in one folder.
+        seed = overrides.get("seed", _plain_yaml_values(yaml_text).get("seed", 0))
+        stem = os.path.splitext(os.path.basename(hparams_file))[0]
+        overrides["output_folder"] = os.path.join("results", dataset_name, stem, str(seed))
     setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
+    output_folder = setup["output_folder"]
+    # One run per output folder: a second one fails here instead of deleting the first
+    # one's checkpoints (the lock dies with the process).
+    lock = (
+        FolderLock(output_folder, what="this output folder")
+        if sb.utils.distributed.if_main_process()
+        else contextlib.nullcontext()
+    )
+    with lock:
+        return _run_locked(
+            setup, yaml_text, overrides, run_opts, hparams_file, prepare_function, prepare_kwargs, dataset_name
+        )
+
+
+def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_function, prepare_kwargs, dataset_name):
+    """The body of :func:`run_recipe`, run while the output folder is locked."""
     output_folder = setup["output_folder"]
     sb.create_experiment_directory(
         experiment_directory=output_folder, hyperparams_to_save=hparams_file, overrides=overrides
@@ -239,6 +278,7 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
         build_label_encoder, args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")]
     )
 
+    check_upstream_files(setup.get("ssl_source"))  # a truncated download is named, not a bare error
     upstream = setup["upstream"]()
     caches = None
     if setup["use_cache"]:
@@ -249,19 +289,93 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
         "num_upstream_layers": upstream.num_layers,
         "num_classes": len(label_encoder),
     }
+    provenance = {
+        "dataset": dataset_name,
+        "hparams_file_sha256": text_sha256(yaml_text),
+        "preparation": prepare_kwargs,
+        "labels": [label_encoder.decode_ndim(i) for i in range(len(label_encoder))],
+        "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
+        "code": code_version(),
+    }
 
     outcomes = {}
     for split_name in split_names:
         outcomes[split_name] = run_split(
             yaml_text, {**overrides, **derived, "split_name": split_name}, run_opts, splits[split_name],
-            replacements, label_encoder, caches, upstream,
+            replacements, label_encoder, caches, upstream, provenance=provenance,
         )
     del setup
     results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder)
     return results
 
 
-def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_encoder, caches, upstream):
+def check_override_types(yaml_text, overrides, hparams_file):
+    """Refuse a command-line value of the wrong type for a numeric or boolean hparam.
+
+    ``--number_of_epochs=abc`` would otherwise fail deep inside SpeechBrain with a
+    traceback naming neither the option nor the file.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, the value, the expected type and the hparams file.
+    """
+    defaults = _plain_yaml_values(yaml_text)
+    for name, value in overrides.items():
+        default = defaults.get(name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            expected = "True or False"
+        elif isinstance(default, (int, float)):  # an int default may take a float (minutes ...)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            expected = "a number"
+        else:
+            continue
+        if value is not None and not ok:
+            raise ValueError(
+                f"--{name}={value!r} is not {expected} (the default in {hparams_file} is {default!r}): "
+                f"fix the option on the command line."
+            )
+
+
+def _plain_yaml_values(yaml_text):
+    """Top-level plain values of a HyperPyYAML text (tagged entries skipped)."""
+
+    class TolerantLoader(yaml.SafeLoader):
+        pass
+
+    TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        document = yaml.load(yaml_text, Loader=TolerantLoader) or {}
+    except yaml.YAMLError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def fold_has_results(folder):
+    """Whether a fold folder holds any file a run wrote (beyond its lock and fingerprint)."""
+    for _, _, names in os.walk(folder):
+        if any(name not in ("fingerprint.json", ".lock") for name in names):
+            return True
+    return False
+
+
+def fold_fingerprint(hparams, overrides, csv_paths, replacements, caches, provenance):
+    """What produces a fold's results (see :mod:`ser_modules.fingerprint`)."""
+    output_folder = hparams["output_folder"]
+    rows = [row for path in csv_paths.values() for row in read_csv(path)]
+    return {
+        **provenance,
+        "hparams": plain_hparams(hparams, exclude_prefixes=[output_folder]),
+        "overrides": plain_hparams(overrides, exclude_prefixes=[output_folder]),
+        "manifests": {name: file_sha256(path) for name, path in sorted(csv_paths.items())},
+        "audio": audio_digest(rows, replacements, resolve_path),
+        "cache": None if caches is None else {name: cache.key for name, cache in sorted(caches.items())},
+    }
+
+
+def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_encoder, caches, upstream,
+              provenance=None):
     """Run (or reload, when already finished) one fold: [BAS search -> derive ->] train -> test.
 
     With ``search: True`` in the hparams (the BAS recipes) the super net is searched first;
@@ -270,6 +384,15 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
     """
     hparams = load_hparams(yaml_text, overrides)
     outcome_path = os.path.join(hparams["experiment_folder"], "test_outcome.json")
+    if sb.utils.distributed.if_main_process():
+        # Written before any work, so checkpoints, search results and the outcome of the
+        # fold all belong to it: a re-run with anything changed is refused, naming it.
+        fingerprint = fold_fingerprint(hparams, overrides, csv_paths, replacements, caches, provenance or {})
+        check_fingerprint(
+            hparams["experiment_folder"], fingerprint,
+            f"{overrides['split_name']} of {hparams['output_folder']}", has_results=fold_has_results,
+        )
+    sb.utils.distributed.ddp_barrier()
     if os.path.isfile(outcome_path):
         logger.info("%s already finished: reusing %s", overrides["split_name"], outcome_path)
         with open(outcome_path, encoding="utf-8") as handle:

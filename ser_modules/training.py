@@ -6,143 +6,31 @@ the feature cache (``batch.feats``, the default) or computed on the fly from the
 defaults each ``recipes/<DATASET>/train.py`` passes to :mod:`ser_modules.recipe`.
 """
 
-import json
 import logging
-import os
-import random
-import shutil
 
-import numpy as np
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from torch.nn import DataParallel as DP
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
-from ser_modules.manifest import DATA_ROOT, atomic_write_text
+from ser_modules.feature_cache import NonFiniteFeaturesError
+from ser_modules.manifest import DATA_ROOT
 from ser_modules.metrics import classification_scores
 
+# The exact-resume machinery lives in ser_modules.resume (shared with Vesper pretraining);
+# these names stay importable from here for code written against the older layout.
+from ser_modules.resume import (  # noqa: F401
+    COMPLETION_RECORD,
+    CheckpointCompletion,
+    RandomState,
+    checkpoint_is_complete,
+    loader_generator,
+    register_completion_record,
+    remove_incomplete_checkpoints,
+    unwrap_module,
+)
+
 logger = logging.getLogger(__name__)
-
-
-def unwrap_module(module):
-    """The module itself when ``DistributedDataParallel`` (or ``DataParallel``) wraps it.
-
-    Brain wraps every trainable module for multi-process training; the wrapper forwards
-    calls but not the module's own methods (``set_temperature``, ``architecture_logits``).
-    """
-    return module.module if isinstance(module, (DDP, DP)) else module
-
-
-@register_checkpoint_hooks
-class RandomState:
-    """Checkpoints the Python, NumPy and torch random generators.
-
-    With it in the checkpointer's recoverables, a run killed after an (intra-epoch)
-    checkpoint replays exactly the same dropout masks, Gumbel noise and random crops after
-    recovery, so it ends with the same numbers as an uninterrupted run.
-    """
-
-    @mark_as_saver
-    def _save(self, path):
-        if not sb.utils.distributed.if_main_process():
-            return  # save hooks run on every process: one writer per file
-        torch.save(
-            {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            path,
-        )
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch):
-        del end_of_epoch
-        state = torch.load(path, weights_only=False)
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
-
-
-def loader_generator(seed, stage=None):
-    """A seeded ``torch.Generator`` for a DataLoader, so that iterating it leaves the global RNG alone.
-
-    Every ``iter(DataLoader)`` draws a worker base seed from the loader's generator, or
-    from the global torch RNG when it has none. A run recovered inside an epoch creates
-    its iterator after :class:`RandomState` restored the global RNG, where the
-    uninterrupted run had created it before the checkpoint: with the global RNG that extra
-    draw would shift every later dropout mask and Gumbel sample.
-    """
-    offset = {sb.Stage.TRAIN: 1, sb.Stage.VALID: 2, sb.Stage.TEST: 3}.get(stage, 4)
-    return torch.Generator().manual_seed(int(seed) * 10 + offset)
-
-
-COMPLETION_RECORD = "completion"  # recoverable name: <checkpoint>/completion.ckpt
-
-
-@register_checkpoint_hooks
-class CheckpointCompletion:
-    """The last file of every checkpoint: the size of each file written before it.
-
-    SpeechBrain writes ``CKPT.yaml`` first and the parameter files after it, so a run
-    killed while saving (likely with ``ckpt_interval_steps=1``) leaves a checkpoint that
-    looks valid but holds missing or truncated files, and recovering it fails.
-    :func:`remove_incomplete_checkpoints` deletes the checkpoints whose record is missing
-    or does not match the files, before the Brain recovers.
-    """
-
-    @mark_as_saver
-    def _save(self, path):
-        # SpeechBrain calls save hooks on every process, and some of them write files on
-        # every process: record the sizes once all of them are done.
-        sb.utils.distributed.ddp_barrier()
-        if not sb.utils.distributed.if_main_process():
-            return
-        folder, own_name = os.path.split(path)
-        sizes = {
-            name: os.path.getsize(os.path.join(folder, name))
-            for name in sorted(os.listdir(folder))
-            if name != own_name and not name.startswith(".")
-        }
-        atomic_write_text(path, json.dumps(sizes) + "\n")
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch):
-        del path, end_of_epoch  # nothing to restore: the file only vouches for the others
-
-
-def checkpoint_is_complete(folder):
-    """Whether a checkpoint folder holds every file its completion record lists, in full."""
-    record_path = os.path.join(folder, COMPLETION_RECORD + ".ckpt")
-    try:
-        with open(record_path, encoding="utf-8") as handle:
-            sizes = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return "CKPT.yaml" in sizes and all(
-        os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) == size
-        for name, size in sizes.items()
-    )
-
-
-def remove_incomplete_checkpoints(checkpointer):
-    """Delete the checkpoints a crash cut short (main process; the others wait).
-
-    Recovery then falls back to the latest complete checkpoint, which every kill leaves:
-    SpeechBrain deletes older checkpoints only after saving the new one.
-    """
-    if checkpointer is None:
-        return
-    if sb.utils.distributed.if_main_process() and os.path.isdir(checkpointer.checkpoints_dir):
-        for name in sorted(os.listdir(checkpointer.checkpoints_dir)):
-            folder = os.path.join(checkpointer.checkpoints_dir, name)
-            if name.startswith("CKPT") and os.path.isdir(folder) and not checkpoint_is_complete(folder):
-                logger.warning(
-                    "Removing the checkpoint %s: it was cut short by an interruption (files "
-                    "missing or truncated). Training resumes from the previous checkpoint.",
-                    folder,
-                )
-                shutil.rmtree(folder)
-    sb.utils.distributed.ddp_barrier()
 
 
 class EmotionBrain(sb.Brain):
@@ -166,13 +54,33 @@ class EmotionBrain(sb.Brain):
         """Return logits (B, C) and the relative feature lengths (B,)."""
         batch = batch.to(self.device)
         feats, feat_lens = self.upstream_features(batch)  # (B, nL, T, D), (B,)
+        self.check_finite(feats, batch, "features")
         frames = self.modules.layer_combiner(feats)  # (B, T, D)
         if "input_norm" in self.modules:
             # e.g. SpeechBrain's global InputNormalization: statistics gathered while
             # training the first epoch(s), then frozen (and checkpointed).
             frames = self.modules.input_norm(frames, feat_lens, epoch=self.hparams.epoch_counter.current)
         logits = self.modules.downstream(frames, feat_lens)  # (B, C)
+        self.check_finite(logits, batch, "logits")
         return logits, feat_lens
+
+    @staticmethod
+    def check_finite(values, batch, what):
+        """Stop with the utterances (and files) named when ``values`` (B, ...) hold NaN or inf.
+
+        A NaN would otherwise be argmax-ed into class 0, written into the normaliser's
+        statistics, or averaged into every later step.
+        """
+        finite = torch.isfinite(values.detach()).flatten(1).all(dim=1)  # (B,)
+        if bool(finite.all()):
+            return
+        files = getattr(batch, "wav", None) or [None] * len(batch.id)
+        named = [f"{utt_id} ({path})" if path else utt_id
+                 for utt_id, path, ok in zip(batch.id, files, finite.tolist()) if not ok]
+        raise NonFiniteFeaturesError(
+            f"NaN or infinite {what} for the utterances {', '.join(named)}: check those audio files "
+            "(out-of-range samples) and remove them from the manifest or re-extract them."
+        )
 
     def upstream_features(self, batch):
         """Layer-wise frame features of a batch: cached (default) or computed now."""
@@ -204,9 +112,7 @@ class EmotionBrain(sb.Brain):
         """
         remove_incomplete_checkpoints(self.checkpointer)
         super().on_fit_start()
-        if self.checkpointer is not None:
-            self.checkpointer.recoverables.pop(COMPLETION_RECORD, None)
-            self.checkpointer.add_recoverable(COMPLETION_RECORD, CheckpointCompletion())
+        register_completion_record(self.checkpointer)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Drop checkpoints cut short by a crash before loading the selected one."""
@@ -343,7 +249,7 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
     datasets = {}
     for name, csv_path in csv_paths.items():
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path, replacements=replacements)
-        keys = ["id", "emo_encoded"]
+        keys = ["id", "wav", "emo_encoded"]  # wav: named in errors
         if feature_caches is not None:
             cache = feature_caches["train" if name == "train" else "eval"]
 

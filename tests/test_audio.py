@@ -169,3 +169,16 @@ def test_seconds_to_samples_converts_at_16khz_and_maps_no_crop_to_none():
     assert seconds_to_samples(0.1, sample_rate=44100) == 4410
     assert seconds_to_samples(None) is None
     assert seconds_to_samples(0) is None
+
+
+def test_finite_but_huge_float_samples_raise_audio_error_naming_the_file(tmp_path):
+    path = str(tmp_path / "huge.wav")
+    soundfile.write(path, np.full(1600, 1e20, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"huge.wav holds samples of magnitude 1e\+20"):
+        load_audio(path)
+
+
+def test_unnormalised_but_sane_float_samples_are_read(tmp_path):
+    path = str(tmp_path / "loud.wav")
+    soundfile.write(path, np.full(1600, 3.0, dtype=np.float32), 16000, subtype="FLOAT")
+    assert float(load_audio(path).max()) == 3.0

@@ -179,6 +179,7 @@ def test_build_adds_only_the_missing_utterances_of_new_manifests(tmp_path, corpu
     counting = FailingFbank(fail_at=-1, n_mels=20)
     FeatureCache(tmp_path, counting, shard_size=4).build(rows, replacements, batch_size=8, progressbar=False)
     assert counting.calls == 1  # one batch: the 4 new utterances
+    cache.bind(rows, replacements)  # a reader is told which audio each ID stands for
     assert cache.has("utt7") and len(cache) == 10  # a reader sees shards written after it opened
 
 
@@ -218,3 +219,146 @@ def test_load_of_an_unknown_utterance_raises_key_error(tmp_path):
 def test_random_crop_cannot_be_cached(tmp_path):
     with pytest.raises(ValueError, match="random"):
         FeatureCache(tmp_path, FbankUpstream(), crop_seconds=1.0, crop_mode="random")
+
+
+def test_two_corpora_with_the_same_file_names_never_share_features(tmp_path):
+    rows_a = write_corpus(tmp_path / "a", [0.3, 0.4, 0.5], seed=0)
+    rows_b = write_corpus(tmp_path / "b", [0.3, 0.4, 0.5], seed=1)  # same IDs and names, other audio
+    assert rows_a == rows_b
+    upstream = FbankUpstream(n_mels=20)
+    FeatureCache(tmp_path / "cache", upstream, dtype=torch.float32).build(
+        rows_a, {"data_root": str(tmp_path / "a")}, progressbar=False
+    )
+    cache_b = FeatureCache(tmp_path / "cache", upstream, dtype=torch.float32)
+    cache_b.build(rows_b, {"data_root": str(tmp_path / "b")}, progressbar=False)
+    for row in rows_b:
+        expected, _ = upstream(load_audio(os.path.join(tmp_path, "b", row["wav"].split("/")[-1]))[None])
+        torch.testing.assert_close(cache_b.load(row["ID"]), expected[0].transpose(0, 1))
+
+
+def test_a_file_re_recorded_in_place_is_extracted_again(tmp_path, corpus):
+    rows, replacements = corpus
+    upstream = FbankUpstream(n_mels=20)
+    FeatureCache(tmp_path / "cache", upstream, dtype=torch.float32).build(rows, replacements, progressbar=False)
+    path = resolve_path(rows[0]["wav"], replacements)
+    soundfile.write(path, np.full(4000, 0.05, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    counting = FailingFbank(fail_at=-1, n_mels=20)
+    cache = FeatureCache(tmp_path / "cache", counting, dtype=torch.float32)
+    cache.build(rows, replacements, progressbar=False)
+    assert counting.calls == 1
+    expected, _ = upstream(load_audio(path)[None])
+    torch.testing.assert_close(cache.load(rows[0]["ID"]), expected[0].transpose(0, 1))
+
+
+def shard_files(cache, extension):
+    return sorted(os.path.join(cache.folder, n) for n in os.listdir(cache.folder) if n.endswith("." + extension)
+                  and n.startswith("shard_"))
+
+
+def test_a_corrupted_shard_region_is_reported_by_path_and_rebuilt(tmp_path, corpus):
+    rows, replacements = corpus
+    cache = FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4)
+    cache.build(rows, replacements, progressbar=False)
+    reference = {row["ID"]: cache.load(row["ID"]) for row in rows}
+    first_bin = shard_files(cache, "bin")[0]
+    with open(first_bin, "r+b") as handle:  # same size, garbage inside
+        handle.seek(40)
+        handle.write(b"\xff" * 64)
+    damaged = FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4)
+    damaged.bind(rows, replacements)
+    with pytest.raises(Exception, match=first_bin) as error:
+        for row in rows:
+            damaged.load(row["ID"])
+    assert "checksum" in str(error.value)
+    rebuilt = FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4)
+    rebuilt.build(rows, replacements, progressbar=False)
+    for row in rows:
+        torch.testing.assert_close(rebuilt.load(row["ID"]), reference[row["ID"]])
+
+
+@pytest.mark.parametrize("damage", ["truncate_bin", "truncate_record"])
+def test_a_truncated_shard_or_record_is_reported_by_path_and_rebuilt(tmp_path, corpus, caplog, damage):
+    rows, replacements = corpus
+    cache = FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4)
+    cache.build(rows, replacements, progressbar=False)
+    reference = {row["ID"]: cache.load(row["ID"]) for row in rows}
+    target = shard_files(cache, "bin" if damage == "truncate_bin" else "json")[1]
+    with open(target, "r+b") as handle:
+        handle.truncate(os.path.getsize(target) // 2)
+    rebuilt = FeatureCache(tmp_path, FbankUpstream(n_mels=20), shard_size=4)
+    with caplog.at_level("WARNING"):
+        rebuilt.build(rows, replacements, progressbar=False)
+    assert target in caplog.text
+    for row in rows:
+        torch.testing.assert_close(rebuilt.load(row["ID"]), reference[row["ID"]])
+
+
+CONCURRENT_BUILDER = """
+import os, sys, time, torch
+from ser_modules.feature_cache import FeatureCache
+from ser_modules.upstreams import FbankUpstream
+
+class SlowFbank(FbankUpstream):
+    def forward(self, wavs, wav_lens=None):
+        time.sleep(0.1)
+        return super().forward(wavs, wav_lens)
+
+rows = {rows!r}
+open({go!r} + "_ready_" + sys.argv[1], "w").close()
+while not os.path.exists({go!r}):
+    time.sleep(0.01)
+cache = FeatureCache({root!r}, SlowFbank(n_mels=20), shard_size=3)
+cache.build(rows, {{"data_root": {corpus!r}}}, batch_size=1, progressbar=False)
+assert len(cache) == len(rows)
+print("built", sum(float(cache.load(r["ID"]).float().sum()) for r in rows))
+"""
+
+
+def test_two_processes_building_one_cache_both_end_with_the_sequential_result(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = str(tmp_path / "corpus")
+    sequential = tmp_path / "sequential"
+    rows = write_corpus(corpus, [0.31, 0.52, 0.18, 0.44, 0.25, 0.52, 0.37])
+    FeatureCache(sequential, FbankUpstream(n_mels=20), shard_size=3).build(
+        rows, {"data_root": corpus}, batch_size=1, progressbar=False
+    )
+    go = str(tmp_path / "go")
+    script = CONCURRENT_BUILDER.format(rows=rows, corpus=corpus, go=go, root=str(tmp_path / "shared"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    children = [
+        subprocess.Popen([sys.executable, "-c", script, str(n)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=env, text=True)
+        for n in (1, 2)
+    ]
+    import time
+
+    deadline = time.time() + 120
+    while not all(os.path.exists(f"{go}_ready_{n}") for n in (1, 2)) and time.time() < deadline:
+        time.sleep(0.05)  # both imported: start them together
+    open(go, "w").close()
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    assert outputs[0].splitlines()[-1] == outputs[1].splitlines()[-1]
+    shared = FeatureCache(tmp_path / "shared", FbankUpstream(n_mels=20), shard_size=3)
+    reference = FeatureCache(sequential, FbankUpstream(n_mels=20), shard_size=3)
+
+    def contents(folder):
+        return {name: data for name, data in folder_contents(folder).items() if name != ".lock"}
+
+    assert contents(shared.folder) == contents(reference.folder)
+
+
+class NaNFbank(FbankUpstream):
+    def forward(self, wavs, wav_lens=None):
+        feats, lens = super().forward(wavs, wav_lens)
+        return feats * float("nan"), lens
+
+
+def test_nan_features_are_refused_naming_the_utterance_and_its_file(tmp_path, corpus):
+    rows, replacements = corpus
+    cache = FeatureCache(tmp_path, NaNFbank(n_mels=20))
+    with pytest.raises(ValueError, match=r"NaN or infinite features for utterance utt\d+ \(.*utt\d+\.wav\)") as error:
+        cache.build(rows, replacements, progressbar=False)
+    assert "float32" not in str(error.value)  # no advice about a cache type no option sets

@@ -384,3 +384,91 @@ def test_table_iv_models_export_and_reproduce_their_test_probabilities(hparams_f
         for utterance_id in outcome["ids"]
     ])
     np.testing.assert_allclose(got, np.array(outcome["probabilities"]), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- untrusted folders and bad inputs
+
+
+class PicklePayload:
+    """Unpickling this object runs a command (what a malicious checkpoint would carry)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_model_folder_whose_yaml_runs_a_command_is_refused_without_running_it(
+    model_folder, audio_folder, tmp_path, capsys
+):
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    marker = tmp_path / "executed"
+    with open(folder / "hyperparams.yaml", "a", encoding="utf-8") as handle:
+        handle.write(f'\nhello: !apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(ModelFolderError, match="os.system"):
+        EmotionClassifier.from_hparams(source=str(folder), savedir=str(folder))
+    assert infer.main([str(folder), str(audio_folder)]) == 2
+    assert "os.system" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_checkpoint_holding_a_pickle_payload_is_refused_without_running_it(model_folder, tmp_path):
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    marker = tmp_path / "executed"
+    state = torch.load(folder / "downstream.ckpt", weights_only=True)
+    state["payload"] = PicklePayload(marker)
+    torch.save(state, folder / "downstream.ckpt")
+    with pytest.raises(ModelFolderError, match="downstream.ckpt"):
+        EmotionClassifier.from_hparams(source=str(folder), savedir=str(folder))
+    assert not marker.exists()
+
+
+def test_a_parameter_file_of_another_module_is_refused_naming_it(model_folder, tmp_path):
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    shutil.copyfile(folder / "layer_combiner.ckpt", folder / "downstream.ckpt")
+    with pytest.raises(ModelFolderError, match=r"downstream.ckpt does not fit"):
+        EmotionClassifier.from_hparams(source=str(folder), savedir=str(folder))
+
+
+def test_a_label_encoder_with_fewer_labels_than_model_outputs_is_refused(model_folder, classifier, tmp_path):
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(classifier.labels[:-1])
+    encoder.save(str(folder / "label_encoder.txt"))
+    with pytest.raises(ModelFolderError, match="label encoder lists 3 labels"):
+        EmotionClassifier.from_hparams(source=str(folder), savedir=str(folder))
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from ser_modules.inference import check_safetensors_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.randn(64, 64)}, str(path))
+    check_safetensors_file(str(path))
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) - 100)
+    with pytest.raises(ModelFolderError, match=r"model.safetensors holds .* bytes but its header describes"):
+        check_safetensors_file(str(path))
+
+
+def test_huge_float_samples_and_nan_outputs_are_failed_rows_not_predictions(classifier, test_files, tmp_path,
+                                                                            monkeypatch):
+    huge = str(tmp_path / "huge.wav")
+    soundfile.write(huge, np.full(16000, 1e20, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    good = next(iter(test_files.values()))
+    results, failures = classify_files(classifier, [huge, good])
+    assert [f["file"] for f in failures] == [huge] and "huge.wav" in failures[0]["error"]
+    assert len(results) == 1
+    monkeypatch.setattr(classifier.mods.downstream, "forward", lambda feats, lens: torch.full((feats.shape[0], 4), float("nan")))
+    results, failures = classify_files(classifier, [good])
+    assert results == [] and failures[0]["file"] == good and "NaN" in failures[0]["error"]
+
+
+def test_path_lists_with_a_byte_order_mark_read_the_first_path(tmp_path):
+    for name in ("list.txt", "list.csv"):
+        listing = tmp_path / name
+        listing.write_text(("path\n" if name.endswith(".csv") else "") + "a.wav\nb.wav\n", encoding="utf-8-sig")
+        assert collect_audio_files([str(listing)]) == [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]

@@ -26,7 +26,7 @@ from recipe_helpers import (
     start_child,
 )
 from ser_modules.mini_corpus import generate_mini_corpus
-from ser_modules.training import COMPLETION_RECORD, CheckpointCompletion, remove_incomplete_checkpoints
+from ser_modules.resume import COMPLETION_RECORD, CheckpointCompletion, remove_incomplete_checkpoints
 from ser_modules.upstreams.tiny import save_tiny_model
 from test_meld_prepare import meld_root  # noqa: F401  (fixture: a miniature MELD.Raw)
 

@@ -121,6 +121,38 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(workspace, reference
         assert torch.equal(resumed[name], reference[name]), name
 
 
+def test_a_run_killed_while_saving_a_checkpoint_resumes_with_a_plain_rerun(workspace, reference_run, monkeypatch):
+    # The kill hits while SpeechBrain writes the second intra-epoch checkpoint of epoch 2:
+    # CKPT.yaml was created but is still empty, the brain state was never written.
+    from speechbrain.utils import checkpoints
+
+    output_folder = workspace["root"] / "cut_save"
+    saver = checkpoints.DEFAULT_SAVE_HOOKS[VesperPretrainBrain]
+
+    def save_then_die(brain, path):
+        if brain.hparams.epoch_counter.current == 2 and brain.step == 6:
+            open(os.path.join(os.path.dirname(path), "CKPT.yaml"), "w").close()
+            raise Interrupted
+        return saver(brain, path)
+
+    monkeypatch.setitem(checkpoints.DEFAULT_SAVE_HOOKS, VesperPretrainBrain, save_then_die)
+    with pytest.raises(Interrupted):
+        run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
+    monkeypatch.undo()
+    cut = [name for name in os.listdir(output_folder / "save")
+           if os.path.getsize(output_folder / "save" / name / "CKPT.yaml") == 0]
+    assert cut, "the simulated kill left no cut checkpoint"
+
+    run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
+
+    assert not os.path.isdir(output_folder / "save" / cut[0])
+    assert train_losses(output_folder) == train_losses(reference_run)
+    resumed = load_file(output_folder / "hf_export" / "model.safetensors")
+    reference = load_file(reference_run / "hf_export" / "model.safetensors")
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
+
+
 def test_distributed_pretraining_on_cpu_with_gloo_exports_the_student(workspace):
     output_folder = workspace["root"] / "ddp"
     output = run_child(

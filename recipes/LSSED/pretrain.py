@@ -11,12 +11,19 @@ checkpoints) -> export the student as a Hugging Face WavLM folder,
 ``<output_folder>/hf_export`` (``export_folder``), usable as ``--ssl_source`` by every
 emotion recipe.
 
+The output folder is locked while a run uses it and holds a ``fingerprint.json`` of what
+produces its checkpoints and export (effective hparams, preparation options, manifest
+hashes, teacher files, code): a re-run with anything changed is refused, naming the
+differing keys (see :mod:`ser_modules.fingerprint`).
+
 Multi-GPU: ``torchrun --standalone --nproc_per_node=8 recipes/LSSED/pretrain.py ...``
 (``batch_size`` is per process); on CPU add ``--device=cpu --distributed_backend=gloo``.
 See ``recipes/LSSED/README.md``.
 """
 
+import contextlib
 import logging
+import os
 import sys
 
 import speechbrain as sb
@@ -25,7 +32,15 @@ from hyperpyyaml import load_hyperpyyaml
 from lssed_prepare import prepare_lssed
 
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
-from ser_modules.recipe import parse_overrides, split_preparation_arguments
+from ser_modules.fingerprint import (
+    FolderLock,
+    check_fingerprint,
+    code_version,
+    file_sha256,
+    plain_hparams,
+    text_sha256,
+)
+from ser_modules.recipe import check_override_types, parse_overrides, split_preparation_arguments
 from ser_modules.vesper.export import export_to_huggingface
 from ser_modules.vesper.pretraining import VesperPretrainBrain, crop_seed
 
@@ -107,6 +122,9 @@ def build_target_cache(hparams, run_opts, csv_paths):
                     "device": run_opts.get("device") or sb.utils.distributed.infer_device(),
                     "num_workers": hparams["num_workers"]},
         )
+    # Every process reads the cache, keyed by audio content: bind the IDs to their files
+    # (the main process already did, in build).
+    target_cache.bind(rows, {"data_root": hparams["data_folder"]})
     return target_cache
 
 
@@ -127,8 +145,43 @@ def main(argv):
     overrides = parse_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as handle:
-        hparams = load_hyperpyyaml(handle, overrides)
+        yaml_text = handle.read()
+    check_override_types(yaml_text, overrides, hparams_file)
+    hparams = load_hyperpyyaml(yaml_text, overrides)
     check_dimensions(hparams)
+    main_process = sb.utils.distributed.if_main_process()
+    lock = FolderLock(hparams["output_folder"], what="this output folder") if main_process else contextlib.nullcontext()
+    with lock:
+        return pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwargs)
+
+
+def pretraining_fingerprint(hparams, yaml_text, overrides, prepare_kwargs, csv_paths):
+    """What produces the checkpoints and the export of a pretraining output folder."""
+    output_folder = hparams["output_folder"]
+    return {
+        "hparams_file_sha256": text_sha256(yaml_text),
+        "hparams": plain_hparams(hparams, exclude_prefixes=[output_folder]),
+        "overrides": plain_hparams(overrides, exclude_prefixes=[output_folder]),
+        "preparation": prepare_kwargs,
+        "manifests": {name: file_sha256(path) for name, path in sorted(csv_paths.items())},
+        "teacher": hparams["modules"]["teacher"].identity(),
+        "code": code_version(),
+    }
+
+
+def pretraining_has_results(hparams):
+    """Whether an output folder already holds checkpoints or an export."""
+
+    def has_results(folder):
+        del folder
+        save, export = hparams["save_folder"], hparams["export_folder"]
+        return os.path.isdir(export) or (os.path.isdir(save) and any(n.startswith("CKPT") for n in os.listdir(save)))
+
+    return has_results
+
+
+def pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwargs):
+    """Prepare, pretrain and export while the output folder is locked."""
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
@@ -140,6 +193,12 @@ def main(argv):
                 "skip_prep": hparams["skip_prep"], **prepare_kwargs},
     )
     csv_paths = splits["main"]
+    if sb.utils.distributed.if_main_process():
+        check_fingerprint(
+            hparams["output_folder"], pretraining_fingerprint(hparams, yaml_text, overrides, prepare_kwargs, csv_paths),
+            f"The Vesper pretraining in {hparams['output_folder']}", has_results=pretraining_has_results(hparams),
+        )
+    sb.utils.distributed.ddp_barrier()
 
     # 2. Teacher targets: online (default) or cached once.
     modules = dict(hparams["modules"])

@@ -40,6 +40,7 @@ import re
 from ser_modules.audio import AudioError, audio_info
 from ser_modules.manifest import (
     atomic_write_text,
+    check_utf8,
     invalidate_preparation,
     mark_preparation_done,
     preparation_cli,
@@ -76,6 +77,7 @@ def read_labels_csv(data_folder, labels_csv):
     extra_columns : list of str
         The CSV's other columns, in file order.
     """
+    check_utf8(labels_csv)  # a latin-1 file: an error naming it, not a bare UnicodeDecodeError
     with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []

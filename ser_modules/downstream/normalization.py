@@ -33,4 +33,9 @@ class GlobalFrameNormalization(InputNormalization):
         super().__init__(norm_type="global", update_until_epoch=update_until_epoch)
 
     def _update_global_stats(self, x, mask):
+        # A NaN would stay in the running statistics for good (and be exported with them).
+        if not bool(x.isfinite().all()):
+            raise ValueError(
+                "Non-finite frames reached the global normalisation: its statistics would become NaN."
+            )
         super()._update_global_stats(x.detach(), mask)

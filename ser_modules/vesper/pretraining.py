@@ -15,7 +15,7 @@ two "layers" are the targets.
 
 The learning rate follows :func:`warmup_cosine_lr` step by step. It is a function of the
 position in training only, so a run resumed from an intra-epoch checkpoint continues on
-the same curve; together with :class:`ser_modules.training.RandomState` (masks, dropout)
+the same curve; together with :class:`ser_modules.resume.RandomState` (masks, dropout)
 and :func:`crop_seed` (random crops), a killed and resumed run ends with the same weights
 as an uninterrupted one.
 """
@@ -30,7 +30,7 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-from ser_modules.training import loader_generator
+from ser_modules.resume import loader_generator, register_completion_record, remove_incomplete_checkpoints
 from ser_modules.upstreams.base import Upstream, relative_to_absolute, sha256_file
 from ser_modules.upstreams.huggingface import WEIGHT_SUFFIXES, normalize_waveforms
 
@@ -196,19 +196,24 @@ class VesperPretrainBrain(sb.Brain):
     """
 
     def on_fit_start(self):
-        """The distillation ablation never masks: its mask embedding gets no gradient.
+        """Drop checkpoints a kill cut short, recover, register the completion record.
 
-        Frozen before DDP wraps the student, which rejects parameters that get no
+        As in :class:`ser_modules.training.EmotionBrain` (see :mod:`ser_modules.resume`):
+        a run killed while writing a checkpoint resumes from the previous complete one.
+        The distillation ablation never masks, so its mask embedding gets no gradient: it
+        is frozen before DDP wraps the student, which rejects parameters that get no
         gradient (unless ``--find_unused_parameters``).
         """
         if self.hparams.objective == "distill":
             self.student_encoder().masked_spec_embed.requires_grad_(False)
+        remove_incomplete_checkpoints(self.checkpointer)
         super().on_fit_start()
+        register_completion_record(self.checkpointer)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """Record the number of training batches of this process (for the LR schedule).
 
-        Each loader gets a private generator (:func:`ser_modules.training.loader_generator`),
+        Each loader gets a private generator (:func:`ser_modules.resume.loader_generator`),
         so a run resumed mid-epoch draws the same masks and dropout as the uninterrupted run.
         """
         loader_kwargs.setdefault("generator", loader_generator(self.hparams.seed, stage))
