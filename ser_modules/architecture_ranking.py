@@ -167,6 +167,45 @@ def derived_ranks(architectures, ranking):
     return ranks
 
 
+def search_ranks(architectures, ranking_path):
+    """The ``results.json`` entries of a BAS run for an exhaustive ranking file.
+
+    Returns ``{"ranking": path, "ranks": derived_ranks(...)}``, or ``{"ranking": path,
+    "ranking_error": message}`` when the file cannot be read: a finished run still writes
+    its results, and says why the ranks are missing.
+    """
+    try:
+        return {"ranking": str(ranking_path), "ranks": derived_ranks(architectures, str(ranking_path))}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Cannot read the architecture ranking %s: %s", ranking_path, error)
+        return {"ranking": str(ranking_path), "ranking_error": f"{type(error).__name__}: {error}"}
+
+
+def ranks_markdown(search):
+    """Lines of ``results.md`` on where the derived architectures rank (empty without)."""
+    if "ranking_error" in search:
+        return ["", f"Exhaustive ranking {search['ranking']} could not be read: {search['ranking_error']}"]
+    ranks = search.get("ranks")
+    if ranks is None:
+        return []
+    lines = ["", f"Where the derived architecture ranks among all architectures of the space, "
+                 f"trained stand-alone ({search['ranking']}):", "",
+             "| split | derived | rank | UA of derived (mean +/- std over seeds) | best | UA of best |",
+             "|---|---|---|---|---|---|"]
+    for fold, architecture in search["architectures"].items():
+        entry = ranks.get(fold)
+        if entry is None:
+            lines.append(f"| {fold} | {' -> '.join(architecture)} | not in the ranking | | | |")
+            continue
+        lines.append(f"| {fold} | {' -> '.join(architecture)} | {entry['rank']} of {entry['of']} | "
+                     f"{entry['mean']:.4f} +/- {entry['std']:.4f} | {entry['best'].replace('-', ' -> ')} | "
+                     f"{entry['best_mean']:.4f} |")
+    if ranks:
+        top = sum(1 for entry in ranks.values() if entry["top_third"])
+        lines += ["", f"In the top third: {top} of {len(ranks)} ranked splits."]
+    return lines
+
+
 def ranking_markdown(record):
     """The ranking as Markdown: one table per fold, then a summary over folds."""
     metric = record.get("metric", "UA")

@@ -79,6 +79,16 @@ def results_markdown(results):
         if tied:
             lines += ["", "Ties in theta (broken towards the first candidate): "
                       + ", ".join(f"{name} layers {[t + 1 for t in layers]}" for name, layers in tied.items())]
+        probabilities = search.get("probabilities") or {}
+        if probabilities:
+            lines += ["", "Largest softmax(theta) per layer at the end of the search (a decided search: >= 0.6):", "",
+                      "| split | " + " | ".join(f"layer {i + 1}" for i in range(len(next(iter(probabilities.values())))))
+                      + " |", "|---|" + "---|" * len(next(iter(probabilities.values())))]
+            for name, table in probabilities.items():
+                lines.append(f"| {name} | " + " | ".join(f"{max(row):.3f}" for row in table) + " |")
+        from ser_modules.architecture_ranking import ranks_markdown
+
+        lines += ranks_markdown(search)
     return "\n".join(lines)
 
 
