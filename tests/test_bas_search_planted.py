@@ -102,3 +102,41 @@ def test_a_search_whose_theta_cannot_learn_stays_undecided(tmp_path):
     # or a frozen theta amounts to) fails the decisiveness the test above asserts.
     found, _ = search_planted(tmp_path, theta_lr=0.0, search_epochs=2)
     assert torch.allclose(found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64))
+
+
+def test_annealed_temperature_runs_from_initial_to_final_geometrically():
+    from ser_modules.bas_search import annealed_temperature
+
+    assert annealed_temperature(1, 20, 5.0, 0.1) == pytest.approx(5.0)
+    assert annealed_temperature(20, 20, 5.0, 0.1) == pytest.approx(0.1)
+    # Halfway (epoch 11 of 21) is the geometric mean.
+    assert annealed_temperature(11, 21, 5.0, 0.1) == pytest.approx((5.0 * 0.1) ** 0.5)
+    with pytest.raises(ValueError):
+        annealed_temperature(0, 20)
+
+
+def test_fbnet_mode_trains_theta_on_a_disjoint_held_out_share(tmp_path):
+    from ser_modules.bas_search import theta_split_datasets
+
+    dataset = planted_xor_dataset(40, seed=3)
+    weights, held_out = theta_split_datasets(dataset, 0.25, seed=1)
+    assert len(held_out) == 10 and len(weights) == 30
+    assert not set(weights.data_ids) & set(held_out.data_ids)
+    found, _ = search_planted(tmp_path, search_mode="fbnet", search_epochs=3)
+    assert not torch.allclose(found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64))
+
+
+def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
+    import matplotlib.image
+
+    from ser_modules.downstream.architecture import plot_theta_heatmap
+
+    history = torch.softmax(torch.randn(5, 2, 3), dim=-1)
+    path = plot_theta_heatmap(history[-1], CANDIDATES, tmp_path / "t.png", "t", dpi=50,
+                              trajectory={"epochs": [1, 2, 3, 4, 5], "probabilities": history,
+                                          "temperatures": torch.linspace(5, 1, 5)})
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width == int((2.5 + 1.5 * 3 + 6.0) * 50)
+    with pytest.raises(ValueError):
+        plot_theta_heatmap(history[-1], CANDIDATES, tmp_path / "u.png", "t",
+                           trajectory={"epochs": [1], "probabilities": torch.ones(1, 3, 3)})
