@@ -325,12 +325,14 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
     derived = {"input_dim": upstream.output_dim, "num_upstream_layers": upstream.num_layers,
                "num_classes": len(label_encoder)}
     metric = setup["selection_metric"]
+    # The space the BAS run searches: the candidates of the YAML's super net.
+    candidates = list(setup["supernet"].candidates) if "supernet" in setup else list(CANDIDATES)
     del setup
 
-    architectures = all_architectures(num_layers)
+    architectures = all_architectures(num_layers, candidates)
     record = {
         "dataset": dataset_name, "hparams_file": os.path.basename(hparams_file), "metric": metric,
-        "num_layers": num_layers, "seeds": seeds, "candidates": list(CANDIDATES),
+        "num_layers": num_layers, "seeds": seeds, "candidates": candidates,
         "overrides": {k: v for k, v in overrides.items() if k not in ("output_folder", "cache_folder")},
     }
     for split_name in split_names:
