@@ -1,17 +1,41 @@
 """The BAS search phase: train the Gumbel-softmax super net, then derive its architecture.
 
 ``BASSearchBrain`` trains the super net's block weights and its architecture parameters
-theta with cross-entropy (BAS eq. 6). By default both are trained together by one SGD
-optimiser on the training data, as in the paper. With ``theta_split: True`` (FBNet's
-variant) theta is trained by its own optimiser (Adam) on a held-out share of the training
-data, one theta step after every weight step. The Gumbel-softmax temperature follows
-FBNet's schedule, ``tau_e = tau_0 * exp(-decay * (e - 1))``, set at the start of each epoch
-from the epoch number, so a resumed search continues with the right temperature.
+theta with cross-entropy (BAS eq. 6). How theta is optimised is the hparam ``search_mode``:
+
+``decisive`` (default)
+    theta has its own optimiser (``theta_opt_class``: Adam, ``theta_lr``, no weight decay)
+    and takes one step on every training batch, from the gradient of the same forward pass
+    as the weights; the Gumbel-softmax temperature is annealed geometrically from
+    ``initial_temperature`` to ``final_temperature`` over the search's epochs
+    (:func:`annealed_temperature`), whatever their number.
+``paper``
+    The literal reading of the BAS paper: theta is one more parameter of the weights' SGD
+    (``search_lr``, momentum, weight decay); FBNet's per-epoch temperature decay
+    ``tau_e = initial_temperature * exp(-temperature_decay * (e - 1))``.
+``fbnet``
+    FBNet's variant: theta with ``theta_opt_class`` on a held-out share
+    (``theta_fraction``) of the training data, one theta step after every weight step;
+    FBNet's temperature decay.
+
+Why the default differs from the paper (measured; see the README's BAS section): with
+theta in the weights' SGD its gradient through the Gumbel-softmax is tiny (a factor
+``1 / tau`` and the near-uniform mixing weights), so ``lr * grad`` moves softmax(theta) by
+a few thousandths over a whole search and the derived architecture is decided by noise.
+Adam normalises theta's step to about ``theta_lr`` whatever the gradient's scale.
+
+The temperature is set at the start of each epoch from the epoch number, so a resumed
+search continues with the right temperature. Every epoch the search log gets the
+temperature, softmax(theta) and the mean L2 norm of theta's gradient per layer, and
+``theta_trajectory.csv`` / ``.md`` in the search folder get one row per layer.
 
 After the last epoch :func:`run_search_phase` derives the architecture (argmax theta per
-layer), saves it with softmax(theta) as ``architecture.json`` and draws the heatmap PNG.
+layer), saves it with softmax(theta) as ``architecture.json`` and draws the heatmap PNG
+(final probabilities and their trajectory over the epochs).
 """
 
+import csv
+import io
 import logging
 import os
 
@@ -26,23 +50,101 @@ from ser_modules.downstream import (
     plot_theta_heatmap,
     save_architecture,
 )
+from ser_modules.manifest import atomic_write_text
 from ser_modules.training import EmotionBrain, loader_generator, unwrap_module
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_FILE = "architecture.json"
 HEATMAP_FILE = "theta_heatmap.png"
+TRAJECTORY_FILE = "theta_trajectory.csv"
+TRAJECTORY_MARKDOWN = "theta_trajectory.md"
+SEARCH_MODES = ("decisive", "paper", "fbnet")
+
+
+def annealed_temperature(epoch, num_epochs, initial=5.0, final=0.1):
+    """Gumbel-softmax temperature annealed geometrically from ``initial`` to ``final``.
+
+    ``tau_e = initial * (final / initial) ** ((e - 1) / (E - 1))``: epoch 1 runs at
+    ``initial``, the last epoch ``E`` at ``final``, whatever ``E`` is (a 20-epoch search
+    ends as cold as a 100-epoch one).
+
+    Arguments
+    ---------
+    epoch : int
+        Epoch number, 1-based.
+    num_epochs : int
+        E, the number of search epochs.
+    initial, final : float
+        Temperatures of the first and last epoch (> 0).
+
+    Returns
+    -------
+    float
+    """
+    if epoch < 1:
+        raise ValueError(f"Epochs are counted from 1, got epoch={epoch}.")
+    if not (initial > 0 and final > 0):
+        raise ValueError(f"Temperatures must be > 0, got initial={initial}, final={final}.")
+    if num_epochs <= 1:
+        return float(final)
+    progress = min(epoch - 1, num_epochs - 1) / (num_epochs - 1)
+    return float(initial * (final / initial) ** progress)
+
+
+def search_temperature(hparams, epoch):
+    """The temperature of a search epoch under the hparams' ``search_mode``."""
+    mode = search_mode(hparams)
+    if mode == "decisive":
+        return annealed_temperature(
+            epoch, int(hparams["search_epochs"]), hparams["initial_temperature"], hparams["final_temperature"]
+        )
+    return fbnet_temperature(epoch, hparams["initial_temperature"], hparams["temperature_decay"])
+
+
+def search_mode(hparams):
+    """``search_mode`` of the hparams, checked (``decisive`` when absent)."""
+    mode = hparams.get("search_mode", "decisive") if isinstance(hparams, dict) else getattr(
+        hparams, "search_mode", "decisive")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"search_mode={mode!r} is not one of {SEARCH_MODES}.")
+    return mode
 
 
 class BASSearchBrain(EmotionBrain):
     """Searches the downstream architecture (``modules.downstream`` is a ``BASSuperNet``).
 
-    Extra hparams: ``initial_temperature``, ``temperature_decay``, ``theta_split``,
-    ``theta_opt_class`` (used when ``theta_split``), and ``theta_set`` (the held-out data,
-    passed as the ``theta_set`` attribute before ``fit``).
+    Extra hparams: ``search_mode`` (see the module docstring), ``search_epochs``,
+    ``initial_temperature``, ``final_temperature``, ``temperature_decay``,
+    ``theta_opt_class`` (not used by ``paper``), ``search_folder`` (for the theta
+    trajectory) and, for ``fbnet``, ``theta_set`` (the held-out data, passed as the
+    ``theta_set`` attribute before ``fit``).
     """
 
     theta_set = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mode = search_mode(self.hparams.__dict__)
+        self._theta_grad_sums = None
+        self._theta_grad_steps = 0
+        self._count_theta_grads = True
+        self._hooked = False
+
+    def _hook_theta_gradients(self):
+        """Sum the L2 norm of every theta gradient that updates theta (for the log)."""
+        if self._hooked:
+            return
+        self._hooked = True
+        for index, theta in enumerate(self.supernet.architecture_parameters()):
+            theta.register_hook(lambda grad, index=index: self._record_theta_grad(index, grad))
+
+    def _record_theta_grad(self, index, grad):
+        if self._count_theta_grads and self._theta_grad_sums is not None:
+            self._theta_grad_sums[index] += float(grad.detach().norm())
+            if index == 0:
+                self._theta_grad_steps += 1
+        return grad
 
     @property
     def supernet(self):
@@ -50,9 +152,10 @@ class BASSearchBrain(EmotionBrain):
         return unwrap_module(self.modules.downstream)
 
     def init_optimizers(self):
-        """Joint SGD on weights and theta (paper), or separate optimisers (FBNet)."""
+        """Joint SGD on weights and theta (paper), or a separate theta optimiser."""
         supernet = self.supernet
-        if not self.hparams.theta_split:
+        self._hook_theta_gradients()
+        if self.mode == "paper":
             super().init_optimizers()
             return
         thetas = {id(p) for p in supernet.architecture_parameters()}
@@ -71,11 +174,10 @@ class BASSearchBrain(EmotionBrain):
         super().on_stage_start(stage, epoch)
         if stage != sb.Stage.TRAIN:
             return
-        temperature = fbnet_temperature(
-            epoch, self.hparams.initial_temperature, self.hparams.temperature_decay
-        )
-        self.supernet.set_temperature(temperature)
-        if self.hparams.theta_split:
+        self._theta_grad_sums = [0.0] * self.supernet.num_layers
+        self._theta_grad_steps = 0
+        self.supernet.set_temperature(search_temperature(self.hparams.__dict__, epoch))
+        if self.mode == "fbnet":
             # A fresh, epoch-seeded order; after an intra-epoch recovery skip the batches
             # already used (one per weight step), so the theta updates replay exactly.
             sampler = sb.dataio.sampler.ReproducibleRandomSampler(
@@ -96,10 +198,24 @@ class BASSearchBrain(EmotionBrain):
                     yield batch
                 count += 1
 
+    def freeze_optimizers(self, optimizers):
+        """The optimisers SpeechBrain's weight step runs: in ``fbnet`` mode not theta's
+        (theta steps on its own held-out batch, see :meth:`fit_batch`)."""
+        if self.mode == "fbnet":
+            return {name: opt for name, opt in optimizers.items() if name != "theta_opt_class"}
+        return optimizers
+
     def fit_batch(self, batch):
-        """A weight step (and, with ``theta_split``, a theta step on a held-out batch)."""
+        """A weight step and a theta step.
+
+        ``decisive``: both optimisers step from the gradients of one forward/backward pass
+        on the batch. ``paper``: theta is in the weights' SGD. ``fbnet``: after the weight
+        step, theta steps on the next held-out batch.
+        """
+        self._count_theta_grads = self.mode != "fbnet"
         loss = super().fit_batch(batch)
-        if self.hparams.theta_split:
+        self._count_theta_grads = True
+        if self.mode == "fbnet":
             theta_batch = next(self.theta_batches)
             with self.training_ctx:
                 predictions = self.compute_forward(theta_batch, sb.Stage.TRAIN)
@@ -112,10 +228,11 @@ class BASSearchBrain(EmotionBrain):
         return loss
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Also log the temperature and softmax(theta) of each layer."""
+        """Also log the temperature, softmax(theta) and theta's gradient norm per layer."""
         if stage == sb.Stage.VALID:
             supernet = self.supernet
             probabilities = architecture_probabilities(supernet)
+            grad_norms = self.epoch_theta_grad_norms()
             table = "; ".join(
                 f"L{index + 1} " + " ".join(
                     f"{name}={value:.3f}" for name, value in zip(supernet.candidates, row.tolist())
@@ -123,9 +240,110 @@ class BASSearchBrain(EmotionBrain):
                 for index, row in enumerate(probabilities)
             )
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "temperature": float(supernet.temperature), "softmax(theta)": table}
+                stats_meta={
+                    "epoch": epoch, "temperature": float(supernet.temperature), "softmax(theta)": table,
+                    "|grad theta|": " ".join(f"{value:.2e}" for value in grad_norms),
+                }
             )
+            if sb.utils.distributed.if_main_process() and getattr(self.hparams, "search_folder", None):
+                append_trajectory(
+                    self.hparams.search_folder, epoch, float(supernet.temperature), supernet.candidates,
+                    supernet.architecture_logits(), grad_norms,
+                )
         super().on_stage_end(stage, stage_loss, epoch)
+
+    def epoch_theta_grad_norms(self):
+        """Mean L2 norm of theta's gradient per layer over this epoch's theta updates."""
+        if not self._theta_grad_sums or self._theta_grad_steps == 0:
+            return [float("nan")] * self.supernet.num_layers
+        return [total / self._theta_grad_steps for total in self._theta_grad_sums]
+
+
+TRAJECTORY_COLUMNS = ("epoch", "temperature", "layer", "candidate", "theta", "probability", "grad_norm")
+
+
+def append_trajectory(search_folder, epoch, temperature, candidates, theta, grad_norms):
+    """Add one epoch's rows to ``theta_trajectory.csv`` and rewrite ``theta_trajectory.md``.
+
+    Rows of this epoch or later already in the file (left by a run that was killed and
+    resumed from an earlier checkpoint) are replaced, so every epoch appears once.
+
+    Arguments
+    ---------
+    search_folder : str
+        The search folder of the split.
+    epoch : int
+        The epoch just finished.
+    temperature : float
+        Its Gumbel-softmax temperature.
+    candidates : sequence of str
+        Column order of theta.
+    theta : torch.Tensor
+        ``(L, K)`` architecture parameters after the epoch.
+    grad_norms : list of float
+        Mean L2 norm of theta's gradient per layer during the epoch.
+    """
+    path = os.path.join(search_folder, TRAJECTORY_FILE)
+    rows = [row for row in read_trajectory_rows(path) if int(row["epoch"]) < int(epoch)]
+    probabilities = torch.softmax(theta.float(), dim=1)
+    for layer in range(theta.shape[0]):
+        for column, name in enumerate(candidates):
+            rows.append({
+                "epoch": int(epoch), "temperature": f"{temperature:.6g}", "layer": layer + 1, "candidate": name,
+                "theta": f"{float(theta[layer, column]):.6g}",
+                "probability": f"{float(probabilities[layer, column]):.6f}",
+                "grad_norm": f"{grad_norms[layer]:.6g}",
+            })
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRAJECTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    os.makedirs(search_folder, exist_ok=True)
+    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(os.path.join(search_folder, TRAJECTORY_MARKDOWN), trajectory_markdown(rows, candidates))
+
+
+def read_trajectory_rows(path):
+    """The rows of a ``theta_trajectory.csv`` (empty when there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def trajectory_array(rows, candidates):
+    """``(epochs, (E, L, K) probabilities, (E,) temperatures)`` from trajectory rows."""
+    epochs = sorted({int(row["epoch"]) for row in rows})
+    layers = sorted({int(row["layer"]) for row in rows})
+    values = torch.zeros(len(epochs), len(layers), len(candidates), dtype=torch.float64)
+    temperatures = torch.zeros(len(epochs), dtype=torch.float64)
+    for row in rows:
+        e = epochs.index(int(row["epoch"]))
+        values[e, int(row["layer"]) - 1, list(candidates).index(row["candidate"])] = float(row["probability"])
+        temperatures[e] = float(row["temperature"])
+    return epochs, values, temperatures
+
+
+def trajectory_markdown(rows, candidates):
+    """One line per epoch: temperature, then softmax(theta) and |grad| of each layer."""
+    epochs = sorted({int(row["epoch"]) for row in rows})
+    layers = sorted({int(row["layer"]) for row in rows})
+    by_key = {(int(r["epoch"]), int(r["layer"]), r["candidate"]): r for r in rows}
+    header = ["epoch", "tau"]
+    for layer in layers:
+        header += [f"L{layer} {name}" for name in candidates] + [f"L{layer} max", f"L{layer} grad"]
+    lines = ["# softmax(theta) per search epoch", "",
+             "`grad` is the mean L2 norm of the layer's theta gradient over the epoch's theta updates.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for epoch in epochs:
+        first = by_key[(epoch, layers[0], candidates[0])]
+        cells = [str(epoch), f"{float(first['temperature']):.3f}"]
+        for layer in layers:
+            values = [float(by_key[(epoch, layer, name)]["probability"]) for name in candidates]
+            cells += [f"{v:.3f}" for v in values] + [f"{max(values):.3f}",
+                                                    f"{float(by_key[(epoch, layer, candidates[0])]['grad_norm']):.2e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def theta_split_datasets(train_set, fraction, seed):
@@ -137,8 +355,8 @@ def theta_split_datasets(train_set, fraction, seed):
     theta_ids = {ids[i] for i in order[:count]}
     if count >= len(ids):
         raise ValueError(f"theta_fraction={fraction} leaves no training data for the weights.")
-    weight_part = train_set.filtered(key_test={"id": lambda x: x not in theta_ids})
-    theta_part = train_set.filtered(key_test={"id": lambda x: x in theta_ids})
+    weight_part = train_set.filtered_sorted(key_test={"id": lambda x: x not in theta_ids})
+    theta_part = train_set.filtered_sorted(key_test={"id": lambda x: x in theta_ids})
     return weight_part, theta_part
 
 
@@ -172,7 +390,7 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         checkpointer=hparams["search_checkpointer"],
     )
     train_set = datasets["train"]
-    if hparams["theta_split"]:
+    if search_mode(hparams) == "fbnet":
         train_set, brain.theta_set = theta_split_datasets(train_set, hparams["theta_fraction"], hparams["seed"])
     brain.fit(
         hparams["search_epoch_counter"],
@@ -190,12 +408,19 @@ def run_search_phase(hparams, run_opts, datasets, modules):
             [t + 1 for t in ties], list(supernet.candidates),
         )
     logger.info("Derived architecture: %s", " -> ".join(architecture))
+    logger.info("Final softmax(theta) (search_mode=%s):\n%s", search_mode(hparams),
+                "\n".join(f"L{i + 1} max {float(row.max()):.3f}" for i, row in enumerate(probabilities)))
     if sb.utils.distributed.if_main_process():
         # architecture.json marks the phase as done, so it is written last: a run killed
         # while drawing the heatmap searches (recovers) again instead of missing the PNG.
+        rows = read_trajectory_rows(os.path.join(search_folder, TRAJECTORY_FILE))
+        trajectory = None
+        if rows:
+            epochs, values, temperatures = trajectory_array(rows, supernet.candidates)
+            trajectory = {"epochs": epochs, "probabilities": values, "temperatures": temperatures}
         plot_theta_heatmap(
             probabilities, supernet.candidates, heatmap_path,
-            title=f"BAS softmax(theta), {hparams['split_name']}",
+            title=f"BAS softmax(theta), {hparams['split_name']}", trajectory=trajectory,
         )
         save_architecture(architecture_path, architecture, probabilities, supernet.candidates, ties)
     sb.utils.distributed.ddp_barrier()

@@ -304,8 +304,10 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
             yaml_text, {**overrides, **derived, "split_name": split_name}, run_opts, splits[split_name],
             replacements, label_encoder, caches, upstream, provenance=provenance,
         )
+    architecture_ranking = setup.get("architecture_ranking")
     del setup
-    results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder)
+    results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder,
+                        architecture_ranking=architecture_ranking)
     return results
 
 
@@ -429,8 +431,12 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
     return outcome
 
 
-def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder):
-    """Aggregate folds; write results.json, results.md and the confusion-matrix PNG."""
+def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder,
+              architecture_ranking=None):
+    """Aggregate folds; write results.json, results.md and the confusion-matrix PNG.
+
+    With ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
+    search results also say where each fold's derived architecture ranks in it."""
     from ser_modules.reports import plot_confusion_matrix, results_markdown
 
     labels = next(iter(outcomes.values()))["labels"]
@@ -463,6 +469,10 @@ def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, o
             "candidates": candidates,
             "block_wins": block_win_counts([s["architecture"] for s in searches.values()], candidates).tolist(),
         }
+        if architecture_ranking:
+            from ser_modules.architecture_ranking import search_ranks
+
+            results["search"].update(search_ranks(results["search"]["architectures"], architecture_ranking))
     if sb.utils.distributed.if_main_process():
         atomic_write_text(os.path.join(output_folder, "results.json"), json.dumps(results, indent=2) + "\n")
         table = results_markdown(results)

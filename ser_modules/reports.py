@@ -79,7 +79,25 @@ def results_markdown(results):
         if tied:
             lines += ["", "Ties in theta (broken towards the first candidate): "
                       + ", ".join(f"{name} layers {[t + 1 for t in layers]}" for name, layers in tied.items())]
+        lines += theta_decision_lines(search)
     return "\n".join(lines)
+
+
+def theta_decision_lines(search):
+    """Markdown lines: the largest softmax(theta) per layer and split, and, when the run was
+    given an exhaustive ranking, where each derived architecture ranks in it."""
+    from ser_modules.architecture_ranking import ranks_markdown
+
+    lines = []
+    probabilities = search.get("probabilities") or {}
+    if probabilities:
+        num_layers = len(next(iter(probabilities.values())))
+        lines += ["", "Largest softmax(theta) per layer at the end of the search (a decided search: >= 0.6):", "",
+                  "| split | " + " | ".join(f"layer {i + 1}" for i in range(num_layers)) + " |",
+                  "|---|" + "---|" * num_layers]
+        for name, table in probabilities.items():
+            lines.append(f"| {name} | " + " | ".join(f"{max(row):.3f}" for row in table) + " |")
+    return lines + ranks_markdown(search)
 
 
 def plot_confusion_matrix(confusion, labels, path, title="", normalize=True):
@@ -922,7 +940,7 @@ def search_summary(run, heatmaps, base):
     if tied:
         lines += ["", "Ties in theta (broken towards the first candidate): "
                   + ", ".join(f"{fold} layers {[layer + 1 for layer in layers]}" for fold, layers in tied.items())]
-    return lines
+    return lines + theta_decision_lines(search)
 
 
 def build_report(paths, out=None, figures_folder=None, allow_mixed=False):

@@ -159,10 +159,11 @@ def test_utterances_shorter_than_one_upstream_frame_train_without_nan(
 
 
 def test_all_equal_thetas_take_the_first_candidate_and_are_reported_as_ties(mini_corpus, tmp_path):
-    # A zero search learning rate leaves every theta at its initial 0.
+    # A zero learning rate (theta's own Adam in the default search mode) leaves every
+    # theta at its initial 0.
     output = str(tmp_path / "out")
     run_in_process(
-        CUSTOM, *bas_arguments(mini_corpus, output), "--search_lr=0", "--search_final_lr=0", "--search_epochs=1",
+        CUSTOM, *bas_arguments(mini_corpus, output), "--theta_lr=0", "--search_epochs=1",
         "--number_of_epochs=1", "--ckpt_interval_steps=0",
     )
     search = read_results(output)["search"]

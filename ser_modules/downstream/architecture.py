@@ -145,11 +145,14 @@ def load_architecture(path):
     return record
 
 
-def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100):
-    """Saves the ``softmax(theta)`` table as an annotated heatmap PNG.
+def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajectory=None):
+    """Saves the ``softmax(theta)`` table as an annotated heatmap PNG, with its trajectory.
 
     Layers run down the rows (layer 1 at the top), candidates across the columns; every
     cell shows its probability. The figure is ``2.5 + 1.5 K`` by ``1.5 + 0.5 L`` inches.
+    With a ``trajectory`` the figure gets one more panel per layer to the right: the
+    probability of every candidate per search epoch (lines), the temperature on a second
+    axis (dashed), so the PNG shows how the search reached the final table.
 
     Arguments
     ---------
@@ -162,7 +165,10 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100):
     title : str
         Figure title (e.g. the upstream, dataset and fold).
     dpi : int
-        Resolution: the PNG is ``(2.5 + 1.5 K) * dpi`` pixels wide.
+        Resolution: without a trajectory the PNG is ``(2.5 + 1.5 K) * dpi`` pixels wide.
+    trajectory : dict, optional
+        ``epochs`` (E epoch numbers), ``probabilities`` (``(E, L, K)``) and optionally
+        ``temperatures`` (``(E,)``), e.g. from ``bas_search.trajectory_array``.
 
     Returns
     -------
@@ -176,10 +182,23 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100):
             f"{num_candidates} probability columns but {len(candidates)} candidates "
             f"{list(candidates)}."
         )
+    table_width = 2.5 + 1.5 * num_candidates
+    height = 1.5 + 0.5 * num_layers
+    if trajectory is not None:
+        history = torch.as_tensor(trajectory["probabilities"], dtype=torch.float64).numpy()
+        if history.ndim != 3 or history.shape[1:] != values.shape:
+            raise ValueError(
+                f"The trajectory has shape {history.shape}, expected (epochs, {num_layers}, {num_candidates})."
+            )
+        height = max(height, 2.2 * num_layers)
     # A bare Figure (no pyplot) renders PNGs with the Agg canvas, needs no display and
     # touches no global backend state.
-    figure = Figure(figsize=(2.5 + 1.5 * num_candidates, 1.5 + 0.5 * num_layers), dpi=dpi)
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(table_width + (6.0 if trajectory is not None else 0.0), height), dpi=dpi)
+    if trajectory is None:
+        axes = figure.add_subplot()
+    else:
+        grid = figure.add_gridspec(num_layers, 2, width_ratios=[table_width, 6.0])
+        axes = figure.add_subplot(grid[:, 0])
     image = axes.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axes.set_xticks(range(num_candidates), labels=list(candidates))
     axes.set_yticks(range(num_layers), labels=[f"layer {l + 1}" for l in range(num_layers)])
@@ -192,6 +211,24 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100):
             colour = "black" if value > 0.6 else "white"
             axes.text(column, layer, f"{value:.2f}", ha="center", va="center", color=colour)
     figure.colorbar(image, ax=axes, label="softmax(theta)")
+    if trajectory is not None:
+        epochs = list(trajectory["epochs"])
+        temperatures = trajectory.get("temperatures")
+        for layer in range(num_layers):
+            panel = figure.add_subplot(grid[layer, 1])
+            for column, name in enumerate(candidates):
+                panel.plot(epochs, history[:, layer, column], label=name)
+            panel.set_ylim(0.0, 1.0)
+            panel.set_ylabel(f"layer {layer + 1}")
+            if temperatures is not None:
+                twin = panel.twinx()
+                twin.plot(epochs, torch.as_tensor(temperatures).numpy(), "k--", linewidth=0.8)
+                twin.set_ylabel("tau (dashed)", fontsize=8)
+            if layer == 0:
+                panel.set_title("softmax(theta) per search epoch")
+                panel.legend(fontsize=7, loc="upper left")
+            if layer == num_layers - 1:
+                panel.set_xlabel("search epoch")
     figure.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

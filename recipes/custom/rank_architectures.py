@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""Train every architecture of the BAS search space on your corpus and rank them.
+
+    python recipes/custom/rank_architectures.py hparams/bas_fbank.yaml \
+        --data_folder=/path/to/corpus --labels_csv=labels.csv --output_folder=OUT \
+        [--rank_layers=3] [--rank_seeds=1986,1987] [--fold=1]
+
+Writes ``OUT/ranking.json`` and ``OUT/ranking.md`` (see
+``ser_modules.architecture_ranking``); pass ``--architecture_ranking=OUT/ranking.json`` to
+a BAS run to have its ``results.md`` say where the derived architecture ranks.
+"""
+
+from custom_prepare import prepare_custom
+
+from ser_modules.architecture_ranking import main
+
+DATASET_DEFAULTS = {"crop_seconds": 6.5, "selection_metric": "UA"}  # as train.py: the same recipe
+
+if __name__ == "__main__":
+    main(prepare_custom, DATASET_DEFAULTS, "custom")

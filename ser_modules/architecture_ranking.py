@@ -1,0 +1,369 @@
+"""Ground truth for a BAS search space: train every architecture of it and rank them.
+
+A differentiable search is only worth its derived architecture if that architecture is
+good among *all* architectures of the space. With 3 candidates and L layers the space
+holds ``3^L`` networks (27 for L = 3), few enough to train each one stand-alone with the
+same retraining recipe the BAS run uses after its search (same YAML, same overrides,
+``search=False``, ``downstream_model=blocks``), on one or more folds and seeds::
+
+    python recipes/custom/rank_architectures.py hparams/bas_fbank.yaml \
+        --data_folder=CORPUS --labels_csv=labels.csv --output_folder=OUT \
+        --rank_layers=3 --rank_seeds=1986,1987 [--fold=1] [--number_of_epochs=30]
+
+writes ``OUT/ranking.json`` and ``OUT/ranking.md``: per fold, every architecture's test UA
+per seed, its mean and spread, and its rank (1 = best mean UA). A BAS run given
+``--architecture_ranking=OUT/ranking.json`` then reports in its ``results.md`` where the
+architecture it derived ranks on each fold (:func:`derived_ranks`).
+
+Every trained architecture is one recipe split run (``ser_modules.recipe.run_split``):
+it keeps its ``test_outcome.json``, so an interrupted ranking resumes where it stopped, and
+the feature cache is built once for all of them.
+"""
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+
+from ser_modules.downstream.blocks import CANDIDATES
+from ser_modules.manifest import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+RANKING_FILE = "ranking.json"
+RANKING_MARKDOWN = "ranking.md"
+
+
+def all_architectures(num_layers, candidates=CANDIDATES):
+    """Every architecture of the search space, in a fixed (lexicographic) order.
+
+    Arguments
+    ---------
+    num_layers : int
+        L, the number of searchable layers.
+    candidates : sequence of str
+        The candidate blocks of every layer.
+
+    Returns
+    -------
+    list of list of str
+        ``len(candidates) ** num_layers`` architectures, first layer first.
+    """
+    if num_layers < 1:
+        raise ValueError(f"An architecture needs at least one layer, got {num_layers}.")
+    return [list(path) for path in itertools.product(candidates, repeat=int(num_layers))]
+
+
+def architecture_key(architecture):
+    """The text key of an architecture in the ranking file: ``"ffn-msa-msa_ffn"``."""
+    return "-".join(architecture)
+
+
+def rank_architectures(scores):
+    """Rank architectures by their mean score over seeds.
+
+    Arguments
+    ---------
+    scores : dict
+        ``{architecture_key: [score of seed 1, score of seed 2, ...]}`` (one or more each).
+
+    Returns
+    -------
+    list of dict
+        Best first: ``architecture`` (key), ``scores``, ``mean``, ``std`` (sample std over
+        seeds, 0 with one seed) and ``rank``: 1 + the number of architectures with a
+        strictly larger mean, so equal means share a rank (competition ranking).
+    """
+    rows = []
+    for key, values in scores.items():
+        values = [float(v) for v in values]
+        if not values:
+            raise ValueError(f"Architecture {key} has no scores.")
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append({"architecture": key, "scores": values, "mean": mean, "std": std})
+    rows.sort(key=lambda row: (-row["mean"], row["architecture"]))
+    for row in rows:
+        row["rank"] = 1 + sum(1 for other in rows if other["mean"] > row["mean"])
+    return rows
+
+
+def flatness(rows):
+    """How flat a fold's ranking is: the spread of means against the seed noise.
+
+    Returns
+    -------
+    dict
+        ``best``, ``worst``, ``range`` (best - worst mean), ``top_third_gap`` (mean of the
+        best third minus mean of the rest) and ``seed_std`` (root mean square of the
+        per-architecture std over seeds, None with one seed).
+    """
+    means = [row["mean"] for row in rows]
+    third = max(1, math.ceil(len(rows) / 3))
+    stds = [row["std"] for row in rows if len(row["scores"]) > 1]
+    rest = means[third:] or means
+    return {
+        "best": max(means),
+        "worst": min(means),
+        "range": max(means) - min(means),
+        "top_third_gap": statistics.fmean(means[:third]) - statistics.fmean(rest),
+        "seed_std": math.sqrt(statistics.fmean([s * s for s in stds])) if stds else None,
+    }
+
+
+def load_ranking(path):
+    """Read a ``ranking.json`` written by :func:`write_ranking` (clear error otherwise)."""
+    with open(path, encoding="utf-8") as handle:
+        record = json.load(handle)
+    if not isinstance(record, dict) or "folds" not in record:
+        raise ValueError(
+            f"{path} is not an architecture ranking (no 'folds'): write it with "
+            "recipes/<dataset>/rank_architectures.py."
+        )
+    return record
+
+
+def derived_ranks(architectures, ranking):
+    """Where each fold's derived architecture ranks in the exhaustive ranking.
+
+    Arguments
+    ---------
+    architectures : dict
+        ``{fold: [block, ...]}`` as the BAS search derived them.
+    ranking : dict or str
+        A ranking record (``load_ranking``) or the path of ``ranking.json``.
+
+    Returns
+    -------
+    dict
+        ``{fold: {"rank", "of", "mean", "std", "best", "best_mean", "top_third"}}`` for
+        the folds the ranking covers and whose architecture it holds; other folds are left out.
+    """
+    if not isinstance(ranking, dict):
+        ranking = load_ranking(ranking)
+    ranks = {}
+    for fold, architecture in architectures.items():
+        rows = ranking["folds"].get(fold)
+        if not rows:
+            continue
+        key = architecture_key(architecture)
+        row = next((r for r in rows if r["architecture"] == key), None)
+        if row is None:
+            continue
+        total = len(rows)
+        ranks[fold] = {
+            "rank": row["rank"],
+            "of": total,
+            "mean": row["mean"],
+            "std": row["std"],
+            "best": rows[0]["architecture"],
+            "best_mean": rows[0]["mean"],
+            "top_third": row["rank"] <= math.ceil(total / 3),
+        }
+    return ranks
+
+
+def search_ranks(architectures, ranking_path):
+    """The ``results.json`` entries of a BAS run for an exhaustive ranking file.
+
+    Returns ``{"ranking": path, "ranks": derived_ranks(...)}``, or ``{"ranking": path,
+    "ranking_error": message}`` when the file cannot be read: a finished run still writes
+    its results, and says why the ranks are missing.
+    """
+    try:
+        return {"ranking": str(ranking_path), "ranks": derived_ranks(architectures, str(ranking_path))}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Cannot read the architecture ranking %s: %s", ranking_path, error)
+        return {"ranking": str(ranking_path), "ranking_error": f"{type(error).__name__}: {error}"}
+
+
+def ranks_markdown(search):
+    """Lines of ``results.md`` on where the derived architectures rank (empty without)."""
+    if "ranking_error" in search:
+        return ["", f"Exhaustive ranking {search['ranking']} could not be read: {search['ranking_error']}"]
+    ranks = search.get("ranks")
+    if ranks is None:
+        return []
+    lines = ["", f"Where the derived architecture ranks among all architectures of the space, "
+                 f"trained stand-alone ({search['ranking']}):", "",
+             "| split | derived | rank | UA of derived (mean +/- std over seeds) | best | UA of best |",
+             "|---|---|---|---|---|---|"]
+    for fold, architecture in search["architectures"].items():
+        entry = ranks.get(fold)
+        if entry is None:
+            lines.append(f"| {fold} | {' -> '.join(architecture)} | not in the ranking | | | |")
+            continue
+        lines.append(f"| {fold} | {' -> '.join(architecture)} | {entry['rank']} of {entry['of']} | "
+                     f"{entry['mean']:.4f} +/- {entry['std']:.4f} | {entry['best'].replace('-', ' -> ')} | "
+                     f"{entry['best_mean']:.4f} |")
+    if ranks:
+        top = sum(1 for entry in ranks.values() if entry["top_third"])
+        lines += ["", f"In the top third: {top} of {len(ranks)} ranked splits."]
+    return lines
+
+
+def ranking_markdown(record):
+    """The ranking as Markdown: one table per fold, then a summary over folds."""
+    metric = record.get("metric", "UA")
+    lines = [f"# Exhaustive ranking of the {record.get('num_layers', '?')}-layer BAS space",
+             "", f"Test {metric} of every architecture, trained stand-alone with the retraining recipe "
+             f"`{record.get('hparams_file', '?')}` (overrides: `{record.get('overrides', {})}`), seeds "
+             f"{record.get('seeds')}. Rank 1 = best mean; equal means share a rank."]
+    for fold, rows in record["folds"].items():
+        flat = flatness(rows)
+        seed_std = "n/a (one seed)" if flat["seed_std"] is None else f"{flat['seed_std']:.4f}"
+        lines += ["", f"## {fold}", "",
+                  f"Best {flat['best']:.4f}, worst {flat['worst']:.4f} (range {flat['range']:.4f}); "
+                  f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}.", "",
+                  f"| rank | architecture | {metric} mean | std | per seed |", "|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['rank']} | {row['architecture'].replace('-', ' -> ')} | {row['mean']:.4f} | "
+                         f"{row['std']:.4f} | {', '.join(f'{v:.4f}' for v in row['scores'])} |")
+    if len(record["folds"]) > 1:
+        keys = sorted({row["architecture"] for rows in record["folds"].values() for row in rows})
+        folds_of = {key: [next(r for r in rows if r["architecture"] == key)
+                          for rows in record["folds"].values()
+                          if any(r["architecture"] == key for r in rows)] for key in keys}
+        summary = sorted(
+            ((statistics.fmean(r["mean"] for r in found), statistics.fmean(r["rank"] for r in found), key, len(found))
+             for key, found in folds_of.items()),
+            key=lambda item: (-item[0], item[2]),
+        )
+        lines += ["", "## Over folds", "", f"| architecture | mean {metric} over folds | mean rank | folds |",
+                  "|---|---|---|---|"]
+        lines += [f"| {key.replace('-', ' -> ')} | {mean:.4f} | {rank:.1f} | {count} |"
+                  for mean, rank, key, count in summary]
+    return "\n".join(lines) + "\n"
+
+
+def collect_fold_rankings(output_folder):
+    """``{fold: rows}`` from ``<output_folder>/folds/<fold>.json``, folds in natural order."""
+    folder = os.path.join(output_folder, "folds")
+    names = [name[:-5] for name in os.listdir(folder) if name.endswith(".json")] if os.path.isdir(folder) else []
+    folds = {}
+    for name in sorted(names, key=lambda n: (len(n), n)):
+        with open(os.path.join(folder, name + ".json"), encoding="utf-8") as handle:
+            folds[name] = json.load(handle)
+    return folds
+
+
+def write_ranking(output_folder, record):
+    """Write ``ranking.json`` and ``ranking.md`` atomically; returns the JSON path."""
+    path = os.path.join(output_folder, RANKING_FILE)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(os.path.join(output_folder, RANKING_MARKDOWN), ranking_markdown(record))
+    return path
+
+
+def parse_seeds(text):
+    """``"1986,1987"`` -> ``[1986, 1987]``."""
+    seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    if not seeds:
+        raise ValueError(f"--rank_seeds needs at least one integer seed, got {text!r}.")
+    return seeds
+
+
+def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
+    """Train every architecture of the space on the selected folds and seeds; write the ranking.
+
+    Arguments are those of :func:`ser_modules.recipe.run_recipe`; ``argv`` additionally
+    takes ``--rank_layers`` (default: the YAML's ``search_layers``) and ``--rank_seeds``
+    (default: the YAML's ``seed``).
+
+    Returns
+    -------
+    dict
+        The ranking record (also in ``<output_folder>/ranking.json``).
+    """
+    import speechbrain as sb
+
+    from ser_modules.feature_cache import minimum_samples  # noqa: F401  (imported by run_split)
+    from ser_modules.manifest import read_csv
+    from ser_modules.recipe import (
+        build_feature_caches,
+        load_hparams,
+        parse_overrides,
+        run_split,
+        selected_splits,
+        split_preparation_arguments,
+    )
+    from ser_modules.training import build_label_encoder
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--rank_layers", type=int, default=None)
+    parser.add_argument("--rank_seeds", default=None)
+    own, argv = parser.parse_known_args(argv)
+    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_function)
+    hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
+    overrides = {**dataset_defaults, **parse_overrides(cli_overrides)}
+    with open(hparams_file, encoding="utf-8") as handle:
+        yaml_text = handle.read()
+    setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
+    output_folder = setup["output_folder"]
+    num_layers = own.rank_layers or int(setup.get("search_layers", setup.get("num_layers", 3)))
+    seeds = parse_seeds(own.rank_seeds) if own.rank_seeds else [int(setup["seed"])]
+    os.makedirs(output_folder, exist_ok=True)
+    splits = prepare_function(
+        data_folder=setup["data_folder"], save_folder=setup["prepare_folder"],
+        skip_prep=setup["skip_prep"], **prepare_kwargs,
+    )
+    if not splits:
+        raise RuntimeError(f"The preparation wrote no manifests in {setup['prepare_folder']}.")
+    replacements = {"data_root": setup["data_folder"], "prep_root": setup["prepare_folder"]}
+    split_names = selected_splits(splits, setup["fold"])
+    all_csvs = [path for name in splits for path in splits[name].values()]
+    label_encoder = build_label_encoder(all_csvs, os.path.join(output_folder, "label_encoder.txt"))
+    upstream = setup["upstream"]()
+    caches = None
+    if setup["use_cache"]:
+        rows = {row["ID"]: row for name in split_names for path in splits[name].values() for row in read_csv(path)}
+        caches = build_feature_caches(setup, upstream, list(rows.values()), replacements, run_opts)
+    derived = {"input_dim": upstream.output_dim, "num_upstream_layers": upstream.num_layers,
+               "num_classes": len(label_encoder)}
+    metric = setup["selection_metric"]
+    # The space the BAS run searches: the candidates of the YAML's super net.
+    candidates = list(setup["supernet"].candidates) if "supernet" in setup else list(CANDIDATES)
+    del setup
+
+    architectures = all_architectures(num_layers, candidates)
+    record = {
+        "dataset": dataset_name, "hparams_file": os.path.basename(hparams_file), "metric": metric,
+        "num_layers": num_layers, "seeds": seeds, "candidates": candidates,
+        "overrides": {k: v for k, v in overrides.items() if k not in ("output_folder", "cache_folder")},
+    }
+    for split_name in split_names:
+        scores = {}
+        for seed in seeds:
+            for architecture in architectures:
+                key = architecture_key(architecture)
+                folder = os.path.join(output_folder, "runs", key, f"seed{seed}", split_name)
+                run_overrides = {
+                    **overrides, **derived, "split_name": split_name, "seed": seed,
+                    "search": False, "downstream_model": "blocks", "architecture": architecture,
+                    "num_layers": num_layers, "experiment_folder": folder,
+                }
+                outcome = run_split(yaml_text, run_overrides, run_opts, splits[split_name],
+                                    replacements, label_encoder, caches, upstream)
+                score = float(outcome["scores"][metric])
+                scores.setdefault(key, []).append(score)
+                logger.info("%s seed %d %s: %s %.4f", split_name, seed, key, metric, score)
+        fold_path = os.path.join(output_folder, "folds", f"{split_name}.json")
+        os.makedirs(os.path.dirname(fold_path), exist_ok=True)
+        atomic_write_text(fold_path, json.dumps(rank_architectures(scores), indent=2) + "\n")
+        # The ranking holds every fold ranked so far in this folder, also those of other
+        # processes ranking other folds (--fold=k) into the same output folder.
+        record["folds"] = collect_fold_rankings(output_folder)
+        path = write_ranking(output_folder, record)
+        print(f"{split_name}: ranked {len(scores)} architectures -> {path}", flush=True)
+    print(ranking_markdown(record))
+    return record
+
+
+def main(prepare_function, dataset_defaults, dataset_name):
+    """Entry point of ``recipes/<DATASET>/rank_architectures.py``."""
+    logging.basicConfig(level=logging.INFO)
+    run_ranking(sys.argv[1:], prepare_function, dataset_defaults, dataset_name)
