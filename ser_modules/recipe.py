@@ -51,10 +51,17 @@ logger = logging.getLogger(__name__)
 DERIVED_KEYS = ("split_name", "input_dim", "num_upstream_layers", "num_classes")
 
 
+# Preparation options that share a name with an hparam, as a recipe's command line spells them.
+RENAMED_PREPARATION_OPTIONS = {"seed": "split_seed"}
+
+
 def split_preparation_arguments(argv, prepare_function):
     """Separate ``--name=value`` options of the preparation function from the rest.
 
-    ``data_folder`` and ``save_folder`` stay with the hparams (they are YAML keys).
+    ``data_folder`` and ``save_folder`` stay with the hparams (they are YAML keys). A
+    preparation option whose name is also an hparam is renamed on a recipe's command line
+    (:data:`RENAMED_PREPARATION_OPTIONS`): ``--seed`` is the training seed, the split seed of
+    a preparation is ``--split_seed``.
 
     Returns
     -------
@@ -65,7 +72,10 @@ def split_preparation_arguments(argv, prepare_function):
     from ser_modules.manifest import _parse_value
 
     parameters = inspect.signature(prepare_function).parameters
-    own = {name for name in parameters if name not in ("data_folder", "save_folder", "skip_prep")}
+    own = {
+        RENAMED_PREPARATION_OPTIONS.get(name, name): name
+        for name in parameters if name not in ("data_folder", "save_folder", "skip_prep")
+    }
     prepare_kwargs, rest = {}, []
     index = 0
     while index < len(argv):
@@ -77,7 +87,7 @@ def split_preparation_arguments(argv, prepare_function):
             else:
                 index += 1
                 value = argv[index]
-            prepare_kwargs[name] = _parse_value(value, parameters[name].default, name)
+            prepare_kwargs[own[name]] = _parse_value(value, parameters[own[name]].default, name)
         else:
             rest.append(argument)
         index += 1
