@@ -77,6 +77,7 @@ DOWNSTREAM_ARGUMENTS = {
     "num_heads": "num_heads",
     "ffn_dim": "ffn_dim",
     "dropout": "dropout",
+    "pooling": "pooling",
 }
 
 INTERFACE_SOURCE = '''"""Interface of this model folder for SpeechBrain's ``foreign_class``::

@@ -31,8 +31,10 @@ def downstream_architecture(model, num_layers=None, architecture=None):
 
 
 def build_downstream(model, input_dim, num_classes, num_layers=None, architecture=None,
-                     hidden=256, model_dim=None, num_heads=8, ffn_dim=2048, dropout=0.1):
+                     hidden=256, model_dim=None, num_heads=8, ffn_dim=2048, dropout=0.1, pooling="mean"):
     """Build the downstream model named ``model`` (see the module docstring).
+
+    ``pooling`` is ``"mean"`` (the papers) or ``"stats"`` (mean and standard deviation).
 
     Returns
     -------
@@ -41,8 +43,8 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
     """
     blocks = downstream_architecture(model, num_layers, architecture)
     if blocks is None:
-        return SuperbClassifier(input_dim, num_classes, hidden=hidden)
+        return SuperbClassifier(input_dim, num_classes, hidden=hidden, pooling=pooling)
     return BlockStackClassifier(
         input_dim, num_classes, blocks, model_dim=model_dim, num_heads=num_heads,
-        ffn_dim=ffn_dim, dropout=dropout,
+        ffn_dim=ffn_dim, dropout=dropout, pooling=pooling,
     )
