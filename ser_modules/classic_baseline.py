@@ -4,7 +4,7 @@
         --data_folder=/path/to/corpus --labels_csv=labels.csv
 
 On the same manifests as the neural recipes (the dataset's preparation function writes
-them), for every fold: the eGeMAPSv02 functionals (88 per utterance; ``--feature_set=compare``
+them), for every fold: the eGeMAPSv02 functionals (88 per utterance; ``--features=compare``
 for the 6,373 ComParE_2016 ones) of the first ``crop_seconds`` of each utterance, a
 ``StandardScaler`` fitted on the fold's training set, and a linear SVM (scikit-learn
 ``SVC(kernel="linear")``) whose ``C`` is chosen on the fold's validation set by the
@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.audio import audio_info, crop_or_pad, load_audio, seconds_to_samples
 from ser_modules.manifest import DATA_ROOT, atomic_write_text, read_csv
 from ser_modules.metrics import classification_scores
 from ser_modules.recipe import (
@@ -87,12 +87,12 @@ def select_and_test(train, valid, test, c_grid, labels, metric="UA", class_weigh
 def extract_functionals(rows, replacements, feature_set, sample_rate, crop_seconds):
     """Functionals ``{utt_id: (F,)}`` of manifest rows (first ``crop_seconds`` of each file).
 
-    An utterance shorter than openSMILE's 60 ms analysis window is zero-padded to it (as the
-    frame-level upstream is), with a warning naming it.
+    ``sample_rate=None`` reads each file at its own rate (openSMILE's configurations work
+    at any rate); otherwise files are resampled to ``sample_rate`` as for the neural
+    recipes. An utterance shorter than openSMILE's 60 ms analysis window is zero-padded to
+    it (as the frame-level upstream is), with a warning naming it.
     """
     smile = build_smile(feature_set, "functionals")
-    num_samples = seconds_to_samples(crop_seconds, sample_rate) if crop_seconds else None
-    min_samples = round(LLD_WINDOW_SECONDS * sample_rate)
     features, padded = {}, []
     for row in rows:
         path = row["wav"]
@@ -100,11 +100,14 @@ def extract_functionals(rows, replacements, feature_set, sample_rate, crop_secon
             path = path.replace(f"${key}", str(value))
         if DATA_ROOT in path or "$prep_root" in path:
             raise ValueError(f"Unresolved placeholder in manifest path {path} (utterance {row['ID']}).")
-        waveform = load_audio(path, sample_rate)
+        rate = sample_rate or audio_info(path)[1]
+        waveform = load_audio(path, rate)
+        num_samples = seconds_to_samples(crop_seconds, rate) if crop_seconds else None
+        min_samples = round(LLD_WINDOW_SECONDS * rate)
         if waveform.shape[-1] < min_samples:
             padded.append(row["ID"])
         waveform = crop_or_pad(waveform, num_samples, mode="first", min_samples=min_samples)
-        features[row["ID"]] = opensmile_functionals(waveform, sample_rate, feature_set, smile=smile)
+        features[row["ID"]] = opensmile_functionals(waveform, rate, feature_set, smile=smile)
     if padded:
         logger.warning(
             "%d utterances are shorter than openSMILE's %.0f ms window: zero-padded to it (%s).",
@@ -182,6 +185,11 @@ def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
     defaults = {key: value for key, value in dataset_defaults.items() if key in own_keys}
     overrides = {**defaults, **parse_overrides(cli_overrides)}
     hparams = load_hparams(yaml_text, overrides)
+    if hparams["feature_level"] != "functionals":
+        raise ValueError(
+            f"feature_level={hparams['feature_level']!r}: the classic baseline classifies utterance-level "
+            "functionals; frame-level LLDs are the upstream of the neural recipes (--features=egemaps)."
+        )
     output_folder = hparams["output_folder"]
     sb.create_experiment_directory(
         experiment_directory=output_folder, hyperparams_to_save=hparams_file, overrides=overrides
@@ -202,13 +210,13 @@ def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
         if features is None and not os.path.isfile(os.path.join(experiment_folder, "test_outcome.json")):
             rows = {row["ID"]: row for name in split_names for path in splits[name].values() for row in read_csv(path)}
             features = extract_functionals(
-                list(rows.values()), replacements, hparams["feature_set"], hparams["sample_rate"],
+                list(rows.values()), replacements, hparams["features"], hparams["sample_rate"],
                 hparams["crop_seconds"],
             )
         outcomes[split_name] = run_fold(hparams, splits[split_name], features, label_encoder, experiment_folder)
     results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder)
     results["classic_baseline"] = {
-        "feature_set": hparams["feature_set"],
+        "feature_set": hparams["features"],
         "classifier": "StandardScaler + SVC(kernel='linear')",
         "selected_C": {name: o["selected_C"] for name, o in outcomes.items()},
         "valid_scores": {name: o["valid_scores"] for name, o in outcomes.items()},

@@ -110,3 +110,14 @@ def test_ties_of_the_validation_score_go_to_the_smallest_c():
     assert set(chosen["valid_scores"]) == {0.1, 1.0, 10.0}
     best = max(chosen["valid_scores"].values())
     assert chosen["C"] == min(c for c, score in chosen["valid_scores"].items() if score == best)
+
+
+def test_reports_name_the_baseline_and_the_opensmile_upstreams(baseline_run):
+    from ser_modules.reports import build_report, describe_run, upstream_name
+
+    run = describe_run(baseline_run)
+    assert (run.model, run.upstream) == ("linear SVM", "eGeMAPS functionals")
+    assert upstream_name("superb_fbank.yaml", {"features": "egemaps"}) == "eGeMAPS LLDs"
+    assert upstream_name("ffn_fbank.yaml", {"features": "compare"}) == "ComParE LLDs"
+    assert upstream_name("ffn_fbank.yaml", {"features": "fbank"}) == "Fbank"
+    assert "| eGeMAPS functionals | linear SVM |" in build_report([baseline_run])

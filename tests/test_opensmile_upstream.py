@@ -18,7 +18,13 @@ import torch
 
 from ser_modules.audio import load_audio
 from ser_modules.feature_cache import FeatureCache, minimum_samples, resolve_path
-from ser_modules.upstreams import FbankUpstream, OpenSmileUpstream, build_feature_upstream, build_upstream
+from ser_modules.upstreams import (
+    FbankUpstream,
+    FeatureUpstream,
+    OpenSmileUpstream,
+    build_feature_upstream,
+    build_upstream,
+)
 from ser_modules.upstreams.opensmile import functional_names, opensmile_functionals
 
 SAMPLE_RATE = 16000
@@ -157,3 +163,17 @@ def test_upstream_stays_frozen():
     upstream = OpenSmileUpstream("egemaps")
     upstream.train()
     assert not upstream.training and not any(p.requires_grad for p in upstream.parameters())
+
+
+@pytest.mark.parametrize("features", ["fbank", "egemaps"])
+def test_feature_upstream_class_is_the_chosen_upstream_with_its_cache_key(features, tmp_path):
+    switched = FeatureUpstream(features, hop_length=20)
+    direct = build_feature_upstream(features, hop_length=20)
+    assert switched.identity() == direct.identity()
+    assert FeatureCache(tmp_path, switched).key == FeatureCache(tmp_path, direct).key
+    assert (switched.output_dim, switched.hop_length, minimum_samples(switched)) == (
+        direct.output_dim, direct.hop_length, minimum_samples(direct))
+    wavs, wav_lens = random_batch(seed=5)
+    for mine, theirs in zip(switched(wavs, wav_lens), direct(wavs, wav_lens)):
+        torch.testing.assert_close(mine, theirs)
+    assert int(switched.num_frames(12345)) == int(direct.num_frames(12345))

@@ -12,6 +12,7 @@ Every upstream answers the call described in :mod:`ser_modules.upstreams.base`.
 from ser_modules.upstreams.base import Upstream
 from ser_modules.upstreams.fbank import FbankUpstream
 from ser_modules.upstreams.huggingface import LOBES, HuggingFaceUpstream
+from ser_modules.upstreams.feature_switch import FEATURE_UPSTREAMS, FeatureUpstream, build_feature_upstream
 from ser_modules.upstreams.opensmile import FEATURE_SETS as OPENSMILE_FEATURE_SETS
 from ser_modules.upstreams.opensmile import OpenSmileUpstream
 
@@ -19,45 +20,12 @@ __all__ = [
     "Upstream",
     "FbankUpstream",
     "OpenSmileUpstream",
+    "FeatureUpstream",
+    "FEATURE_UPSTREAMS",
     "HuggingFaceUpstream",
     "build_upstream",
     "build_feature_upstream",
 ]
-
-FEATURE_UPSTREAMS = ("fbank", *OPENSMILE_FEATURE_SETS)  # fbank, egemaps, compare
-
-
-def build_feature_upstream(features="fbank", n_mels=80, normalize=False, hop_length=10, sample_rate=16000):
-    """A hand-crafted feature upstream chosen by one hparam (``features`` in ``*_fbank.yaml``).
-
-    Arguments
-    ---------
-    features : str
-        ``"fbank"`` (log-Mel filterbanks), ``"egemaps"`` (openSMILE eGeMAPSv02 LLDs, 25
-        dims) or ``"compare"`` (openSMILE ComParE_2016 LLDs, 65 dims).
-    n_mels : int
-        Mel bands (Fbank only).
-    normalize : bool
-        Per-utterance normalisation (Fbank only; openSMILE features are left as computed).
-    hop_length : float
-        Frame hop in ms (a multiple of 10 for openSMILE).
-    sample_rate : int
-        Rate of the input waveforms.
-
-    Returns
-    -------
-    Upstream
-    """
-    if features == "fbank":
-        return FbankUpstream(n_mels=n_mels, normalize=normalize, hop_length=hop_length, sample_rate=sample_rate)
-    if features in OPENSMILE_FEATURE_SETS:
-        if normalize:
-            raise ValueError(
-                f"normalize=True is an Fbank option; the {features} features are used as computed "
-                "(the recipe's global input normalisation scales them): set normalize=False."
-            )
-        return OpenSmileUpstream(features, hop_length=hop_length, sample_rate=sample_rate)
-    raise ValueError(f"Unknown features {features!r}: use one of {list(FEATURE_UPSTREAMS)}.")
 
 
 def build_upstream(kind, source=None, layers="all", **kwargs):
