@@ -51,3 +51,22 @@ def test_optimizer_factory_builds_the_named_optimizer_with_its_settings():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.05
     with pytest.raises(ValueError, match="Unknown optimizer"):
         optimizer_factory("lamb", lr=0.1)
+
+
+def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_switches():
+    import os
+    import sys
+
+    from prepare_helpers import REPO_ROOT, load_recipe_module
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes", "custom"))  # train.py imports custom_prepare
+    try:
+        custom = load_recipe_module("recipes/custom/train.py")
+    finally:
+        sys.path.pop(0)
+    for name in ("superb_fbank.yaml", "ffn_fbank.yaml", "transformer_fbank.yaml"):
+        defaults = custom.dataset_defaults(os.path.join(REPO_ROOT, "hparams", name))
+        assert defaults == {**custom.DATASET_DEFAULTS, **custom.SMALL_CORPUS_DEFAULTS}
+        assert defaults["optimizer"] == "adamw" and defaults["pooling"] == "stats"
+    # SSL files keep their papers' training setup (they have no optimizer switch)
+    assert custom.dataset_defaults(os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml")) == custom.DATASET_DEFAULTS
