@@ -82,6 +82,7 @@ DOWNSTREAM_ARGUMENTS = {
         "shift_layers", "shift_mlp_ratio", "shift_div", "shift_stride", "shift_bidirectional",
         "spec_augment", "frame_hop_ms", "speechformer_layers", "speechformer_expand",
     )},
+    "pooling": "pooling",
 }
 
 INTERFACE_SOURCE = '''"""Interface of this model folder for SpeechBrain's ``foreign_class``::

@@ -367,7 +367,10 @@ FAMILY_DEFAULTS = {
     "bas": {"downstream_model": "blocks", "search": True, "search_layers": 3},
     "shiftformer": {"downstream_model": "shiftformer"},
     "speechformer": {"downstream_model": "speechformer"},
+    "svm": {"downstream_model": "linear SVM", "feature_level": "functionals"},  # classic baseline
 }
+# openSMILE feature sets (``features`` of the feature-upstream files, or svm_<set>.yaml).
+OPENSMILE_NAMES = {"egemaps": "eGeMAPS", "compare": "ComParE"}
 
 
 def model_name(hparams_file, settings):
@@ -426,7 +429,7 @@ def upstream_name(hparams_file, settings):
     layers), else from the folder's name (``wavlm-large``, ``vesper12`` ...). A model of
     another size is named by its shape, so that it never matches a paper's row.
     """
-    _, family_key = _family(hparams_file)
+    model_family, family_key = _family(hparams_file)
     if not family_key and settings.get("upstream_kind"):
         # One hparams file for every upstream (shiftformer.yaml ...): the kind hparam, or
         # for "auto" the folder's config.json, names the family. Vesper exports are WavLM
@@ -442,6 +445,11 @@ def upstream_name(hparams_file, settings):
             ):
                 family_key = "vesper"
     family = UPSTREAM_FAMILIES.get(family_key)
+    settings = {**FAMILY_DEFAULTS.get(model_family, {}), **settings}
+    features = settings.get("features", family_key)
+    if features in OPENSMILE_NAMES and (family == "Fbank" or family_key in OPENSMILE_NAMES):
+        level = "functionals" if settings.get("feature_level") == "functionals" else "LLDs"
+        return f"{OPENSMILE_NAMES[features]} {level}"
     if family is None:
         return family_key or "?"
     if family == "Fbank":

@@ -41,7 +41,7 @@ def downstream_architecture(model, num_layers=None, architecture=None):
 
 
 def build_downstream(model, input_dim, num_classes, num_layers=None, architecture=None,
-                     hidden=256, model_dim=None, num_heads=8, ffn_dim=2048, dropout=0.1,
+                     hidden=256, model_dim=None, num_heads=8, ffn_dim=2048, dropout=0.1, pooling="mean",
                      shift_layers=2, shift_mlp_ratio=4, shift_div=4, shift_stride=1,
                      shift_bidirectional=True, spec_augment=True, frame_hop_ms=20,
                      speechformer_layers=(2, 2, 4, 4), speechformer_expand=(1, 1, 1)):
@@ -49,6 +49,9 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
 
     Arguments
     ---------
+    pooling
+        ``"mean"`` (the papers) or ``"stats"`` (mean and standard deviation) for the
+        SUPERB classifier and the block stacks.
     shift_layers, shift_mlp_ratio, shift_div, shift_stride, shift_bidirectional, spec_augment
         Shiftformer: blocks (2), MLP width / D (4), 1 / share of channels shifted per
         direction (4), frames shifted (1), both directions (True), SpecAugment (True).
@@ -80,8 +83,8 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
         )
     blocks = downstream_architecture(model, num_layers, architecture)
     if blocks is None:
-        return SuperbClassifier(input_dim, num_classes, hidden=hidden)
+        return SuperbClassifier(input_dim, num_classes, hidden=hidden, pooling=pooling)
     return BlockStackClassifier(
         input_dim, num_classes, blocks, model_dim=model_dim, num_heads=num_heads,
-        ffn_dim=ffn_dim, dropout=dropout,
+        ffn_dim=ffn_dim, dropout=dropout, pooling=pooling,
     )

@@ -65,6 +65,43 @@ def masked_mean_pool(x, lens):
     return summed / valid.sum(dim=1).to(x.dtype)  # (B, D)
 
 
+def masked_stats_pool(x, lens):
+    """Mean and standard deviation of the valid frames of each utterance, concatenated.
+
+    Statistics pooling (as in x-vectors): the spread of a frame feature over the utterance
+    (how much pitch or loudness moves) is a cue that the mean alone loses. The standard
+    deviation is the population one over the valid frames, with a small floor so that its
+    gradient stays finite on a constant (or one-frame) utterance.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``(B, T, D)`` frame features.
+    lens : torch.Tensor
+        ``(B,)`` relative lengths.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2 D)``: the mean, then the standard deviation.
+    """
+    valid = valid_frame_mask(lens, x.shape[1]).unsqueeze(-1)  # (B, T, 1)
+    mean = masked_mean_pool(x, lens)  # (B, D)
+    centred = torch.where(valid, x - mean.unsqueeze(1), torch.zeros_like(x))  # (B, T, D)
+    variance = centred.pow(2).sum(dim=1) / valid.sum(dim=1).to(x.dtype)  # (B, D)
+    return torch.cat([mean, torch.sqrt(variance.clamp(min=1e-8))], dim=-1)  # (B, 2 D)
+
+
+POOLINGS = {"mean": (masked_mean_pool, 1), "stats": (masked_stats_pool, 2)}
+
+
+def pooling_function(pooling):
+    """``(pool(x (B, T, D), lens) -> (B, k D), k)`` of a pooling name (``mean`` or ``stats``)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}: use one of {sorted(POOLINGS)}.")
+    return POOLINGS[pooling]
+
+
 class LayerCombiner(torch.nn.Module):
     """Combines the layer-wise features of an upstream into one feature sequence.
 
@@ -146,12 +183,17 @@ class SuperbClassifier(torch.nn.Module):
         C, the number of emotion classes.
     hidden : int
         H, the projection size (256 in Vesper and SUPERB).
+    pooling : str
+        ``"mean"`` (the papers) or ``"stats"`` (mean and standard deviation; the classifier
+        then reads 2 H values).
     """
 
-    def __init__(self, input_dim, num_classes, hidden=256):
+    def __init__(self, input_dim, num_classes, hidden=256, pooling="mean"):
         super().__init__()
+        self.pooling = pooling
+        self.pool, factor = pooling_function(pooling)
         self.projector = torch.nn.Linear(input_dim, hidden)
-        self.classifier = torch.nn.Linear(hidden, num_classes)
+        self.classifier = torch.nn.Linear(factor * hidden, num_classes)
 
     def forward(self, feats, lens):
         """Classifies each utterance.
@@ -169,7 +211,7 @@ class SuperbClassifier(torch.nn.Module):
             ``(B, C)`` logits.
         """
         projected = self.projector(feats)  # (B, T, H)
-        return self.classifier(masked_mean_pool(projected, lens))  # (B, C)
+        return self.classifier(self.pool(projected, lens))  # (B, C)
 
 
 class LayerStackClassifier(torch.nn.Module):
@@ -197,17 +239,21 @@ class LayerStackClassifier(torch.nn.Module):
         Width of the layers; None means ``input_dim`` (no projection).
     layers : list of torch.nn.Module
         The layers; each maps ``(B, T, model_dim)`` to ``(B, T, model_dim)``.
+    pooling : str
+        ``"mean"`` (the paper) or ``"stats"`` (mean and standard deviation).
     """
 
-    def __init__(self, input_dim, num_classes, model_dim, layers):
+    def __init__(self, input_dim, num_classes, model_dim, layers, pooling="mean"):
         super().__init__()
+        self.pooling = pooling
+        self.pool, factor = pooling_function(pooling)
         model_dim = input_dim if model_dim is None else model_dim
         if model_dim == input_dim:
             self.input_projection = torch.nn.Identity()
         else:
             self.input_projection = torch.nn.Linear(input_dim, model_dim)
         self.layers = torch.nn.ModuleList(layers)
-        self.classifier = torch.nn.Linear(model_dim, num_classes)
+        self.classifier = torch.nn.Linear(factor * model_dim, num_classes)
 
     def apply_layer(self, layer, x, padding_mask):
         """Runs one layer; the super net overrides this to pass its temperature."""
@@ -235,7 +281,7 @@ class LayerStackClassifier(torch.nn.Module):
         x = self.input_projection(x)  # (B, T, model_dim)
         for layer in self.layers:
             x = self.apply_layer(layer, x, padding_mask)  # (B, T, model_dim)
-        return self.classifier(masked_mean_pool(x, lens))  # (B, C)
+        return self.classifier(self.pool(x, lens))  # (B, C)
 
 
 class BlockStackClassifier(LayerStackClassifier):
@@ -266,6 +312,8 @@ class BlockStackClassifier(LayerStackClassifier):
         Hidden size of the blocks with a feed-forward network.
     dropout : float
         Dropout inside the blocks.
+    pooling : str
+        ``"mean"`` (the paper) or ``"stats"`` (mean and standard deviation).
     """
 
     def __init__(
@@ -277,6 +325,7 @@ class BlockStackClassifier(LayerStackClassifier):
         num_heads=8,
         ffn_dim=2048,
         dropout=0.1,
+        pooling="mean",
     ):
         if len(architecture) == 0:
             raise ValueError("The architecture needs at least one block, got an empty list.")
@@ -284,5 +333,5 @@ class BlockStackClassifier(LayerStackClassifier):
         layers = [
             build_block(name, width, num_heads, ffn_dim, dropout) for name in architecture
         ]
-        super().__init__(input_dim, num_classes, model_dim, layers)
+        super().__init__(input_dim, num_classes, model_dim, layers, pooling=pooling)
         self.architecture = list(architecture)

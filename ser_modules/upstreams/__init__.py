@@ -12,8 +12,20 @@ Every upstream answers the call described in :mod:`ser_modules.upstreams.base`.
 from ser_modules.upstreams.base import Upstream
 from ser_modules.upstreams.fbank import FbankUpstream
 from ser_modules.upstreams.huggingface import LOBES, HuggingFaceUpstream
+from ser_modules.upstreams.feature_switch import FEATURE_UPSTREAMS, FeatureUpstream, build_feature_upstream
+from ser_modules.upstreams.opensmile import FEATURE_SETS as OPENSMILE_FEATURE_SETS
+from ser_modules.upstreams.opensmile import OpenSmileUpstream
 
-__all__ = ["Upstream", "FbankUpstream", "HuggingFaceUpstream", "build_upstream"]
+__all__ = [
+    "Upstream",
+    "FbankUpstream",
+    "OpenSmileUpstream",
+    "FeatureUpstream",
+    "FEATURE_UPSTREAMS",
+    "HuggingFaceUpstream",
+    "build_upstream",
+    "build_feature_upstream",
+]
 
 
 def build_upstream(kind, source=None, layers="all", **kwargs):
@@ -22,7 +34,7 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
     Arguments
     ---------
     kind : str
-        ``"fbank"``, or for a local Hugging Face folder ``"auto"``, ``"wavlm"``
+        ``"fbank"``, ``"egemaps"`` / ``"compare"`` (openSMILE LLDs), or for a local Hugging Face folder ``"auto"``, ``"wavlm"``
         (also Vesper exports), ``"hubert"`` or ``"wav2vec2"``.
     source : str, optional
         The model folder (Hugging Face kinds only).
@@ -31,7 +43,8 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
         has a single layer).
     **kwargs
         Passed to :class:`HuggingFaceUpstream` (``normalize``, ``sample_rate``) or
-        :class:`FbankUpstream` (``n_mels``, ``normalize`` ...).
+        :class:`FbankUpstream` (``n_mels``, ``normalize`` ...) or :class:`OpenSmileUpstream`
+        (``hop_length``, ``sample_rate``).
 
     Returns
     -------
@@ -43,10 +56,15 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
         if layers not in ("all", "last", [0], (0,)):
             raise ValueError(f"The fbank upstream has one layer (index 0); got layers={layers!r}.")
         return FbankUpstream(**kwargs)
+    if kind in OPENSMILE_FEATURE_SETS:
+        if source is not None or layers not in ("all", "last", [0], (0,)):
+            raise ValueError(f"The {kind} upstream has no model folder and one layer (index 0).")
+        return OpenSmileUpstream(kind, **kwargs)
     if kind == "auto" or kind in LOBES:
         if source is None:
             raise ValueError(f"The {kind} upstream needs source: a local Hugging Face model folder.")
         return HuggingFaceUpstream(source, kind=kind, layers=layers, **kwargs)
     raise ValueError(
-        f"Unknown upstream kind {kind!r}: use 'fbank', 'auto' or one of {sorted(LOBES)}."
+        f"Unknown upstream kind {kind!r}: use 'fbank', 'egemaps', 'compare', 'auto' or one of "
+        f"{sorted(LOBES)}."
     )
