@@ -177,3 +177,11 @@ def test_feature_upstream_class_is_the_chosen_upstream_with_its_cache_key(featur
     for mine, theirs in zip(switched(wavs, wav_lens), direct(wavs, wav_lens)):
         torch.testing.assert_close(mine, theirs)
     assert int(switched.num_frames(12345)) == int(direct.num_frames(12345))
+
+
+def test_build_upstream_by_kind_takes_the_ssl_files_empty_normalize_and_refuses_a_set_one():
+    # shiftformer.yaml / speechformer.yaml pass normalize: null to every kind
+    upstream = build_upstream("egemaps", normalize=None)
+    assert isinstance(upstream, OpenSmileUpstream) and upstream.output_dim == 25
+    with pytest.raises(ValueError, match="normalis"):
+        build_upstream("egemaps", normalize=True)

@@ -143,6 +143,8 @@ def test_statistical_windows_follow_the_authors_integer_arithmetic():
     # what speechformer.yaml derives from upstream_kind
     assert upstream_frame_hop_ms("auto") == upstream_frame_hop_ms("wavlm") == 20
     assert upstream_frame_hop_ms("fbank") == 10 and upstream_frame_hop_ms("fbank", 20) == 20
+    # openSMILE LLDs come every 10 ms unless their hop_length says otherwise
+    assert upstream_frame_hop_ms("egemaps") == upstream_frame_hop_ms("compare") == 10
     with pytest.raises(ValueError, match="block_dim"):
         build_downstream("speechformer", 16, 4, model_dim=8)
 

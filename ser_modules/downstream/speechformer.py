@@ -308,15 +308,18 @@ class SpeechFormerClassifier(torch.nn.Module):
 def upstream_frame_hop_ms(upstream_kind, fbank_hop_ms=None):
     """Frame hop in ms of an upstream picked by kind, for ``frame_hop_ms`` in the YAML.
 
-    20 ms for the Hugging Face kinds (WavLM, HuBERT, wav2vec 2.0 and Vesper exports);
-    for ``"fbank"``, ``fbank_hop_ms`` or else ``FbankUpstream``'s default hop.
+    20 ms for the Hugging Face kinds (WavLM, HuBERT, wav2vec 2.0 and Vesper exports); for
+    the feature upstreams (``"fbank"``, openSMILE's ``"egemaps"`` / ``"compare"``),
+    ``fbank_hop_ms`` or else the feature upstream's default hop.
     """
-    if upstream_kind != "fbank":
-        return 20
-    if fbank_hop_ms is not None:
-        return fbank_hop_ms
     import inspect
 
     from ser_modules.upstreams.fbank import FbankUpstream
+    from ser_modules.upstreams.opensmile import FEATURE_SETS, OpenSmileUpstream
 
-    return inspect.signature(FbankUpstream.__init__).parameters["hop_length"].default
+    feature_upstreams = {"fbank": FbankUpstream, **{name: OpenSmileUpstream for name in FEATURE_SETS}}
+    if upstream_kind not in feature_upstreams:
+        return 20
+    if fbank_hop_ms is not None:
+        return fbank_hop_ms
+    return inspect.signature(feature_upstreams[upstream_kind].__init__).parameters["hop_length"].default

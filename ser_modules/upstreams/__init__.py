@@ -59,6 +59,11 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
     if kind in OPENSMILE_FEATURE_SETS:
         if source is not None or layers not in ("all", "last", [0], (0,)):
             raise ValueError(f"The {kind} upstream has no model folder and one layer (index 0).")
+        if kwargs.pop("normalize", None):
+            raise ValueError(
+                f"The {kind} upstream has no per-utterance normalisation (it would erase level "
+                "cues); normalise globally with input_norm and leave normalize empty."
+            )
         return OpenSmileUpstream(kind, **kwargs)
     if kind == "auto" or kind in LOBES:
         if source is None:
