@@ -51,7 +51,8 @@ from ser_modules.downstream import (
     save_architecture,
 )
 from ser_modules.manifest import atomic_write_text
-from ser_modules.training import EmotionBrain, loader_generator, unwrap_module
+from ser_modules.resume import loader_generator, unwrap_module
+from ser_modules.training import EmotionBrain
 
 logger = logging.getLogger(__name__)
 

@@ -17,18 +17,8 @@ from ser_modules.feature_cache import NonFiniteFeaturesError
 from ser_modules.manifest import DATA_ROOT
 from ser_modules.metrics import classification_scores
 
-# The exact-resume machinery lives in ser_modules.resume (shared with Vesper pretraining);
-# these names stay importable from here for code written against the older layout.
-from ser_modules.resume import (  # noqa: F401
-    COMPLETION_RECORD,
-    CheckpointCompletion,
-    RandomState,
-    checkpoint_is_complete,
-    loader_generator,
-    register_completion_record,
-    remove_incomplete_checkpoints,
-    unwrap_module,
-)
+# The exact-resume machinery lives in ser_modules.resume (shared with Vesper pretraining).
+from ser_modules.resume import loader_generator, register_completion_record, remove_incomplete_checkpoints
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import pytest
 import speechbrain as sb
 import torch
 
-from ser_modules.training import EmotionBrain, loader_generator
+from ser_modules.resume import loader_generator
+from ser_modules.training import EmotionBrain
 from ser_modules.vesper.pretraining import VesperPretrainBrain
 
 

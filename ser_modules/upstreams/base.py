@@ -16,7 +16,6 @@ into its key so that stale features are never reused.
 """
 
 import abc
-import hashlib
 import os
 
 import torch
@@ -25,24 +24,6 @@ from speechbrain.dataio.dataio import length_to_mask
 # Bump when a code change alters the features an upstream returns for the same files and
 # options, so that caches built by older code are not reused.
 FEATURE_VERSION = 1
-
-_SHA256_CACHE = {}
-
-
-def sha256_file(path):
-    """Hex sha256 of a file, memoised per process on (real path, size, mtime).
-
-    A 1.2 GB checkpoint takes a few seconds to hash; the memo makes repeated
-    :meth:`Upstream.identity` calls free while still noticing a file rewritten in place.
-    """
-    real_path = os.path.realpath(path)
-    stat = os.stat(real_path)
-    memo_key = (real_path, stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _SHA256_CACHE:
-        with open(real_path, "rb") as handle:
-            _SHA256_CACHE[memo_key] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return _SHA256_CACHE[memo_key]
-
 
 def relative_to_absolute(lengths, max_length):
     """SpeechBrain relative lengths ``(B,)`` -> absolute ``(B,)`` int64: ``round(rel * T)``."""

@@ -44,13 +44,13 @@ from speechbrain.integrations.huggingface.hubert import HuBERT
 from speechbrain.integrations.huggingface.wav2vec2 import Wav2Vec2
 from speechbrain.integrations.huggingface.wavlm import WavLM
 
+from ser_modules.fingerprint import file_sha256
 from ser_modules.upstreams.base import (
     FEATURE_VERSION,
     Upstream,
     padding_mask,
     relative_to_absolute,
     resolve_layers,
-    sha256_file,
 )
 from ser_modules.upstreams.fast_wavlm import FastSSLForward, unsupported_reason
 
@@ -205,10 +205,10 @@ class HuggingFaceUpstream(Upstream):
         return {
             "kind": self.kind,
             "source": self.source,
-            "config_sha256": sha256_file(os.path.join(self.source, "config.json")),
-            "preprocessor_sha256": sha256_file(preprocessor),
+            "config_sha256": file_sha256(os.path.join(self.source, "config.json")),
+            "preprocessor_sha256": file_sha256(preprocessor),
             "weights_sha256": {
-                name: sha256_file(os.path.join(self.source, name)) for name in weight_files
+                name: file_sha256(os.path.join(self.source, name)) for name in weight_files
             },
             "layers": self.layers,
             "normalize": self.normalize,

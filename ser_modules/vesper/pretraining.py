@@ -31,7 +31,8 @@ import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from ser_modules.resume import loader_generator, register_completion_record, remove_incomplete_checkpoints
-from ser_modules.upstreams.base import Upstream, relative_to_absolute, sha256_file
+from ser_modules.fingerprint import file_sha256
+from ser_modules.upstreams.base import Upstream, relative_to_absolute
 from ser_modules.upstreams.huggingface import WEIGHT_SUFFIXES, normalize_waveforms
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class TeacherTargets(Upstream):
         files = {}
         if os.path.isdir(self.source):
             names = sorted(n for n in os.listdir(self.source) if n.endswith(WEIGHT_SUFFIXES) or n == "config.json")
-            files = {name: sha256_file(os.path.join(self.source, name)) for name in names}
+            files = {name: file_sha256(os.path.join(self.source, name)) for name in names}
         if not files:
             # An in-memory teacher: fall back to a checksum of its weights.
             files = {"weights_sum": sum(float(p.double().sum()) for p in self.teacher.parameters())}
