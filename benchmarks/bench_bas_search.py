@@ -55,7 +55,9 @@ def interleaved_step_times(models, batch, steps, warmup):
     Steps of the models alternate, so a change of machine load (other jobs on shared
     cores) hits every model alike and the ratios stay meaningful.
     """
-    optimizers = [torch.optim.SGD(m.parameters(), lr=PAPER_LEARNING_RATE) for m in models]
+    optimizers = [
+        torch.optim.SGD(m.parameters(), lr=PAPER_LEARNING_RATE) for m in models
+    ]
     for model in models:
         model.train()
     times = [[] for _ in models]
@@ -77,11 +79,15 @@ def resident_kib(field):
 def compare_supernet_with_baseline(args):
     """Part (a): step time of the super net against the vanilla transformer baseline."""
     generator = torch.Generator().manual_seed(0)
-    batch = random_batch(args.batch, args.frames, args.dim, args.classes, generator)
+    batch = random_batch(
+        args.batch, args.frames, args.dim, args.classes, generator
+    )
     widths = dict(num_heads=args.heads, ffn_dim=args.ffn_dim, dropout=0.1)
     torch.manual_seed(0)
     supernet = BASSuperNet(args.dim, args.classes, args.layers, **widths)
-    baseline = BlockStackClassifier(args.dim, args.classes, ["msa_ffn"] * args.layers, **widths)
+    baseline = BlockStackClassifier(
+        args.dim, args.classes, ["msa_ffn"] * args.layers, **widths
+    )
     baseline_ms, supernet_ms = interleaved_step_times(
         [baseline, supernet], batch, args.steps, args.warmup
     )
@@ -89,16 +95,26 @@ def compare_supernet_with_baseline(args):
         f"(a) {args.layers}L, features {args.batch} x {args.frames} x {args.dim}, "
         f"{args.heads} heads, FFN {args.ffn_dim}, median of {args.steps} interleaved steps"
     )
-    print(f"    baseline {['msa_ffn'] * args.layers}: {baseline_ms:8.1f} ms/step")
-    print(f"    super net ({len(supernet.candidates)} candidates/layer): {supernet_ms:8.1f} ms/step")
-    print(f"    ratio super net / baseline: {supernet_ms / baseline_ms:.2f}x (target <= ~3.5x)")
+    print(
+        f"    baseline {['msa_ffn'] * args.layers}: {baseline_ms:8.1f} ms/step"
+    )
+    print(
+        f"    super net ({len(supernet.candidates)} candidates/layer): {supernet_ms:8.1f} ms/step"
+    )
+    print(
+        f"    ratio super net / baseline: {supernet_ms / baseline_ms:.2f}x (target <= ~3.5x)"
+    )
 
 
 def measure_large_search_step(args):
     """Part (b): one super-net search step on WavLM-Large-sized features."""
     generator = torch.Generator().manual_seed(1)
     batch = random_batch(
-        args.large_batch, args.large_frames, args.large_dim, args.classes, generator
+        args.large_batch,
+        args.large_frames,
+        args.large_dim,
+        args.classes,
+        generator,
     )
     torch.manual_seed(0)
     supernet = BASSuperNet(
@@ -115,7 +131,9 @@ def measure_large_search_step(args):
     times, extra_kib, peak_kib = [], [], []
     for _ in range(args.large_steps):
         with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # reset the RSS high-water mark to the current RSS
+            clear_refs.write(
+                "5"
+            )  # reset the RSS high-water mark to the current RSS
         before_kib = resident_kib("VmRSS")
         start = time.perf_counter()
         training_step(supernet, optimizer, *batch)
@@ -128,7 +146,9 @@ def measure_large_search_step(args):
         f"{args.large_dim} (model width {width}, {args.heads} heads, FFN {args.large_ffn_dim}, "
         f"{parameters / 1e6:.1f} M parameters), {torch.get_num_threads()} threads"
     )
-    for index, (ms, extra, peak) in enumerate(zip(times, extra_kib, peak_kib), start=1):
+    for index, (ms, extra, peak) in enumerate(
+        zip(times, extra_kib, peak_kib), start=1
+    ):
         print(
             f"    step {index}: {ms:9.1f} ms, step peak over pre-step RSS {extra / 2**20:6.2f} GiB, "
             f"process peak RSS {peak / 2**20:6.2f} GiB"
@@ -137,25 +157,52 @@ def measure_large_search_step(args):
 
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=4, help="searchable layers L")
+    parser.add_argument(
+        "--layers", type=int, default=4, help="searchable layers L"
+    )
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=256, help="(a) feature size")
-    parser.add_argument("--ffn-dim", type=int, default=1024, help="(a) FFN hidden size")
-    parser.add_argument("--batch", type=int, default=8, help="(a) batch size")
-    parser.add_argument("--frames", type=int, default=150, help="(a) frames per utterance")
-    parser.add_argument("--steps", type=int, default=7, help="(a) timed steps per model")
-    parser.add_argument("--warmup", type=int, default=1, help="(a) untimed steps per model")
-    parser.add_argument("--large-dim", type=int, default=1024, help="(b) feature size")
     parser.add_argument(
-        "--large-model-dim", type=int, default=None,
+        "--ffn-dim", type=int, default=1024, help="(a) FFN hidden size"
+    )
+    parser.add_argument("--batch", type=int, default=8, help="(a) batch size")
+    parser.add_argument(
+        "--frames", type=int, default=150, help="(a) frames per utterance"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=7, help="(a) timed steps per model"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="(a) untimed steps per model"
+    )
+    parser.add_argument(
+        "--large-dim", type=int, default=1024, help="(b) feature size"
+    )
+    parser.add_argument(
+        "--large-model-dim",
+        type=int,
+        default=None,
         help="(b) block width; default: the feature size, no input projection",
     )
-    parser.add_argument("--large-ffn-dim", type=int, default=2048, help="(b) FFN hidden size")
-    parser.add_argument("--large-batch", type=int, default=32, help="(b) batch size")
-    parser.add_argument("--large-frames", type=int, default=325, help="(b) frames (6.5 s at 50 Hz)")
-    parser.add_argument("--large-steps", type=int, default=1, help="(b) steps, each reported")
-    parser.add_argument("--skip-large", action="store_true", help="run part (a) only")
+    parser.add_argument(
+        "--large-ffn-dim", type=int, default=2048, help="(b) FFN hidden size"
+    )
+    parser.add_argument(
+        "--large-batch", type=int, default=32, help="(b) batch size"
+    )
+    parser.add_argument(
+        "--large-frames",
+        type=int,
+        default=325,
+        help="(b) frames (6.5 s at 50 Hz)",
+    )
+    parser.add_argument(
+        "--large-steps", type=int, default=1, help="(b) steps, each reported"
+    )
+    parser.add_argument(
+        "--skip-large", action="store_true", help="run part (a) only"
+    )
     return parser.parse_args()
 
 

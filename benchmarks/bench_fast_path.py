@@ -39,7 +39,9 @@ def model_flops(model, wavs):
     """FLOPs of one forward, counted on a copy without the weight-norm parametrisation."""
     counted = WavLMModel(model.config).eval()
     counted.load_state_dict(model.state_dict())
-    for module in counted.modules():  # ParametrizedConv1d breaks FlopCounterMode
+    for (
+        module
+    ) in counted.modules():  # ParametrizedConv1d breaks FlopCounterMode
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name)
@@ -61,8 +63,13 @@ def main(argv=None):
     fast = FastSSLForward(model)
     wavs = 0.1 * torch.randn(1, int(args.seconds * SAMPLE_RATE))
     flops = model_flops(model, wavs)
-    matrices = {dtype: (torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype))
-                for dtype in (torch.float32, torch.bfloat16)}
+    matrices = {
+        dtype: (
+            torch.randn(1024, 1024, dtype=dtype),
+            torch.randn(1024, 1024, dtype=dtype),
+        )
+        for dtype in (torch.float32, torch.bfloat16)
+    }
     matmul_calls = 10
 
     def matmuls(dtype):
@@ -71,7 +78,11 @@ def main(argv=None):
             a @ b.T
 
     def hf(precision):
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        context = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with context:
             return model(wavs, output_hidden_states=True).hidden_states
 
@@ -103,8 +114,10 @@ def main(argv=None):
         f"best of {args.repeats} interleaved rounds"
     )
     print()
-    print("| path | precision | CPU s | audio s per CPU s | wall s | x real time (wall) | "
-          "GFLOP per CPU s | matmul GFLOP per CPU s | fraction of matmul |")
+    print(
+        "| path | precision | CPU s | audio s per CPU s | wall s | x real time (wall) | "
+        "GFLOP per CPU s | matmul GFLOP per CPU s | fraction of matmul |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for path in ("Hugging Face", "fast path"):
         for precision in ("fp32", "bf16"):
@@ -124,7 +137,9 @@ def main(argv=None):
             f"max |a - b| / max |b| vs fp32 Hugging Face: fast {max_relative_error(outputs[('fast path', precision)], reference):.1e}, "
             f"Hugging Face {max_relative_error(outputs[('Hugging Face', precision)], reference):.1e}"
         )
-    print(f"fast bf16 / Hugging Face fp32: {cpu[('Hugging Face', 'fp32')] / cpu[('fast path', 'bf16')]:.2f}x (CPU time)")
+    print(
+        f"fast bf16 / Hugging Face fp32: {cpu[('Hugging Face', 'fp32')] / cpu[('fast path', 'bf16')]:.2f}x (CPU time)"
+    )
     return cpu, wall
 
 

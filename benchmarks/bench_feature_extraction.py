@@ -100,7 +100,11 @@ def time_extraction(upstreams, wavs, wav_lens, device, precision, repeats):
     Also returns the best fp32/bf16 matmul GFLOP/s of the two layouts, measured after each
     round.
     """
-    dtype = torch.float32 if PRECISIONS[precision] is None else PRECISIONS[precision]
+    dtype = (
+        torch.float32
+        if PRECISIONS[precision] is None
+        else PRECISIONS[precision]
+    )
     best = [float("inf")] * len(upstreams)
     outputs = [None] * len(upstreams)
     matmul = 0.0
@@ -114,14 +118,20 @@ def time_extraction(upstreams, wavs, wav_lens, device, precision, repeats):
                 outputs[index] = upstream(wavs, wav_lens)[0]
                 synchronize(device)
                 best[index] = min(best[index], time.perf_counter() - start)
-            matmul = max(matmul, matmul_gflops(device, dtype, False, seconds=0.5),
-                         matmul_gflops(device, dtype, True, seconds=0.5))
+            matmul = max(
+                matmul,
+                matmul_gflops(device, dtype, False, seconds=0.5),
+                matmul_gflops(device, dtype, True, seconds=0.5),
+            )
     return best, matmul, outputs
 
 
 def relative_error(feats, reference):
     """``max|a - b| / max|b|`` over all hidden states (the tests' tolerance measure)."""
-    return float((feats.float() - reference.float()).abs().max() / reference.float().abs().max())
+    return float(
+        (feats.float() - reference.float()).abs().max()
+        / reference.float().abs().max()
+    )
 
 
 def main():
@@ -129,10 +139,24 @@ def main():
     parser.add_argument("--model", default="large", choices=sorted(MODELS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--seconds", type=float, nargs="+", default=[6.5, 5.5, 4.5, 3.5], help="utterance durations"
+        "--seconds",
+        type=float,
+        nargs="+",
+        default=[6.5, 5.5, 4.5, 3.5],
+        help="utterance durations",
     )
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds per precision (best kept)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="interleaved rounds per precision (best kept)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default)",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -144,11 +168,17 @@ def main():
         WavLMModel(make_config()).save_pretrained(folder)
         Wav2Vec2FeatureExtractor(do_normalize=normalize).save_pretrained(folder)
         fast = HuggingFaceUpstream(folder, layers="all").to(device)
-        reference = HuggingFaceUpstream(folder, layers="all", fast_path=False).to(device)
-        flop_counting_copy = HuggingFaceUpstream(folder, layers="all", fast_path=False).to(device)
+        reference = HuggingFaceUpstream(
+            folder, layers="all", fast_path=False
+        ).to(device)
+        flop_counting_copy = HuggingFaceUpstream(
+            folder, layers="all", fast_path=False
+        ).to(device)
     parameters = sum(parameter.numel() for parameter in fast.parameters())
 
-    lengths = torch.tensor([round(seconds * SAMPLE_RATE) for seconds in args.seconds])
+    lengths = torch.tensor(
+        [round(seconds * SAMPLE_RATE) for seconds in args.seconds]
+    )
     wavs = torch.randn(len(lengths), int(lengths.max()), device=device) * 0.1
     wav_lens = (lengths / lengths.max()).to(device)
     audio_seconds = float(lengths.sum()) / SAMPLE_RATE
@@ -169,10 +199,17 @@ def main():
     print("|---|---|---|---|---|---|---|")
     results, outputs = {}, {}
     for precision in PRECISIONS:
-        (fast_s, reference_s), matmul, (outputs[precision, "fast"], outputs[precision, "hf"]) = time_extraction(
+        (
+            (fast_s, reference_s),
+            matmul,
+            (outputs[precision, "fast"], outputs[precision, "hf"]),
+        ) = time_extraction(
             [fast, reference], wavs, wav_lens, device, precision, args.repeats
         )
-        for path, seconds in [("fast path", fast_s), ("Hugging Face forward", reference_s)]:
+        for path, seconds in [
+            ("fast path", fast_s),
+            ("Hugging Face forward", reference_s),
+        ]:
             achieved = flops / seconds / 1e9
             results[precision, path] = seconds
             print(
@@ -181,8 +218,10 @@ def main():
             )
     print()
     for precision in PRECISIONS:
-        print(f"{precision}: fast path / Hugging Face throughput "
-              f"{results[precision, 'Hugging Face forward'] / results[precision, 'fast path']:.2f}x")
+        print(
+            f"{precision}: fast path / Hugging Face throughput "
+            f"{results[precision, 'Hugging Face forward'] / results[precision, 'fast path']:.2f}x"
+        )
     exact = outputs["fp32", "hf"]
     print(
         "max |a - b| / max |b| against the fp32 Hugging Face forward, all hidden states: "
@@ -190,8 +229,10 @@ def main():
         f"fast bf16 {relative_error(outputs['bf16', 'fast'], exact):.1e}, "
         f"Hugging Face under bf16 autocast {relative_error(outputs['bf16', 'hf'], exact):.1e}"
     )
-    print(f"fast path: bf16 autocast / fp32 throughput "
-          f"{results['fp32', 'fast path'] / results['bf16', 'fast path']:.2f}x")
+    print(
+        f"fast path: bf16 autocast / fp32 throughput "
+        f"{results['fp32', 'fast path'] / results['bf16', 'fast path']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def load_pretrain_bench():
     """``benchmarks/bench_vesper_pretrain_step.py`` as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("bench_vesper_pretrain_step", os.path.join(HERE, "bench_vesper_pretrain_step.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_vesper_pretrain_step",
+        os.path.join(HERE, "bench_vesper_pretrain_step.py"),
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,10 +71,20 @@ def load_pretrain_bench():
 def tiny_teacher_config():
     """A small WavLM (64 dims, 4 layers, hop 10 samples) standing in for WavLM Large."""
     return WavLMConfig(
-        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), conv_bias=False,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=32,
-        max_bucket_distance=64, feat_extract_norm="layer", do_stable_layer_norm=True,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32, 32),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        conv_bias=False,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=32,
+        max_bucket_distance=64,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
         mask_time_prob=0.075,
     )
 
@@ -80,14 +93,30 @@ def settings(args):
     """Sizes of every measurement: the real ones, or tiny ones for the CPU test."""
     if args.tiny:
         return {
-            "teacher_config": tiny_teacher_config(), "student_layers": 2, "batch": 2, "seconds": 0.5,
-            "extract_batch": 2, "bas_batch": 2, "bas_frames": 20, "bas_dim": 64, "bas_ffn": 128,
-            "bas_heads": 4, "steps": 1,
+            "teacher_config": tiny_teacher_config(),
+            "student_layers": 2,
+            "batch": 2,
+            "seconds": 0.5,
+            "extract_batch": 2,
+            "bas_batch": 2,
+            "bas_frames": 20,
+            "bas_dim": 64,
+            "bas_ffn": 128,
+            "bas_heads": 4,
+            "steps": 1,
         }
     return {
-        "teacher_config": wavlm_large_config(24), "student_layers": 12, "batch": args.batch_size,
-        "seconds": args.seconds, "extract_batch": args.batch_size, "bas_batch": 32, "bas_frames": 325,
-        "bas_dim": 1024, "bas_ffn": 2048, "bas_heads": 8, "steps": args.steps,
+        "teacher_config": wavlm_large_config(24),
+        "student_layers": 12,
+        "batch": args.batch_size,
+        "seconds": args.seconds,
+        "extract_batch": args.batch_size,
+        "bas_batch": 32,
+        "bas_frames": 325,
+        "bas_dim": 1024,
+        "bas_ffn": 2048,
+        "bas_heads": 8,
+        "steps": args.steps,
     }
 
 
@@ -120,17 +149,29 @@ def pretraining_steps_per_second(size, device, precisions):
     bench = load_pretrain_bench()
     torch.manual_seed(0)
     teacher = VesperEncoder(size["teacher_config"]).eval().to(device)
-    student = StudentFromCNN(build_student_from_teacher(teacher, size["student_layers"]))
-    loss = VesperPretrainingLoss(dim=size["teacher_config"].hidden_size, predictor_hidden=512)
+    student = StudentFromCNN(
+        build_student_from_teacher(teacher, size["student_layers"])
+    )
+    loss = VesperPretrainingLoss(
+        dim=size["teacher_config"].hidden_size, predictor_hidden=512
+    )
     hparams = {
-        "masker": EnergyGuidedMasker(), "objective": "vesper", "peak_lr": 5e-4, "final_lr": 5e-6,
-        "warmup_epochs": 5, "number_of_epochs": EPOCHS, "epoch_counter": EpochCounter(EPOCHS), "seed": 0,
+        "masker": EnergyGuidedMasker(),
+        "objective": "vesper",
+        "peak_lr": 5e-4,
+        "final_lr": 5e-6,
+        "warmup_epochs": 5,
+        "number_of_epochs": EPOCHS,
+        "epoch_counter": EpochCounter(EPOCHS),
+        "seed": 0,
     }
     hparams["epoch_counter"].current = 1
     batch = bench.random_batch(size["batch"], size["seconds"])
     rates = {}
     for precision in precisions:
-        brain = bench.make_brain("ours", student, teacher, loss, hparams, device, precision)
+        brain = bench.make_brain(
+            "ours", student, teacher, loss, hparams, device, precision
+        )
 
         def step(brain=brain):
             brain.step += 1
@@ -146,38 +187,61 @@ def extraction_speed(size, device, precisions, fast_path):
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(0)
         WavLMModel(size["teacher_config"]).save_pretrained(folder)
-        Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
-        upstream = HuggingFaceUpstream(folder, layers="all", fast_path=fast_path).to(device)
+        Wav2Vec2FeatureExtractor(
+            do_normalize=True, return_attention_mask=True
+        ).save_pretrained(folder)
+        upstream = HuggingFaceUpstream(
+            folder, layers="all", fast_path=fast_path
+        ).to(device)
     if fast_path and upstream.fast is None:
         raise RuntimeError("the fast path was not enabled for this model")
     samples = int(size["seconds"] * SAMPLE_RATE)
     wavs = 0.1 * torch.randn(size["extract_batch"], samples, device=device)
     speeds = {}
     for precision in precisions:
+
         def extract(precision=precision):
             with autocast(device, precision):
                 upstream(wavs)
 
-        speeds[precision] = size["extract_batch"] * size["seconds"] / timed(extract, device, size["steps"])
+        speeds[precision] = (
+            size["extract_batch"]
+            * size["seconds"]
+            / timed(extract, device, size["steps"])
+        )
     return speeds
 
 
 def bas_step_ms(size, device, precisions, layers=4, classes=4):
     """Milliseconds per BAS super-net search step (forward, loss, backward, SGD) on features."""
     torch.manual_seed(0)
-    supernet = BASSuperNet(
-        size["bas_dim"], classes, layers, num_heads=size["bas_heads"], ffn_dim=size["bas_ffn"], dropout=0.1
-    ).to(device).train()
+    supernet = (
+        BASSuperNet(
+            size["bas_dim"],
+            classes,
+            layers,
+            num_heads=size["bas_heads"],
+            ffn_dim=size["bas_ffn"],
+            dropout=0.1,
+        )
+        .to(device)
+        .train()
+    )
     optimizer = torch.optim.SGD(supernet.parameters(), lr=0.005)
-    feats = torch.randn(size["bas_batch"], size["bas_frames"], size["bas_dim"], device=device)
+    feats = torch.randn(
+        size["bas_batch"], size["bas_frames"], size["bas_dim"], device=device
+    )
     lens = torch.linspace(0.5, 1.0, size["bas_batch"], device=device)
     labels = torch.arange(size["bas_batch"], device=device) % classes
     times = {}
     for precision in precisions:
+
         def step(precision=precision):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(supernet(feats, lens), labels)
+                loss = torch.nn.functional.cross_entropy(
+                    supernet(feats, lens), labels
+                )
             loss.backward()
             optimizer.step()
 
@@ -185,7 +249,9 @@ def bas_step_ms(size, device, precisions, layers=4, classes=4):
     return times
 
 
-def projected_hours(steps_per_second, batch_size, utterances=LSSED_UTTERANCES, epochs=EPOCHS):
+def projected_hours(
+    steps_per_second, batch_size, utterances=LSSED_UTTERANCES, epochs=EPOCHS
+):
     """Hours for ``epochs`` epochs of ``utterances`` at ``batch_size`` and the measured rate."""
     return epochs * math.ceil(utterances / batch_size) / steps_per_second / 3600
 
@@ -199,7 +265,9 @@ def device_name(device):
 def cells(values, precisions, digits):
     """Table cells of one measurement: numbers, or the error that stopped it."""
     if isinstance(values, Exception):
-        return " | ".join(f"failed: {type(values).__name__}" for _ in precisions)
+        return " | ".join(
+            f"failed: {type(values).__name__}" for _ in precisions
+        )
     return " | ".join(f"{values[p]:.{digits}f}" for p in precisions)
 
 
@@ -208,9 +276,11 @@ def markdown_table(device, size, results, precisions, elapsed, tiny):
     batch, seconds = size["batch"], size["seconds"]
     teacher_layers = size["teacher_config"].num_hidden_layers
     pretrain = results["pretrain"]
-    hours = pretrain if isinstance(pretrain, Exception) else {
-        p: projected_hours(pretrain[p], batch) for p in precisions
-    }
+    hours = (
+        pretrain
+        if isinstance(pretrain, Exception)
+        else {p: projected_hours(pretrain[p], batch) for p in precisions}
+    )
     lines = [
         f"GPU check on {device_name(device)}; torch {torch.__version__}; random weights; "
         f"{'TINY sizes (CPU test of the script, not a measurement)' if tiny else 'full sizes'}; "
@@ -229,7 +299,11 @@ def markdown_table(device, size, results, precisions, elapsed, tiny):
         f"| BAS super-net search step, ms | 4 layers, cached features {size['bas_batch']} x "
         f"{size['bas_frames']} x {size['bas_dim']} | {cells(results['bas'], precisions, 1)} |",
     ]
-    failures = [f"- {name}: {type(error).__name__}: {error}" for name, error in results.items() if isinstance(error, Exception)]
+    failures = [
+        f"- {name}: {type(error).__name__}: {error}"
+        for name, error in results.items()
+        if isinstance(error, Exception)
+    ]
     if failures:
         lines += ["", "Failed measurements:", *failures]
     return "\n".join(lines) + "\n"
@@ -250,22 +324,59 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=LSSED_SECONDS)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (median)")
-    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=list(PRECISIONS))
-    parser.add_argument("--output", default="gpu_check.md", help="Markdown file written")
-    parser.add_argument("--tiny", action="store_true", help="small models and batches (CPU test)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed steps per measurement (median)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["bf16", "fp32"],
+        choices=list(PRECISIONS),
+    )
+    parser.add_argument(
+        "--output", default="gpu_check.md", help="Markdown file written"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="small models and batches (CPU test)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("No CUDA device is visible: run on a GPU machine, or pass --device cpu --tiny to test.")
+        raise SystemExit(
+            "No CUDA device is visible: run on a GPU machine, or pass --device cpu --tiny to test."
+        )
     size = settings(args)
     started = time.perf_counter()
     results = {}
-    measure("pretrain", lambda: pretraining_steps_per_second(size, device, args.precisions), results)
-    measure("extract_fast", lambda: extraction_speed(size, device, args.precisions, True), results)
-    measure("extract_hf", lambda: extraction_speed(size, device, args.precisions, False), results)
+    measure(
+        "pretrain",
+        lambda: pretraining_steps_per_second(size, device, args.precisions),
+        results,
+    )
+    measure(
+        "extract_fast",
+        lambda: extraction_speed(size, device, args.precisions, True),
+        results,
+    )
+    measure(
+        "extract_hf",
+        lambda: extraction_speed(size, device, args.precisions, False),
+        results,
+    )
     measure("bas", lambda: bas_step_ms(size, device, args.precisions), results)
-    table = markdown_table(device, size, results, args.precisions, time.perf_counter() - started, args.tiny)
+    table = markdown_table(
+        device,
+        size,
+        results,
+        args.precisions,
+        time.perf_counter() - started,
+        args.tiny,
+    )
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write(table)
     print(table)

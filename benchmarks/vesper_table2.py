@@ -61,20 +61,30 @@ def build_models():
             "WavLM Base": WavLMModel(wavlm_base_config()),
             # No waveform normalisation: it reads lengths, which meta tensors do not have,
             # and it is an elementwise op that FlopCounterMode does not count anyway.
-            "Vesper-4": VesperEncoder(wavlm_large_config(4), normalize_waveform=False),
+            "Vesper-4": VesperEncoder(
+                wavlm_large_config(4), normalize_waveform=False
+            ),
             "WavLM Large": WavLMModel(wavlm_large_config(24)),
-            "Vesper-12": VesperEncoder(wavlm_large_config(12), normalize_waveform=False),
+            "Vesper-12": VesperEncoder(
+                wavlm_large_config(12), normalize_waveform=False
+            ),
         }
     counts = {
-        "WavLM Base": count_wavlm_pretraining_parameters(wavlm_base_config(), final_dim=256),
+        "WavLM Base": count_wavlm_pretraining_parameters(
+            wavlm_base_config(), final_dim=256
+        ),
         "Vesper-4": count_encoder_parameters(models["Vesper-4"]),
-        "WavLM Large": count_wavlm_pretraining_parameters(wavlm_large_config(24), final_dim=768),
+        "WavLM Large": count_wavlm_pretraining_parameters(
+            wavlm_large_config(24), final_dim=768
+        ),
         "Vesper-12": count_encoder_parameters(models["Vesper-12"]),
     }
     for model in models.values():
         # FlopCounterMode cannot read the weight of transformers' weight-norm
         # ParametrizedConv1d; a plain Conv1d has the same cost.
-        parametrize.remove_parametrizations(model.encoder.pos_conv_embed.conv, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(
+            model.encoder.pos_conv_embed.conv, "weight", leave_parametrized=True
+        )
         model.eval()
     return {name: (models[name], counts[name]) for name in models}
 
@@ -95,12 +105,19 @@ def count_flops(model, seconds):
     conv_linear_macs : int
         Multiply-accumulates of convolutions and linear layers only.
     """
-    wavs = torch.zeros(1, round(seconds * SAMPLING_RATE), device="meta")  # (1, S)
+    wavs = torch.zeros(
+        1, round(seconds * SAMPLING_RATE), device="meta"
+    )  # (1, S)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(wavs)
-    per_operator = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
-    conv_linear_flops = sum(per_operator.get(op, 0) for op in CONV_AND_LINEAR_OPS)
+    per_operator = {
+        str(op): flops
+        for op, flops in counter.get_flop_counts()["Global"].items()
+    }
+    conv_linear_flops = sum(
+        per_operator.get(op, 0) for op in CONV_AND_LINEAR_OPS
+    )
     return counter.get_total_flops(), conv_linear_flops // 2
 
 
@@ -108,7 +125,8 @@ def main():
     """Print Table II as Markdown, ours next to the paper's."""
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     header = "| model | params (M) | paper | " + " | ".join(
-        f"{name} {seconds} s: FLOPs (G) / MACs conv+linear (G) / paper (G)" for name, seconds in CROPS.items()
+        f"{name} {seconds} s: FLOPs (G) / MACs conv+linear (G) / paper (G)"
+        for name, seconds in CROPS.items()
     )
     print(header + " |")
     print("|" + "---|" * (3 + len(CROPS)))
@@ -119,7 +137,9 @@ def main():
         for seconds, paper in zip(CROPS.values(), paper_flops):
             total, macs = count_flops(model, seconds)
             cells.append(f"{total / 1e9:.2f} / {macs / 1e9:.2f} / {paper:.2f}")
-            ratios.append((name, seconds, macs / 1e9 / paper, total / 1e9 / paper))
+            ratios.append(
+                (name, seconds, macs / 1e9 / paper, total / 1e9 / paper)
+            )
         print("| " + " | ".join(cells) + " |")
     print()
     print("| model | crop (s) | MACs conv+linear / paper | FLOPs / paper |")

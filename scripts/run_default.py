@@ -56,15 +56,22 @@ def run(command, log_path=None, marker=None):
         wait_for(job)
 
 
-Job = collections.namedtuple("Job", "process log log_path started printable marker")
+Job = collections.namedtuple(
+    "Job", "process log log_path started printable marker"
+)
 
 
 def _in_own_group_dying_with_parent():
     """(Child, before exec) own process group, and SIGTERM when this script dies."""
     os.setpgid(0, 0)
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the signal handlers and atexit still stop it
+        ctypes.CDLL(None, use_errno=True).prctl(
+            PR_SET_PDEATHSIG, signal.SIGTERM
+        )
+    except (
+        OSError,
+        AttributeError,
+    ):  # not Linux: the signal handlers and atexit still stop it
         pass
 
 
@@ -106,15 +113,23 @@ def step_marker(work, name, command, log_path=None):
     printable = [argument.replace(work, "<work>") for argument in command[1:]]
     code = code_version()
     return os.path.join(work, "stages", name), {
-        "command": printable, "log": log_path and log_path.replace(work, "<work>"),
-        "code": {"package": code["package"], "sources_sha256": code["sources_sha256"]},
+        "command": printable,
+        "log": log_path and log_path.replace(work, "<work>"),
+        "code": {
+            "package": code["package"],
+            "sources_sha256": code["sources_sha256"],
+        },
     }
 
 
 def step_folder(work, name, arguments):
     """``<work>/<name>-<hash of the arguments>``: another command never lands in the same folder."""
-    text = json.dumps([argument.replace(work, "<work>") for argument in arguments])
-    return os.path.join(work, f"{name}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}")
+    text = json.dumps(
+        [argument.replace(work, "<work>") for argument in arguments]
+    )
+    return os.path.join(
+        work, f"{name}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+    )
 
 
 def step_is_complete(marker):
@@ -122,7 +137,9 @@ def step_is_complete(marker):
     folder, fingerprint = marker
     if not os.path.isfile(os.path.join(folder, "fingerprint.json")):
         return False
-    check_fingerprint(folder, fingerprint, f"The default-run step {os.path.basename(folder)}")
+    check_fingerprint(
+        folder, fingerprint, f"The default-run step {os.path.basename(folder)}"
+    )
     return True
 
 
@@ -131,14 +148,27 @@ def start(command, log_path=None, env=None, marker=None):
 
     Returns None (and prints so) when the step's completion marker says it is done.
     """
-    printable = " ".join(command[1:] if command[0] == sys.executable else command)
-    print(f"\n$ python {printable}" if command[0] == sys.executable else f"\n$ {printable}", flush=True)
+    printable = " ".join(
+        command[1:] if command[0] == sys.executable else command
+    )
+    print(
+        f"\n$ python {printable}"
+        if command[0] == sys.executable
+        else f"\n$ {printable}",
+        flush=True,
+    )
     if marker is not None and step_is_complete(marker):
         print(f"  already done (completion marker {marker[0]})", flush=True)
         return None
     log = open(log_path, "w", encoding="utf-8") if log_path else None
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None,
-                               env=env, preexec_fn=_in_own_group_dying_with_parent)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        env=env,
+        preexec_fn=_in_own_group_dying_with_parent,
+    )
     job = Job(process, log, log_path, time.time(), printable, marker)
     RUNNING[process.pid] = job
     return job
@@ -158,22 +188,45 @@ def wait_for(job):
     if returncode != 0:
         stop_all()
         if job.log_path is not None:
-            with open(job.log_path, encoding="utf-8", errors="replace") as handle:
+            with open(
+                job.log_path, encoding="utf-8", errors="replace"
+            ) as handle:
                 print("".join(handle.readlines()[-40:]))
-        sys.exit(f"A step failed (exit code {returncode}): {job.printable}\nFull log: {job.log_path or 'above'}.")
+        sys.exit(
+            f"A step failed (exit code {returncode}): {job.printable}\nFull log: {job.log_path or 'above'}."
+        )
     if job.marker is not None:
         folder, fingerprint = job.marker
-        check_fingerprint(folder, fingerprint, f"The default-run step {os.path.basename(folder)}")
-    print(f"  done in {time.time() - job.started:.0f} s" + (f" (log: {job.log_path})" if job.log_path else ""),
-          flush=True)
+        check_fingerprint(
+            folder,
+            fingerprint,
+            f"The default-run step {os.path.basename(folder)}",
+        )
+    print(
+        f"  done in {time.time() - job.started:.0f} s"
+        + (f" (log: {job.log_path})" if job.log_path else ""),
+        flush=True,
+    )
 
 
 def main(argv=None):
     """Run the default pipeline (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work_folder", default=os.path.join("results", "default"))
-    parser.add_argument("--epochs", type=int, default=20, help="search and training epochs of each run")
-    parser.add_argument("--pretrain_epochs", type=int, default=None, help="Vesper pretraining epochs (YAML default if unset)")
+    parser.add_argument(
+        "--work_folder", default=os.path.join("results", "default")
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=20,
+        help="search and training epochs of each run",
+    )
+    parser.add_argument(
+        "--pretrain_epochs",
+        type=int,
+        default=None,
+        help="Vesper pretraining epochs (YAML default if unset)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -194,48 +247,110 @@ def run_pipeline(args, work):
         return {"marker": step_marker(work, name, command, log_path)}
 
     corpus = os.path.join(work, "mini_corpus")
-    print("1. Mini emotional-speech corpus (4 emotions, 6 speakers, 192 utterances, 16 kHz), generated and seeded")
-    command = [python, "-c", f"from ser_modules.mini_corpus import generate_mini_corpus; generate_mini_corpus({corpus!r})"]
+    print(
+        "1. Mini emotional-speech corpus (4 emotions, 6 speakers, 192 utterances, 16 kHz), generated and seeded"
+    )
+    command = [
+        python,
+        "-c",
+        f"from ser_modules.mini_corpus import generate_mini_corpus; generate_mini_corpus({corpus!r})",
+    ]
     run(command, **marked("mini_corpus", command))
 
     print("\n2. Preparation: CSV manifests, speaker-grouped 5-fold")
-    command = [python, "recipes/custom/custom_prepare.py", f"--data_folder={corpus}",
-               f"--save_folder={os.path.join(work, 'prepared')}", "--labels_csv=labels.csv"]
+    command = [
+        python,
+        "recipes/custom/custom_prepare.py",
+        f"--data_folder={corpus}",
+        f"--save_folder={os.path.join(work, 'prepared')}",
+        "--labels_csv=labels.csv",
+    ]
     run(command, **marked("prepared", command))
 
     teacher = os.path.join(work, "teacher")
-    print("\n3. Teacher: a tiny random WavLM (4 layers, 32 dims) standing in for WavLM Large")
-    command = [python, "-m", "ser_modules.upstreams.tiny", teacher, "--kind=wavlm", "--num_layers=4", "--hidden_size=32"]
+    print(
+        "\n3. Teacher: a tiny random WavLM (4 layers, 32 dims) standing in for WavLM Large"
+    )
+    command = [
+        python,
+        "-m",
+        "ser_modules.upstreams.tiny",
+        teacher,
+        "--kind=wavlm",
+        "--num_layers=4",
+        "--hidden_size=32",
+    ]
     run(command, **marked("teacher", command))
 
-    print("\n4. Vesper pretraining on the mini corpus, then export as a Hugging Face WavLM folder")
-    pretrain_arguments = ["hparams/vesper_tiny_pretrain.yaml", f"--data_folder={corpus}", f"--teacher_source={teacher}"]
+    print(
+        "\n4. Vesper pretraining on the mini corpus, then export as a Hugging Face WavLM folder"
+    )
+    pretrain_arguments = [
+        "hparams/vesper_tiny_pretrain.yaml",
+        f"--data_folder={corpus}",
+        f"--teacher_source={teacher}",
+    ]
     if args.pretrain_epochs:
         pretrain_arguments.append(f"--number_of_epochs={args.pretrain_epochs}")
     vesper = step_folder(work, "vesper", pretrain_arguments)
     export = os.path.join(vesper, "hf_export")
-    command = [python, "recipes/LSSED/pretrain.py", *pretrain_arguments, f"--output_folder={vesper}"]
+    command = [
+        python,
+        "recipes/LSSED/pretrain.py",
+        *pretrain_arguments,
+        f"--output_folder={vesper}",
+    ]
     log_path = f"{vesper}.log"
-    run(command, log_path=log_path, **marked(os.path.basename(vesper), command, log_path))
+    run(
+        command,
+        log_path=log_path,
+        **marked(os.path.basename(vesper), command, log_path),
+    )
 
-    print("\n5. Emotion recognition on the frozen Vesper: BAS and the baselines, 5 folds each\n"
-          "   (two lanes in parallel, one CPU thread each: the BAS search, and the three baselines;\n"
-          "   the shared feature cache is locked: the lane that comes second waits for it)")
-    common = [f"--data_folder={corpus}", "--labels_csv=labels.csv", f"--ssl_source={export}",
-              f"--cache_folder={os.path.join(work, 'feature_cache')}", "--num_heads=4", "--ffn_dim=128",
-              f"--number_of_epochs={args.epochs}", "--batch_size=8", "--lr=0.02"]
+    print(
+        "\n5. Emotion recognition on the frozen Vesper: BAS and the baselines, 5 folds each\n"
+        "   (two lanes in parallel, one CPU thread each: the BAS search, and the three baselines;\n"
+        "   the shared feature cache is locked: the lane that comes second waits for it)"
+    )
+    common = [
+        f"--data_folder={corpus}",
+        "--labels_csv=labels.csv",
+        f"--ssl_source={export}",
+        f"--cache_folder={os.path.join(work, 'feature_cache')}",
+        "--num_heads=4",
+        "--ffn_dim=128",
+        f"--number_of_epochs={args.epochs}",
+        "--batch_size=8",
+        "--lr=0.02",
+    ]
     runs = {
-        "3L-BAS": ["hparams/bas_vesper.yaml", "--search_layers=3", f"--search_epochs={args.epochs}",
-                   "--search_lr=0.02"],
+        "3L-BAS": [
+            "hparams/bas_vesper.yaml",
+            "--search_layers=3",
+            f"--search_epochs={args.epochs}",
+            "--search_lr=0.02",
+        ],
         "3L-baseline": ["hparams/transformer_vesper.yaml", "--num_layers=3"],
         "simple-FFN": ["hparams/ffn_vesper.yaml"],
         "SUPERB classifier": ["hparams/superb_vesper.yaml"],
     }
-    folders = {name: step_folder(work, name.replace(" ", "_"), [arguments[0], *common, *arguments[1:]])
-               for name, arguments in runs.items()}
+    folders = {
+        name: step_folder(
+            work,
+            name.replace(" ", "_"),
+            [arguments[0], *common, *arguments[1:]],
+        )
+        for name, arguments in runs.items()
+    }
     commands = {
-        name: [python, "recipes/custom/train.py", arguments[0], *common, *arguments[1:],
-               f"--output_folder={folders[name]}"]
+        name: [
+            python,
+            "recipes/custom/train.py",
+            arguments[0],
+            *common,
+            *arguments[1:],
+            f"--output_folder={folders[name]}",
+        ]
         for name, arguments in runs.items()
     }
     single_thread = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -243,8 +358,12 @@ def run_pipeline(args, work):
 
     def start_run(name):
         log_path = f"{folders[name]}.log"
-        return start(commands[name], log_path, env=single_thread,
-                     **marked(os.path.basename(folders[name]), commands[name], log_path))
+        return start(
+            commands[name],
+            log_path,
+            env=single_thread,
+            **marked(os.path.basename(folders[name]), commands[name], log_path),
+        )
 
     bas = start_run(first)
     for name in rest:
@@ -253,16 +372,32 @@ def run_pipeline(args, work):
 
     print("\n6. Report")
     report = os.path.join(work, "report.md")
-    run([python, "-m", "ser_modules.reports", *folders.values(), f"--out={report}", f"--figures={os.path.join(work, 'figures')}"])
+    run(
+        [
+            python,
+            "-m",
+            "ser_modules.reports",
+            *folders.values(),
+            f"--out={report}",
+            f"--figures={os.path.join(work, 'figures')}",
+        ]
+    )
 
-    print("\nResults on the mini corpus (speaker-grouped 5-fold, mean +/- std over the test folds):\n")
+    print(
+        "\nResults on the mini corpus (speaker-grouped 5-fold, mean +/- std over the test folds):\n"
+    )
     print(f"| {'model':<18} | {'WA':<15} | {'UA':<15} | {'WF1':<15} |")
     print(f"|{'-' * 20}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
     results = {}
     for name, folder in folders.items():
-        with open(os.path.join(folder, "results.json"), encoding="utf-8") as handle:
+        with open(
+            os.path.join(folder, "results.json"), encoding="utf-8"
+        ) as handle:
             results[name] = json.load(handle)
-        cells = [f"{results[name]['mean'][m]:.3f} +/- {results[name]['std'][m]:.3f}" for m in ("WA", "UA", "WF1")]
+        cells = [
+            f"{results[name]['mean'][m]:.3f} +/- {results[name]['std'][m]:.3f}"
+            for m in ("WA", "UA", "WF1")
+        ]
         print(f"| {name:<18} | " + " | ".join(cells) + " |")
     print("\nArchitectures found by the BAS search (first layer first):")
     for fold, architecture in results[first]["search"]["architectures"].items():
@@ -270,7 +405,9 @@ def run_pipeline(args, work):
     print("\nFigures:")
     for path in sorted(os.listdir(os.path.join(work, "figures"))):
         print(f"  {os.path.join(work, 'figures', path)}")
-    print(f"\nReport: {report}\nFinished in {(time.time() - started) / 60:.1f} min.")
+    print(
+        f"\nReport: {report}\nFinished in {(time.time() - started) / 60:.1f} min."
+    )
 
 
 if __name__ == "__main__":

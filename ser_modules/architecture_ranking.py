@@ -54,8 +54,13 @@ def all_architectures(num_layers, candidates=CANDIDATES):
         ``len(candidates) ** num_layers`` architectures, first layer first.
     """
     if num_layers < 1:
-        raise ValueError(f"An architecture needs at least one layer, got {num_layers}.")
-    return [list(path) for path in itertools.product(candidates, repeat=int(num_layers))]
+        raise ValueError(
+            f"An architecture needs at least one layer, got {num_layers}."
+        )
+    return [
+        list(path)
+        for path in itertools.product(candidates, repeat=int(num_layers))
+    ]
 
 
 def architecture_key(architecture):
@@ -85,10 +90,14 @@ def rank_architectures(scores):
             raise ValueError(f"Architecture {key} has no scores.")
         mean = statistics.fmean(values)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append({"architecture": key, "scores": values, "mean": mean, "std": std})
+        rows.append(
+            {"architecture": key, "scores": values, "mean": mean, "std": std}
+        )
     rows.sort(key=lambda row: (-row["mean"], row["architecture"]))
     for row in rows:
-        row["rank"] = 1 + sum(1 for other in rows if other["mean"] > row["mean"])
+        row["rank"] = 1 + sum(
+            1 for other in rows if other["mean"] > row["mean"]
+        )
     return rows
 
 
@@ -110,8 +119,11 @@ def flatness(rows):
         "best": max(means),
         "worst": min(means),
         "range": max(means) - min(means),
-        "top_third_gap": statistics.fmean(means[:third]) - statistics.fmean(rest),
-        "seed_std": math.sqrt(statistics.fmean([s * s for s in stds])) if stds else None,
+        "top_third_gap": statistics.fmean(means[:third])
+        - statistics.fmean(rest),
+        "seed_std": math.sqrt(statistics.fmean([s * s for s in stds]))
+        if stds
+        else None,
     }
 
 
@@ -175,31 +187,50 @@ def search_ranks(architectures, ranking_path):
     its results, and says why the ranks are missing.
     """
     try:
-        return {"ranking": str(ranking_path), "ranks": derived_ranks(architectures, str(ranking_path))}
+        return {
+            "ranking": str(ranking_path),
+            "ranks": derived_ranks(architectures, str(ranking_path)),
+        }
     except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.warning("Cannot read the architecture ranking %s: %s", ranking_path, error)
-        return {"ranking": str(ranking_path), "ranking_error": f"{type(error).__name__}: {error}"}
+        logger.warning(
+            "Cannot read the architecture ranking %s: %s", ranking_path, error
+        )
+        return {
+            "ranking": str(ranking_path),
+            "ranking_error": f"{type(error).__name__}: {error}",
+        }
 
 
 def ranks_markdown(search):
     """Lines of ``results.md`` on where the derived architectures rank (empty without)."""
     if "ranking_error" in search:
-        return ["", f"Exhaustive ranking {search['ranking']} could not be read: {search['ranking_error']}"]
+        return [
+            "",
+            f"Exhaustive ranking {search['ranking']} could not be read: {search['ranking_error']}",
+        ]
     ranks = search.get("ranks")
     if ranks is None:
         return []
-    lines = ["", f"Where the derived architecture ranks among all architectures of the space, "
-                 f"trained stand-alone ({search['ranking']}):", "",
-             "| split | derived | rank | UA of derived (mean +/- std over seeds) | best | UA of best |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Where the derived architecture ranks among all architectures of the space, "
+        f"trained stand-alone ({search['ranking']}):",
+        "",
+        "| split | derived | rank | UA of derived (mean +/- std over seeds) | best | UA of best |",
+        "|---|---|---|---|---|---|",
+    ]
     for fold, architecture in search["architectures"].items():
         entry = ranks.get(fold)
         if entry is None:
-            lines.append(f"| {fold} | {' -> '.join(architecture)} | not in the ranking | | | |")
+            lines.append(
+                f"| {fold} | {' -> '.join(architecture)} | not in the ranking | | | |"
+            )
             continue
-        lines.append(f"| {fold} | {' -> '.join(architecture)} | {entry['rank']} of {entry['of']} | "
-                     f"{entry['mean']:.4f} +/- {entry['std']:.4f} | {entry['best'].replace('-', ' -> ')} | "
-                     f"{entry['best_mean']:.4f} |")
+        lines.append(
+            f"| {fold} | {' -> '.join(architecture)} | {entry['rank']} of {entry['of']} | "
+            f"{entry['mean']:.4f} +/- {entry['std']:.4f} | {entry['best'].replace('-', ' -> ')} | "
+            f"{entry['best_mean']:.4f} |"
+        )
     if ranks:
         top = sum(1 for entry in ranks.values() if entry["top_third"])
         lines += ["", f"In the top third: {top} of {len(ranks)} ranked splits."]
@@ -209,44 +240,90 @@ def ranks_markdown(search):
 def ranking_markdown(record):
     """The ranking as Markdown: one table per fold, then a summary over folds."""
     metric = record.get("metric", "UA")
-    lines = [f"# Exhaustive ranking of the {record.get('num_layers', '?')}-layer BAS space",
-             "", f"Test {metric} of every architecture, trained stand-alone with the retraining recipe "
-             f"`{record.get('hparams_file', '?')}` (overrides: `{record.get('overrides', {})}`), seeds "
-             f"{record.get('seeds')}. Rank 1 = best mean; equal means share a rank."]
+    lines = [
+        f"# Exhaustive ranking of the {record.get('num_layers', '?')}-layer BAS space",
+        "",
+        f"Test {metric} of every architecture, trained stand-alone with the retraining recipe "
+        f"`{record.get('hparams_file', '?')}` (overrides: `{record.get('overrides', {})}`), seeds "
+        f"{record.get('seeds')}. Rank 1 = best mean; equal means share a rank.",
+    ]
     for fold, rows in record["folds"].items():
         flat = flatness(rows)
-        seed_std = "n/a (one seed)" if flat["seed_std"] is None else f"{flat['seed_std']:.4f}"
-        lines += ["", f"## {fold}", "",
-                  f"Best {flat['best']:.4f}, worst {flat['worst']:.4f} (range {flat['range']:.4f}); "
-                  f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}.", "",
-                  f"| rank | architecture | {metric} mean | std | per seed |", "|---|---|---|---|---|"]
+        seed_std = (
+            "n/a (one seed)"
+            if flat["seed_std"] is None
+            else f"{flat['seed_std']:.4f}"
+        )
+        lines += [
+            "",
+            f"## {fold}",
+            "",
+            f"Best {flat['best']:.4f}, worst {flat['worst']:.4f} (range {flat['range']:.4f}); "
+            f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}.",
+            "",
+            f"| rank | architecture | {metric} mean | std | per seed |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows:
-            lines.append(f"| {row['rank']} | {row['architecture'].replace('-', ' -> ')} | {row['mean']:.4f} | "
-                         f"{row['std']:.4f} | {', '.join(f'{v:.4f}' for v in row['scores'])} |")
+            lines.append(
+                f"| {row['rank']} | {row['architecture'].replace('-', ' -> ')} | {row['mean']:.4f} | "
+                f"{row['std']:.4f} | {', '.join(f'{v:.4f}' for v in row['scores'])} |"
+            )
     if len(record["folds"]) > 1:
-        keys = sorted({row["architecture"] for rows in record["folds"].values() for row in rows})
-        folds_of = {key: [next(r for r in rows if r["architecture"] == key)
-                          for rows in record["folds"].values()
-                          if any(r["architecture"] == key for r in rows)] for key in keys}
+        keys = sorted(
+            {
+                row["architecture"]
+                for rows in record["folds"].values()
+                for row in rows
+            }
+        )
+        folds_of = {
+            key: [
+                next(r for r in rows if r["architecture"] == key)
+                for rows in record["folds"].values()
+                if any(r["architecture"] == key for r in rows)
+            ]
+            for key in keys
+        }
         summary = sorted(
-            ((statistics.fmean(r["mean"] for r in found), statistics.fmean(r["rank"] for r in found), key, len(found))
-             for key, found in folds_of.items()),
+            (
+                (
+                    statistics.fmean(r["mean"] for r in found),
+                    statistics.fmean(r["rank"] for r in found),
+                    key,
+                    len(found),
+                )
+                for key, found in folds_of.items()
+            ),
             key=lambda item: (-item[0], item[2]),
         )
-        lines += ["", "## Over folds", "", f"| architecture | mean {metric} over folds | mean rank | folds |",
-                  "|---|---|---|---|"]
-        lines += [f"| {key.replace('-', ' -> ')} | {mean:.4f} | {rank:.1f} | {count} |"
-                  for mean, rank, key, count in summary]
+        lines += [
+            "",
+            "## Over folds",
+            "",
+            f"| architecture | mean {metric} over folds | mean rank | folds |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {key.replace('-', ' -> ')} | {mean:.4f} | {rank:.1f} | {count} |"
+            for mean, rank, key, count in summary
+        ]
     return "\n".join(lines) + "\n"
 
 
 def collect_fold_rankings(output_folder):
     """``{fold: rows}`` from ``<output_folder>/folds/<fold>.json``, folds in natural order."""
     folder = os.path.join(output_folder, "folds")
-    names = [name[:-5] for name in os.listdir(folder) if name.endswith(".json")] if os.path.isdir(folder) else []
+    names = (
+        [name[:-5] for name in os.listdir(folder) if name.endswith(".json")]
+        if os.path.isdir(folder)
+        else []
+    )
     folds = {}
     for name in sorted(names, key=lambda n: (len(n), n)):
-        with open(os.path.join(folder, name + ".json"), encoding="utf-8") as handle:
+        with open(
+            os.path.join(folder, name + ".json"), encoding="utf-8"
+        ) as handle:
             folds[name] = json.load(handle)
     return folds
 
@@ -255,7 +332,9 @@ def write_ranking(output_folder, record):
     """Write ``ranking.json`` and ``ranking.md`` atomically; returns the JSON path."""
     path = os.path.join(output_folder, RANKING_FILE)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    atomic_write_text(os.path.join(output_folder, RANKING_MARKDOWN), ranking_markdown(record))
+    atomic_write_text(
+        os.path.join(output_folder, RANKING_MARKDOWN), ranking_markdown(record)
+    )
     return path
 
 
@@ -263,7 +342,9 @@ def parse_seeds(text):
     """``"1986,1987"`` -> ``[1986, 1987]``."""
     seeds = [int(part) for part in str(text).split(",") if part.strip()]
     if not seeds:
-        raise ValueError(f"--rank_seeds needs at least one integer seed, got {text!r}.")
+        raise ValueError(
+            f"--rank_seeds needs at least one integer seed, got {text!r}."
+        )
     return seeds
 
 
@@ -304,61 +385,124 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
         yaml_text = handle.read()
     setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
     output_folder = setup["output_folder"]
-    num_layers = own.rank_layers or int(setup.get("search_layers", setup.get("num_layers", 3)))
-    seeds = parse_seeds(own.rank_seeds) if own.rank_seeds else [int(setup["seed"])]
+    num_layers = own.rank_layers or int(
+        setup.get("search_layers", setup.get("num_layers", 3))
+    )
+    seeds = (
+        parse_seeds(own.rank_seeds) if own.rank_seeds else [int(setup["seed"])]
+    )
     os.makedirs(output_folder, exist_ok=True)
     splits = prepare_function(
-        data_folder=setup["data_folder"], save_folder=setup["prepare_folder"],
-        skip_prep=setup["skip_prep"], **prepare_kwargs,
+        data_folder=setup["data_folder"],
+        save_folder=setup["prepare_folder"],
+        skip_prep=setup["skip_prep"],
+        **prepare_kwargs,
     )
     if not splits:
-        raise RuntimeError(f"The preparation wrote no manifests in {setup['prepare_folder']}.")
-    replacements = {"data_root": setup["data_folder"], "prep_root": setup["prepare_folder"]}
+        raise RuntimeError(
+            f"The preparation wrote no manifests in {setup['prepare_folder']}."
+        )
+    replacements = {
+        "data_root": setup["data_folder"],
+        "prep_root": setup["prepare_folder"],
+    }
     split_names = selected_splits(splits, setup["fold"])
     all_csvs = [path for name in splits for path in splits[name].values()]
-    label_encoder = build_label_encoder(all_csvs, os.path.join(output_folder, "label_encoder.txt"))
+    label_encoder = build_label_encoder(
+        all_csvs, os.path.join(output_folder, "label_encoder.txt")
+    )
     upstream = setup["upstream"]()
     caches = None
     if setup["use_cache"]:
-        rows = {row["ID"]: row for name in split_names for path in splits[name].values() for row in read_csv(path)}
-        caches = build_feature_caches(setup, upstream, list(rows.values()), replacements, run_opts)
-    derived = {"input_dim": upstream.output_dim, "num_upstream_layers": upstream.num_layers,
-               "num_classes": len(label_encoder)}
+        rows = {
+            row["ID"]: row
+            for name in split_names
+            for path in splits[name].values()
+            for row in read_csv(path)
+        }
+        caches = build_feature_caches(
+            setup, upstream, list(rows.values()), replacements, run_opts
+        )
+    derived = {
+        "input_dim": upstream.output_dim,
+        "num_upstream_layers": upstream.num_layers,
+        "num_classes": len(label_encoder),
+    }
     metric = setup["selection_metric"]
     # The space the BAS run searches: the candidates of the YAML's super net.
-    candidates = list(setup["supernet"].candidates) if "supernet" in setup else list(CANDIDATES)
+    candidates = (
+        list(setup["supernet"].candidates)
+        if "supernet" in setup
+        else list(CANDIDATES)
+    )
     del setup
 
     architectures = all_architectures(num_layers, candidates)
     record = {
-        "dataset": dataset_name, "hparams_file": os.path.basename(hparams_file), "metric": metric,
-        "num_layers": num_layers, "seeds": seeds, "candidates": candidates,
-        "overrides": {k: v for k, v in overrides.items() if k not in ("output_folder", "cache_folder")},
+        "dataset": dataset_name,
+        "hparams_file": os.path.basename(hparams_file),
+        "metric": metric,
+        "num_layers": num_layers,
+        "seeds": seeds,
+        "candidates": candidates,
+        "overrides": {
+            k: v
+            for k, v in overrides.items()
+            if k not in ("output_folder", "cache_folder")
+        },
     }
     for split_name in split_names:
         scores = {}
         for seed in seeds:
             for architecture in architectures:
                 key = architecture_key(architecture)
-                folder = os.path.join(output_folder, "runs", key, f"seed{seed}", split_name)
+                folder = os.path.join(
+                    output_folder, "runs", key, f"seed{seed}", split_name
+                )
                 run_overrides = {
-                    **overrides, **derived, "split_name": split_name, "seed": seed,
-                    "search": False, "downstream_model": "blocks", "architecture": architecture,
-                    "num_layers": num_layers, "experiment_folder": folder,
+                    **overrides,
+                    **derived,
+                    "split_name": split_name,
+                    "seed": seed,
+                    "search": False,
+                    "downstream_model": "blocks",
+                    "architecture": architecture,
+                    "num_layers": num_layers,
+                    "experiment_folder": folder,
                 }
-                outcome = run_split(yaml_text, run_overrides, run_opts, splits[split_name],
-                                    replacements, label_encoder, caches, upstream)
+                outcome = run_split(
+                    yaml_text,
+                    run_overrides,
+                    run_opts,
+                    splits[split_name],
+                    replacements,
+                    label_encoder,
+                    caches,
+                    upstream,
+                )
                 score = float(outcome["scores"][metric])
                 scores.setdefault(key, []).append(score)
-                logger.info("%s seed %d %s: %s %.4f", split_name, seed, key, metric, score)
+                logger.info(
+                    "%s seed %d %s: %s %.4f",
+                    split_name,
+                    seed,
+                    key,
+                    metric,
+                    score,
+                )
         fold_path = os.path.join(output_folder, "folds", f"{split_name}.json")
         os.makedirs(os.path.dirname(fold_path), exist_ok=True)
-        atomic_write_text(fold_path, json.dumps(rank_architectures(scores), indent=2) + "\n")
+        atomic_write_text(
+            fold_path, json.dumps(rank_architectures(scores), indent=2) + "\n"
+        )
         # The ranking holds every fold ranked so far in this folder, also those of other
         # processes ranking other folds (--fold=k) into the same output folder.
         record["folds"] = collect_fold_rankings(output_folder)
         path = write_ranking(output_folder, record)
-        print(f"{split_name}: ranked {len(scores)} architectures -> {path}", flush=True)
+        print(
+            f"{split_name}: ranked {len(scores)} architectures -> {path}",
+            flush=True,
+        )
     print(ranking_markdown(record))
     return record
 

@@ -36,13 +36,17 @@ def audio_info(path):
     """
     try:
         info = soundfile.info(str(path))
-    except Exception as error:  # soundfile raises several error types for bad files
+    except (
+        Exception
+    ) as error:  # soundfile raises several error types for bad files
         raise AudioError(
             f"Cannot read the audio file {path} ({error}). Check that it is a complete "
             "audio file (wav, flac, ogg, mp3); remove it from the corpus or re-extract it."
         ) from error
     if info.frames <= 0:
-        raise AudioError(f"The audio file {path} is empty (0 samples): remove it or re-extract it.")
+        raise AudioError(
+            f"The audio file {path} is empty (0 samples): remove it or re-extract it."
+        )
     return info.frames / info.samplerate, info.samplerate, info.channels
 
 
@@ -77,14 +81,18 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
         exceeds :data:`MAX_ABS_SAMPLE` (float formats only can hold them).
     """
     try:
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        data, file_rate = soundfile.read(
+            str(path), dtype="float32", always_2d=True
+        )
     except Exception as error:
         raise AudioError(
             f"Cannot read the audio file {path} ({error}). Check that it is a complete "
             "audio file (wav, flac, ogg, mp3); remove it from the manifest or re-extract it."
         ) from error
     if data.shape[0] == 0:
-        raise AudioError(f"The audio file {path} is empty (0 samples): remove it from the manifest.")
+        raise AudioError(
+            f"The audio file {path} is empty (0 samples): remove it from the manifest."
+        )
     if not np.isfinite(data).all():
         raise AudioError(
             f"The audio file {path} holds NaN or infinite samples: re-extract it or remove it."
@@ -98,11 +106,15 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
         )
     waveform = torch.from_numpy(np.ascontiguousarray(to_mono(data)))  # (T,)
     if file_rate != sample_rate:
-        waveform = torchaudio.functional.resample(waveform, file_rate, sample_rate)
+        waveform = torchaudio.functional.resample(
+            waveform, file_rate, sample_rate
+        )
     return waveform
 
 
-def crop_or_pad(waveform, num_samples, mode="first", generator=None, min_samples=None):
+def crop_or_pad(
+    waveform, num_samples, mode="first", generator=None, min_samples=None
+):
     """Crop a waveform to ``num_samples`` or leave it shorter (padding happens in batching).
 
     The papers feed the first N seconds of each utterance (``mode="first"``); a random
@@ -139,11 +151,17 @@ def crop_or_pad(waveform, num_samples, mode="first", generator=None, min_samples
     if mode == "first":
         start = 0
     elif mode == "random":
-        start = int(torch.randint(0, length - num_samples + 1, (1,), generator=generator))
+        start = int(
+            torch.randint(
+                0, length - num_samples + 1, (1,), generator=generator
+            )
+        )
     elif mode == "center":
         start = (length - num_samples) // 2
     else:
-        raise ValueError(f"Unknown crop mode {mode!r}: use 'first', 'random' or 'center'.")
+        raise ValueError(
+            f"Unknown crop mode {mode!r}: use 'first', 'random' or 'center'."
+        )
     return waveform[start : start + num_samples]
 
 

@@ -86,7 +86,9 @@ def annealed_temperature(epoch, num_epochs, initial=5.0, final=0.1):
     if epoch < 1:
         raise ValueError(f"Epochs are counted from 1, got epoch={epoch}.")
     if not (initial > 0 and final > 0):
-        raise ValueError(f"Temperatures must be > 0, got initial={initial}, final={final}.")
+        raise ValueError(
+            f"Temperatures must be > 0, got initial={initial}, final={final}."
+        )
     if num_epochs <= 1:
         return float(final)
     progress = min(epoch - 1, num_epochs - 1) / (num_epochs - 1)
@@ -98,15 +100,23 @@ def search_temperature(hparams, epoch):
     mode = search_mode(hparams)
     if mode == "decisive":
         return annealed_temperature(
-            epoch, int(hparams["search_epochs"]), hparams["initial_temperature"], hparams["final_temperature"]
+            epoch,
+            int(hparams["search_epochs"]),
+            hparams["initial_temperature"],
+            hparams["final_temperature"],
         )
-    return fbnet_temperature(epoch, hparams["initial_temperature"], hparams["temperature_decay"])
+    return fbnet_temperature(
+        epoch, hparams["initial_temperature"], hparams["temperature_decay"]
+    )
 
 
 def search_mode(hparams):
     """``search_mode`` of the hparams, checked (``decisive`` when absent)."""
-    mode = hparams.get("search_mode", "decisive") if isinstance(hparams, dict) else getattr(
-        hparams, "search_mode", "decisive")
+    mode = (
+        hparams.get("search_mode", "decisive")
+        if isinstance(hparams, dict)
+        else getattr(hparams, "search_mode", "decisive")
+    )
     if mode not in SEARCH_MODES:
         raise ValueError(f"search_mode={mode!r} is not one of {SEARCH_MODES}.")
     return mode
@@ -138,7 +148,9 @@ class BASSearchBrain(EmotionBrain):
             return
         self._hooked = True
         for index, theta in enumerate(self.supernet.architecture_parameters()):
-            theta.register_hook(lambda grad, index=index: self._record_theta_grad(index, grad))
+            theta.register_hook(
+                lambda grad, index=index: self._record_theta_grad(index, grad)
+            )
 
     def _record_theta_grad(self, index, grad):
         if self._count_theta_grads and self._theta_grad_sums is not None:
@@ -160,14 +172,25 @@ class BASSearchBrain(EmotionBrain):
             super().init_optimizers()
             return
         thetas = {id(p) for p in supernet.architecture_parameters()}
-        weights = [p for p in self.modules.parameters() if p.requires_grad and id(p) not in thetas]
+        weights = [
+            p
+            for p in self.modules.parameters()
+            if p.requires_grad and id(p) not in thetas
+        ]
         self.optimizer = self.opt_class(weights)
-        self.theta_optimizer = self.hparams.theta_opt_class(supernet.architecture_parameters())
-        self.optimizers_dict = {"opt_class": self.optimizer, "theta_opt_class": self.theta_optimizer}
+        self.theta_optimizer = self.hparams.theta_opt_class(
+            supernet.architecture_parameters()
+        )
+        self.optimizers_dict = {
+            "opt_class": self.optimizer,
+            "theta_opt_class": self.theta_optimizer,
+        }
         self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
-            self.checkpointer.add_recoverable("theta_optimizer", self.theta_optimizer)
+            self.checkpointer.add_recoverable(
+                "theta_optimizer", self.theta_optimizer
+            )
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     def on_stage_start(self, stage, epoch=None):
@@ -177,7 +200,9 @@ class BASSearchBrain(EmotionBrain):
             return
         self._theta_grad_sums = [0.0] * self.supernet.num_layers
         self._theta_grad_steps = 0
-        self.supernet.set_temperature(search_temperature(self.hparams.__dict__, epoch))
+        self.supernet.set_temperature(
+            search_temperature(self.hparams.__dict__, epoch)
+        )
         if self.mode == "fbnet":
             # A fresh, epoch-seeded order; after an intra-epoch recovery skip the batches
             # already used (one per weight step), so the theta updates replay exactly.
@@ -185,7 +210,9 @@ class BASSearchBrain(EmotionBrain):
                 self.theta_set, seed=int(self.hparams.seed), epoch=int(epoch)
             )
             loader = sb.dataio.dataloader.make_dataloader(
-                self.theta_set, sampler=sampler, generator=loader_generator(self.hparams.seed),
+                self.theta_set,
+                sampler=sampler,
+                generator=loader_generator(self.hparams.seed),
                 **self.hparams.theta_dataloader_opts,
             )
             self.theta_batches = self._cycle(loader, skip=self.step)
@@ -203,7 +230,11 @@ class BASSearchBrain(EmotionBrain):
         """The optimisers SpeechBrain's weight step runs: in ``fbnet`` mode not theta's
         (theta steps on its own held-out batch, see :meth:`fit_batch`)."""
         if self.mode == "fbnet":
-            return {name: opt for name, opt in optimizers.items() if name != "theta_opt_class"}
+            return {
+                name: opt
+                for name, opt in optimizers.items()
+                if name != "theta_opt_class"
+            }
         return optimizers
 
     def fit_batch(self, batch):
@@ -220,7 +251,9 @@ class BASSearchBrain(EmotionBrain):
             theta_batch = next(self.theta_batches)
             with self.training_ctx:
                 predictions = self.compute_forward(theta_batch, sb.Stage.TRAIN)
-                theta_loss = self.compute_objectives(predictions, theta_batch, sb.Stage.TRAIN)
+                theta_loss = self.compute_objectives(
+                    predictions, theta_batch, sb.Stage.TRAIN
+                )
             self.theta_optimizer.zero_grad(set_to_none=True)
             theta_loss.backward()
             self.theta_optimizer.step()
@@ -235,21 +268,33 @@ class BASSearchBrain(EmotionBrain):
             probabilities = architecture_probabilities(supernet)
             grad_norms = self.epoch_theta_grad_norms()
             table = "; ".join(
-                f"L{index + 1} " + " ".join(
-                    f"{name}={value:.3f}" for name, value in zip(supernet.candidates, row.tolist())
+                f"L{index + 1} "
+                + " ".join(
+                    f"{name}={value:.3f}"
+                    for name, value in zip(supernet.candidates, row.tolist())
                 )
                 for index, row in enumerate(probabilities)
             )
             self.hparams.train_logger.log_stats(
                 stats_meta={
-                    "epoch": epoch, "temperature": float(supernet.temperature), "softmax(theta)": table,
-                    "|grad theta|": " ".join(f"{value:.2e}" for value in grad_norms),
+                    "epoch": epoch,
+                    "temperature": float(supernet.temperature),
+                    "softmax(theta)": table,
+                    "|grad theta|": " ".join(
+                        f"{value:.2e}" for value in grad_norms
+                    ),
                 }
             )
-            if sb.utils.distributed.if_main_process() and getattr(self.hparams, "search_folder", None):
+            if sb.utils.distributed.if_main_process() and getattr(
+                self.hparams, "search_folder", None
+            ):
                 append_trajectory(
-                    self.hparams.search_folder, epoch, float(supernet.temperature), supernet.candidates,
-                    supernet.architecture_logits(), grad_norms,
+                    self.hparams.search_folder,
+                    epoch,
+                    float(supernet.temperature),
+                    supernet.candidates,
+                    supernet.architecture_logits(),
+                    grad_norms,
                 )
         super().on_stage_end(stage, stage_loss, epoch)
 
@@ -257,13 +302,25 @@ class BASSearchBrain(EmotionBrain):
         """Mean L2 norm of theta's gradient per layer over this epoch's theta updates."""
         if not self._theta_grad_sums or self._theta_grad_steps == 0:
             return [float("nan")] * self.supernet.num_layers
-        return [total / self._theta_grad_steps for total in self._theta_grad_sums]
+        return [
+            total / self._theta_grad_steps for total in self._theta_grad_sums
+        ]
 
 
-TRAJECTORY_COLUMNS = ("epoch", "temperature", "layer", "candidate", "theta", "probability", "grad_norm")
+TRAJECTORY_COLUMNS = (
+    "epoch",
+    "temperature",
+    "layer",
+    "candidate",
+    "theta",
+    "probability",
+    "grad_norm",
+)
 
 
-def append_trajectory(search_folder, epoch, temperature, candidates, theta, grad_norms):
+def append_trajectory(
+    search_folder, epoch, temperature, candidates, theta, grad_norms
+):
     """Add one epoch's rows to ``theta_trajectory.csv`` and rewrite ``theta_trajectory.md``.
 
     Rows of this epoch or later already in the file (left by a run that was killed and
@@ -285,23 +342,37 @@ def append_trajectory(search_folder, epoch, temperature, candidates, theta, grad
         Mean L2 norm of theta's gradient per layer during the epoch.
     """
     path = os.path.join(search_folder, TRAJECTORY_FILE)
-    rows = [row for row in read_trajectory_rows(path) if int(row["epoch"]) < int(epoch)]
+    rows = [
+        row
+        for row in read_trajectory_rows(path)
+        if int(row["epoch"]) < int(epoch)
+    ]
     probabilities = torch.softmax(theta.float(), dim=1)
     for layer in range(theta.shape[0]):
         for column, name in enumerate(candidates):
-            rows.append({
-                "epoch": int(epoch), "temperature": f"{temperature:.6g}", "layer": layer + 1, "candidate": name,
-                "theta": f"{float(theta[layer, column]):.6g}",
-                "probability": f"{float(probabilities[layer, column]):.6f}",
-                "grad_norm": f"{grad_norms[layer]:.6g}",
-            })
+            rows.append(
+                {
+                    "epoch": int(epoch),
+                    "temperature": f"{temperature:.6g}",
+                    "layer": layer + 1,
+                    "candidate": name,
+                    "theta": f"{float(theta[layer, column]):.6g}",
+                    "probability": f"{float(probabilities[layer, column]):.6f}",
+                    "grad_norm": f"{grad_norms[layer]:.6g}",
+                }
+            )
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRAJECTORY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=TRAJECTORY_COLUMNS, lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     os.makedirs(search_folder, exist_ok=True)
     atomic_write_text(path, buffer.getvalue())
-    atomic_write_text(os.path.join(search_folder, TRAJECTORY_MARKDOWN), trajectory_markdown(rows, candidates))
+    atomic_write_text(
+        os.path.join(search_folder, TRAJECTORY_MARKDOWN),
+        trajectory_markdown(rows, candidates),
+    )
 
 
 def read_trajectory_rows(path):
@@ -316,11 +387,15 @@ def trajectory_array(rows, candidates):
     """``(epochs, (E, L, K) probabilities, (E,) temperatures)`` from trajectory rows."""
     epochs = sorted({int(row["epoch"]) for row in rows})
     layers = sorted({int(row["layer"]) for row in rows})
-    values = torch.zeros(len(epochs), len(layers), len(candidates), dtype=torch.float64)
+    values = torch.zeros(
+        len(epochs), len(layers), len(candidates), dtype=torch.float64
+    )
     temperatures = torch.zeros(len(epochs), dtype=torch.float64)
     for row in rows:
         e = epochs.index(int(row["epoch"]))
-        values[e, int(row["layer"]) - 1, list(candidates).index(row["candidate"])] = float(row["probability"])
+        values[
+            e, int(row["layer"]) - 1, list(candidates).index(row["candidate"])
+        ] = float(row["probability"])
         temperatures[e] = float(row["temperature"])
     return epochs, values, temperatures
 
@@ -329,20 +404,35 @@ def trajectory_markdown(rows, candidates):
     """One line per epoch: temperature, then softmax(theta) and |grad| of each layer."""
     epochs = sorted({int(row["epoch"]) for row in rows})
     layers = sorted({int(row["layer"]) for row in rows})
-    by_key = {(int(r["epoch"]), int(r["layer"]), r["candidate"]): r for r in rows}
+    by_key = {
+        (int(r["epoch"]), int(r["layer"]), r["candidate"]): r for r in rows
+    }
     header = ["epoch", "tau"]
     for layer in layers:
-        header += [f"L{layer} {name}" for name in candidates] + [f"L{layer} max", f"L{layer} grad"]
-    lines = ["# softmax(theta) per search epoch", "",
-             "`grad` is the mean L2 norm of the layer's theta gradient over the epoch's theta updates.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        header += [f"L{layer} {name}" for name in candidates] + [
+            f"L{layer} max",
+            f"L{layer} grad",
+        ]
+    lines = [
+        "# softmax(theta) per search epoch",
+        "",
+        "`grad` is the mean L2 norm of the layer's theta gradient over the epoch's theta updates.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for epoch in epochs:
         first = by_key[(epoch, layers[0], candidates[0])]
         cells = [str(epoch), f"{float(first['temperature']):.3f}"]
         for layer in layers:
-            values = [float(by_key[(epoch, layer, name)]["probability"]) for name in candidates]
-            cells += [f"{v:.3f}" for v in values] + [f"{max(values):.3f}",
-                                                    f"{float(by_key[(epoch, layer, candidates[0])]['grad_norm']):.2e}"]
+            values = [
+                float(by_key[(epoch, layer, name)]["probability"])
+                for name in candidates
+            ]
+            cells += [f"{v:.3f}" for v in values] + [
+                f"{max(values):.3f}",
+                f"{float(by_key[(epoch, layer, candidates[0])]['grad_norm']):.2e}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -355,9 +445,15 @@ def theta_split_datasets(train_set, fraction, seed):
     count = max(1, int(round(fraction * len(ids))))
     theta_ids = {ids[i] for i in order[:count]}
     if count >= len(ids):
-        raise ValueError(f"theta_fraction={fraction} leaves no training data for the weights.")
-    weight_part = train_set.filtered_sorted(key_test={"id": lambda x: x not in theta_ids})
-    theta_part = train_set.filtered_sorted(key_test={"id": lambda x: x in theta_ids})
+        raise ValueError(
+            f"theta_fraction={fraction} leaves no training data for the weights."
+        )
+    weight_part = train_set.filtered_sorted(
+        key_test={"id": lambda x: x not in theta_ids}
+    )
+    theta_part = train_set.filtered_sorted(
+        key_test={"id": lambda x: x in theta_ids}
+    )
     return weight_part, theta_part
 
 
@@ -376,23 +472,36 @@ def run_search_phase(hparams, run_opts, datasets, modules):
     if os.path.isfile(architecture_path):
         logger.info("Search already finished: reusing %s", architecture_path)
         found = load_architecture(architecture_path)
-        return {**found, "architecture_file": architecture_path, "heatmap": heatmap_path}
+        return {
+            **found,
+            "architecture_file": architecture_path,
+            "heatmap": heatmap_path,
+        }
 
-    search_modules = {**modules, "layer_combiner": hparams["search_layer_combiner"], "downstream": hparams["supernet"]}
+    search_modules = {
+        **modules,
+        "layer_combiner": hparams["search_layer_combiner"],
+        "downstream": hparams["supernet"],
+    }
     if "search_input_norm" in hparams:
         search_modules["input_norm"] = hparams["search_input_norm"]
     brain = BASSearchBrain(
         modules=search_modules,
         opt_class=hparams["search_opt_class"],
-        hparams={**hparams, "lr_scheduler": hparams["search_lr_scheduler"],
-                 "epoch_counter": hparams["search_epoch_counter"],
-                 "train_logger": hparams["search_logger"]},
+        hparams={
+            **hparams,
+            "lr_scheduler": hparams["search_lr_scheduler"],
+            "epoch_counter": hparams["search_epoch_counter"],
+            "train_logger": hparams["search_logger"],
+        },
         run_opts=run_opts,
         checkpointer=hparams["search_checkpointer"],
     )
     train_set = datasets["train"]
     if search_mode(hparams) == "fbnet":
-        train_set, brain.theta_set = theta_split_datasets(train_set, hparams["theta_fraction"], hparams["seed"])
+        train_set, brain.theta_set = theta_split_datasets(
+            train_set, hparams["theta_fraction"], hparams["seed"]
+        )
     brain.fit(
         hparams["search_epoch_counter"],
         train_set=train_set,
@@ -406,24 +515,52 @@ def run_search_phase(hparams, run_opts, datasets, modules):
     if ties:
         logger.warning(
             "theta tied in layers %s: took the first candidate in the order %s.",
-            [t + 1 for t in ties], list(supernet.candidates),
+            [t + 1 for t in ties],
+            list(supernet.candidates),
         )
     logger.info("Derived architecture: %s", " -> ".join(architecture))
-    logger.info("Final softmax(theta) (search_mode=%s):\n%s", search_mode(hparams),
-                "\n".join(f"L{i + 1} max {float(row.max()):.3f}" for i, row in enumerate(probabilities)))
+    logger.info(
+        "Final softmax(theta) (search_mode=%s):\n%s",
+        search_mode(hparams),
+        "\n".join(
+            f"L{i + 1} max {float(row.max()):.3f}"
+            for i, row in enumerate(probabilities)
+        ),
+    )
     if sb.utils.distributed.if_main_process():
         # architecture.json marks the phase as done, so it is written last: a run killed
         # while drawing the heatmap searches (recovers) again instead of missing the PNG.
-        rows = read_trajectory_rows(os.path.join(search_folder, TRAJECTORY_FILE))
+        rows = read_trajectory_rows(
+            os.path.join(search_folder, TRAJECTORY_FILE)
+        )
         trajectory = None
         if rows:
-            epochs, values, temperatures = trajectory_array(rows, supernet.candidates)
-            trajectory = {"epochs": epochs, "probabilities": values, "temperatures": temperatures}
+            epochs, values, temperatures = trajectory_array(
+                rows, supernet.candidates
+            )
+            trajectory = {
+                "epochs": epochs,
+                "probabilities": values,
+                "temperatures": temperatures,
+            }
         plot_theta_heatmap(
-            probabilities, supernet.candidates, heatmap_path,
-            title=f"BAS softmax(theta), {hparams['split_name']}", trajectory=trajectory,
+            probabilities,
+            supernet.candidates,
+            heatmap_path,
+            title=f"BAS softmax(theta), {hparams['split_name']}",
+            trajectory=trajectory,
         )
-        save_architecture(architecture_path, architecture, probabilities, supernet.candidates, ties)
+        save_architecture(
+            architecture_path,
+            architecture,
+            probabilities,
+            supernet.candidates,
+            ties,
+        )
     sb.utils.distributed.ddp_barrier()
     found = load_architecture(architecture_path)
-    return {**found, "architecture_file": architecture_path, "heatmap": heatmap_path}
+    return {
+        **found,
+        "architecture_file": architecture_path,
+        "heatmap": heatmap_path,
+    }

@@ -54,13 +54,20 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from ser_modules.audio import audio_info, crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.audio import (
+    audio_info,
+    crop_or_pad,
+    load_audio,
+    seconds_to_samples,
+)
 from ser_modules.fingerprint import file_sha256
 from ser_modules.manifest import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: utterances keyed by ID + audio sha256, per-utterance CRC-32
+FORMAT_VERSION = (
+    2  # 2: utterances keyed by ID + audio sha256, per-utterance CRC-32
+)
 KEY_FILE = "key.json"
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,7 +132,9 @@ class WaveformDataset(torch.utils.data.Dataset):
     Waveforms shorter than ``min_samples`` are zero-padded to it.
     """
 
-    def __init__(self, items, num_samples, crop_mode, sample_rate, min_samples=None):
+    def __init__(
+        self, items, num_samples, crop_mode, sample_rate, min_samples=None
+    ):
         self.items = items
         self.num_samples = num_samples
         self.crop_mode = crop_mode
@@ -137,8 +146,15 @@ class WaveformDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         utt_id, path = self.items[index]
-        waveform = load_audio(path, self.sample_rate)  # (T,); AudioError names the file
-        return utt_id, crop_or_pad(waveform, self.num_samples, self.crop_mode, min_samples=self.min_samples)
+        waveform = load_audio(
+            path, self.sample_rate
+        )  # (T,); AudioError names the file
+        return utt_id, crop_or_pad(
+            waveform,
+            self.num_samples,
+            self.crop_mode,
+            min_samples=self.min_samples,
+        )
 
 
 def collate_waveforms(batch):
@@ -162,9 +178,18 @@ class ShardWriter:
         self.name = f"shard_{shard:05d}"
         self.dtype = dtype
         self.paths = paths or {}
-        self.tmp_path = os.path.join(folder, f".tmp_{self.name}.{os.getpid()}.{uuid.uuid4().hex}.bin")
+        self.tmp_path = os.path.join(
+            folder, f".tmp_{self.name}.{os.getpid()}.{uuid.uuid4().hex}.bin"
+        )
         self.file = open(self.tmp_path, "wb")
-        self.record = {"ids": [], "contents": [], "offsets": [], "lengths": [], "checksums": [], "num_frames": 0}
+        self.record = {
+            "ids": [],
+            "contents": [],
+            "offsets": [],
+            "lengths": [],
+            "checksums": [],
+            "num_frames": 0,
+        }
 
     def add(self, utt_id, frames, content):
         """Append one utterance's ``(T', nL, D)`` features (any device and float dtype).
@@ -195,7 +220,10 @@ class ShardWriter:
         self.record["lengths"].append(frames.shape[0])
         self.record["checksums"].append(crc32(array))
         self.record["num_frames"] += frames.shape[0]
-        self.record["num_layers"], self.record["dim"] = frames.shape[1], frames.shape[2]
+        self.record["num_layers"], self.record["dim"] = (
+            frames.shape[1],
+            frames.shape[2],
+        )
 
     def commit(self):
         """Make the shard durable and visible; returns its frame count."""
@@ -205,7 +233,10 @@ class ShardWriter:
         self.record["dtype"] = str(self.dtype).replace("torch.", "")
         self.record["num_bytes"] = os.path.getsize(self.tmp_path)
         os.replace(self.tmp_path, os.path.join(self.folder, f"{self.name}.bin"))
-        atomic_write_text(os.path.join(self.folder, f"{self.name}.json"), json.dumps(self.record) + "\n")
+        atomic_write_text(
+            os.path.join(self.folder, f"{self.name}.json"),
+            json.dumps(self.record) + "\n",
+        )
         return self.record["num_frames"]
 
     def discard(self):
@@ -263,11 +294,17 @@ class FeatureCache:
                 "crop would be drawn once and frozen; cache whole utterances and crop features)."
             )
         if dtype not in NUMPY_DTYPES:
-            raise ValueError(f"Unsupported cache dtype {dtype}: use torch.float16 or torch.float32.")
+            raise ValueError(
+                f"Unsupported cache dtype {dtype}: use torch.float16 or torch.float32."
+            )
         if precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"Unknown precision {precision!r}: use one of {sorted(AUTOCAST_DTYPES)}.")
+            raise ValueError(
+                f"Unknown precision {precision!r}: use one of {sorted(AUTOCAST_DTYPES)}."
+            )
         self.upstream = upstream
-        self.crop_seconds = crop_seconds if crop_seconds and crop_seconds > 0 else None
+        self.crop_seconds = (
+            crop_seconds if crop_seconds and crop_seconds > 0 else None
+        )
         self.crop_mode = crop_mode
         self.dtype = dtype
         self.precision = precision
@@ -304,7 +341,11 @@ class FeatureCache:
     def _shard_json_files(self):
         if not os.path.isdir(self.folder):
             return []
-        return sorted(name for name in os.listdir(self.folder) if SHARD_RECORD.fullmatch(name))
+        return sorted(
+            name
+            for name in os.listdir(self.folder)
+            if SHARD_RECORD.fullmatch(name)
+        )
 
     def _shard_path(self, shard, extension):
         return os.path.join(self.folder, f"shard_{shard:05d}.{extension}")
@@ -317,19 +358,36 @@ class FeatureCache:
                 record = json.load(handle)
             count = len(record["ids"])
             lists = ("contents", "offsets", "lengths", "checksums")
-            if any(len(record[name]) != count for name in lists) or sum(record["lengths"]) != record["num_frames"]:
+            if (
+                any(len(record[name]) != count for name in lists)
+                or sum(record["lengths"]) != record["num_frames"]
+            ):
                 return None, f"{record_path} is inconsistent"
             if record.get("dtype") != str(self.dtype).replace("torch.", ""):
                 return None, f"{record_path} stores {record.get('dtype')}"
             itemsize = np.dtype(NUMPY_DTYPES[self.dtype]).itemsize
-            expected = record["num_frames"] * record.get("num_layers", 0) * record.get("dim", 0) * itemsize
+            expected = (
+                record["num_frames"]
+                * record.get("num_layers", 0)
+                * record.get("dim", 0)
+                * itemsize
+            )
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return None, f"{record_path} is unreadable ({type(error).__name__}: {error})"
+            return (
+                None,
+                f"{record_path} is unreadable ({type(error).__name__}: {error})",
+            )
         bin_path = self._shard_path(shard, "bin")
         if not os.path.isfile(bin_path):
             return None, f"{bin_path} is missing"
-        if os.path.getsize(bin_path) != expected or record.get("num_bytes", expected) != expected:
-            return None, f"{bin_path} holds {os.path.getsize(bin_path)} bytes, its record says {expected}"
+        if (
+            os.path.getsize(bin_path) != expected
+            or record.get("num_bytes", expected) != expected
+        ):
+            return (
+                None,
+                f"{bin_path} holds {os.path.getsize(bin_path)} bytes, its record says {expected}",
+            )
         if os.path.exists(self._shard_path(shard, "damaged")):
             return None, f"{bin_path} failed a checksum when read"
         return record, None
@@ -341,11 +399,23 @@ class FeatureCache:
             shard = int(SHARD_RECORD.fullmatch(name)[1])
             record, damage = self._check_record(shard)
             if record is None:
-                logger.warning("Ignoring a damaged feature-cache shard: %s (the next build rebuilds it).", damage)
+                logger.warning(
+                    "Ignoring a damaged feature-cache shard: %s (the next build rebuilds it).",
+                    damage,
+                )
                 continue
-            self._shard_shapes[shard] = (record["num_frames"], record["num_layers"], record["dim"])
-            for entry in zip(record["ids"], record["contents"], record["offsets"], record["lengths"],
-                             record["checksums"]):
+            self._shard_shapes[shard] = (
+                record["num_frames"],
+                record["num_layers"],
+                record["dim"],
+            )
+            for entry in zip(
+                record["ids"],
+                record["contents"],
+                record["offsets"],
+                record["lengths"],
+                record["checksums"],
+            ):
                 index[entry[0], entry[1]] = (shard, *entry[2:])
         self._index = index
         self._num_shards_read = len(names)
@@ -353,7 +423,10 @@ class FeatureCache:
 
     def _refresh_index(self):
         """Read the index if it was never read or if shards appeared since."""
-        if self._index is None or len(self._shard_json_files()) != self._num_shards_read:
+        if (
+            self._index is None
+            or len(self._shard_json_files()) != self._num_shards_read
+        ):
             self._read_index()
         return self._index
 
@@ -369,7 +442,9 @@ class FeatureCache:
 
         :meth:`build` does it for its rows; a reader that did not build calls this.
         """
-        for utt_id, (path, _) in self._collect_items(rows, replacements or {}).items():
+        for utt_id, (path, _) in self._collect_items(
+            rows, replacements or {}
+        ).items():
             self._paths[utt_id] = path
             self._contents[utt_id] = file_sha256(path)
 
@@ -419,14 +494,18 @@ class FeatureCache:
         shard, offset, length, checksum = entry
         if shard not in self._memmaps:
             self._memmaps[shard] = np.memmap(
-                self._shard_path(shard, "bin"), dtype=NUMPY_DTYPES[self.dtype], mode="r",
+                self._shard_path(shard, "bin"),
+                dtype=NUMPY_DTYPES[self.dtype],
+                mode="r",
                 shape=self._shard_shapes[shard],
             )
         array = np.array(self._memmaps[shard][offset : offset + length])
         if crc32(array) != checksum:
             bin_path = self._shard_path(shard, "bin")
             with contextlib.suppress(OSError):
-                with open(self._shard_path(shard, "damaged"), "w", encoding="utf-8") as handle:
+                with open(
+                    self._shard_path(shard, "damaged"), "w", encoding="utf-8"
+                ) as handle:
                     handle.write(f"checksum mismatch on {utt_id}\n")
             raise CacheCorruptionError(
                 f"The cached features of utterance {utt_id} in {bin_path} do not match their checksum "
@@ -441,7 +520,11 @@ class FeatureCache:
         for row in rows:
             utt_id = row["ID"]
             path = resolve_path(row["wav"], replacements, utt_id)
-            duration = float(row["duration"]) if row.get("duration") not in (None, "") else None
+            duration = (
+                float(row["duration"])
+                if row.get("duration") not in (None, "")
+                else None
+            )
             if utt_id in items and items[utt_id][0] != path:
                 raise ValueError(
                     f"Utterance ID {utt_id} appears twice with different audio ({items[utt_id][0]} "
@@ -454,11 +537,16 @@ class FeatureCache:
     def _build_lock(self):
         """Exclusive lock of the cache folder (waits for another builder to finish)."""
         os.makedirs(self.folder, exist_ok=True)
-        with open(os.path.join(self.folder, LOCK_FILE), "a", encoding="utf-8") as handle:
+        with open(
+            os.path.join(self.folder, LOCK_FILE), "a", encoding="utf-8"
+        ) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                logger.info("Another process is building the feature cache %s: waiting for it.", self.folder)
+                logger.info(
+                    "Another process is building the feature cache %s: waiting for it.",
+                    self.folder,
+                )
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -476,14 +564,21 @@ class FeatureCache:
                 stored = None
                 logger.warning("%s is unreadable: rewriting it.", key_path)
             if stored is None:
-                atomic_write_text(key_path, json.dumps(self.key_fields, indent=2, sort_keys=True) + "\n")
+                atomic_write_text(
+                    key_path,
+                    json.dumps(self.key_fields, indent=2, sort_keys=True)
+                    + "\n",
+                )
             elif stored != json.loads(json.dumps(self.key_fields)):
                 raise RuntimeError(
                     f"{key_path} does not describe this cache (key collision or edited file): "
                     "delete that folder and build again."
                 )
         else:
-            atomic_write_text(key_path, json.dumps(self.key_fields, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(
+                key_path,
+                json.dumps(self.key_fields, indent=2, sort_keys=True) + "\n",
+            )
         # With the lock held no other builder is writing: these belong to dead processes.
         for name in os.listdir(self.folder):
             if TEMPORARY_SHARD.fullmatch(name):
@@ -493,15 +588,22 @@ class FeatureCache:
             shard = int(SHARD_RECORD.fullmatch(name)[1])
             record, damage = self._check_record(shard)
             if record is None:
-                logger.warning("Rebuilding a damaged feature-cache shard: %s.", damage)
+                logger.warning(
+                    "Rebuilding a damaged feature-cache shard: %s.", damage
+                )
                 for extension in ("json", "damaged", "bin"):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self._shard_path(shard, extension))
             else:
                 complete.add(name[: -len(".json")])
         for name in os.listdir(self.folder):
-            if re.fullmatch(r"shard_\d+\.(bin|damaged)", name) and name.split(".")[0] not in complete:
-                os.remove(os.path.join(self.folder, name))  # a shard whose record was never written
+            if (
+                re.fullmatch(r"shard_\d+\.(bin|damaged)", name)
+                and name.split(".")[0] not in complete
+            ):
+                os.remove(
+                    os.path.join(self.folder, name)
+                )  # a shard whose record was never written
 
     def _extract(self, wavs, wav_lens, device, ids):
         """Upstream features ``(B, nL, T', D)`` and absolute frame counts ``(B,)``."""
@@ -513,13 +615,23 @@ class FeatureCache:
         )
         try:
             with torch.no_grad(), context:
-                feats, feat_lens = self.upstream(wavs.to(device), wav_lens.to(device))
+                feats, feat_lens = self.upstream(
+                    wavs.to(device), wav_lens.to(device)
+                )
         except Exception as error:
-            raise RuntimeError(f"Feature extraction failed on the utterances {ids}: {error}") from error
+            raise RuntimeError(
+                f"Feature extraction failed on the utterances {ids}: {error}"
+            ) from error
         return feats, torch.round(feat_lens * feats.shape[2]).long()
 
     def build(
-        self, rows, replacements=None, batch_size=8, device="cpu", num_workers=0, progressbar=True
+        self,
+        rows,
+        replacements=None,
+        batch_size=8,
+        device="cpu",
+        num_workers=0,
+        progressbar=True,
     ):
         """Extract and store the features of every utterance not cached yet.
 
@@ -559,14 +671,26 @@ class FeatureCache:
         with self._build_lock():
             self._prepare_folder()
             cached = self._read_index()
-            todo = [utt_id for utt_id in items if (utt_id, self._contents[utt_id]) not in cached]
+            todo = [
+                utt_id
+                for utt_id in items
+                if (utt_id, self._contents[utt_id]) not in cached
+            ]
             if not todo:
-                logger.info("All %d utterances are already cached in %s", len(items), self.folder)
+                logger.info(
+                    "All %d utterances are already cached in %s",
+                    len(items),
+                    self.folder,
+                )
                 return self.folder
-            self._build_missing(items, todo, batch_size, device, num_workers, progressbar)
+            self._build_missing(
+                items, todo, batch_size, device, num_workers, progressbar
+            )
         return self.folder
 
-    def _build_missing(self, items, todo, batch_size, device, num_workers, progressbar):
+    def _build_missing(
+        self, items, todo, batch_size, device, num_workers, progressbar
+    ):
         """(Lock held) extract the utterances ``todo`` into new shards."""
         durations = {}
 
@@ -579,7 +703,10 @@ class FeatureCache:
             return (-duration, utt_id)
 
         todo.sort(key=sort_key)
-        existing = [int(SHARD_RECORD.fullmatch(name)[1]) for name in self._shard_json_files()]
+        existing = [
+            int(SHARD_RECORD.fullmatch(name)[1])
+            for name in self._shard_json_files()
+        ]
         first_shard = max(existing, default=-1) + 1
         batches = []  # (shard number, indices into todo, last batch of the shard)
         for shard_start in range(0, len(todo), self.shard_size):
@@ -587,7 +714,9 @@ class FeatureCache:
             for start in range(shard_start, shard_end, batch_size):
                 end = min(start + batch_size, shard_end)
                 shard = first_shard + shard_start // self.shard_size
-                batches.append((shard, list(range(start, end)), end == shard_end))
+                batches.append(
+                    (shard, list(range(start, end)), end == shard_end)
+                )
 
         # An utterance shorter than one frame is zero-padded to one: it would give no feature.
         min_samples = minimum_samples(self.upstream)
@@ -608,17 +737,33 @@ class FeatureCache:
         self.upstream.to(device)
         total_frames, total_seconds, writer = 0, 0.0, None
         progress = tqdm(
-            zip(loader, batches), total=len(batches), disable=not progressbar, desc="Caching features"
+            zip(loader, batches),
+            total=len(batches),
+            disable=not progressbar,
+            desc="Caching features",
         )
         try:
             for (ids, wavs, wav_lens), (shard, _, last_of_shard) in progress:
                 if writer is None:
-                    writer = ShardWriter(self.folder, shard, self.dtype, paths=self._paths)
-                feats, frame_counts = self._extract(wavs, wav_lens, device, ids)  # (B, nL, T', D)
-                total_seconds += float(torch.round(wav_lens * wavs.shape[1]).sum()) / self.sample_rate
-                for utt_id, utterance, count in zip(ids, feats, frame_counts.tolist()):
+                    writer = ShardWriter(
+                        self.folder, shard, self.dtype, paths=self._paths
+                    )
+                feats, frame_counts = self._extract(
+                    wavs, wav_lens, device, ids
+                )  # (B, nL, T', D)
+                total_seconds += (
+                    float(torch.round(wav_lens * wavs.shape[1]).sum())
+                    / self.sample_rate
+                )
+                for utt_id, utterance, count in zip(
+                    ids, feats, frame_counts.tolist()
+                ):
                     # (T', nL, D), stored under the ID and the audio's content
-                    writer.add(utt_id, utterance[:, :count].transpose(0, 1), self._contents[utt_id])
+                    writer.add(
+                        utt_id,
+                        utterance[:, :count].transpose(0, 1),
+                        self._contents[utt_id],
+                    )
                 if last_of_shard:
                     total_frames += writer.commit()
                     writer = None
@@ -626,12 +771,18 @@ class FeatureCache:
             if writer is not None:
                 writer.discard()
         self._read_index()
-        padded = [utt_id for utt_id in todo if durations[utt_id] * self.sample_rate < min_samples]
+        padded = [
+            utt_id
+            for utt_id in todo
+            if durations[utt_id] * self.sample_rate < min_samples
+        ]
         if padded:
             logger.warning(
                 "%d utterances were shorter than the %d samples the upstream needs for one "
                 "frame: they were zero-padded to it (%s).",
-                len(padded), min_samples, ", ".join(padded[:5]) + (" ..." if len(padded) > 5 else ""),
+                len(padded),
+                min_samples,
+                ", ".join(padded[:5]) + (" ..." if len(padded) > 5 else ""),
             )
         logger.info(
             "Cached the features of %d utterances (%.2f h of audio, %d frames) in %s; "

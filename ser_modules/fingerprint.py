@@ -45,8 +45,15 @@ LOCK_FILE = ".lock"
 PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
 # Hparams that select what to run or how fast, never what a result is.
 IGNORED_HPARAMS = frozenset(
-    {"fold", "num_workers", "ckpt_interval_minutes", "ckpt_interval_steps", "progressbar", "noprogressbar",
-     "cache_folder"}
+    {
+        "fold",
+        "num_workers",
+        "ckpt_interval_minutes",
+        "ckpt_interval_steps",
+        "progressbar",
+        "noprogressbar",
+        "cache_folder",
+    }
 )
 # Fingerprint entries stored for information only.
 INFORMATIONAL = frozenset({"code.git"})
@@ -64,7 +71,9 @@ class FolderBusy(RuntimeError):
 def file_sha256(path, chunk_size=1 << 20):
     """sha256 of a file's bytes, memoised per (path, size, modification time)."""
     stat = os.stat(path)
-    return _file_sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, chunk_size)
+    return _file_sha256(
+        os.path.abspath(path), stat.st_size, stat.st_mtime_ns, chunk_size
+    )
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -94,22 +103,39 @@ def code_version():
 
     digest = hashlib.sha256()
     for folder, subfolders, names in os.walk(PACKAGE_ROOT):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith((".", "__pycache__")))
+        subfolders[:] = sorted(
+            name
+            for name in subfolders
+            if not name.startswith((".", "__pycache__"))
+        )
         for name in sorted(names):
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
-                digest.update(os.path.relpath(path, PACKAGE_ROOT).encode("utf-8") + b"\0")
+                digest.update(
+                    os.path.relpath(path, PACKAGE_ROOT).encode("utf-8") + b"\0"
+                )
                 with open(path, "rb") as handle:
                     digest.update(handle.read() + b"\0")
     git = None
     try:
-        git = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=PACKAGE_ROOT, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip() or None
+        git = (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                cwd=PACKAGE_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"package": __version__, "sources_sha256": digest.hexdigest(), "git": git}
+    return {
+        "package": __version__,
+        "sources_sha256": digest.hexdigest(),
+        "git": git,
+    }
 
 
 def plain_hparams(hparams, exclude_prefixes=()):
@@ -127,12 +153,20 @@ def plain_hparams(hparams, exclude_prefixes=()):
             return all(plain(item) for item in value)
         return False
 
-    prefixes = tuple(os.path.join(os.path.abspath(str(prefix)), "") for prefix in exclude_prefixes if prefix)
+    prefixes = tuple(
+        os.path.join(os.path.abspath(str(prefix)), "")
+        for prefix in exclude_prefixes
+        if prefix
+    )
     selected = {}
     for name, value in hparams.items():
         if name in IGNORED_HPARAMS or name.startswith("__") or not plain(value):
             continue
-        if isinstance(value, str) and os.sep in value and os.path.join(os.path.abspath(value), "").startswith(prefixes):
+        if (
+            isinstance(value, str)
+            and os.sep in value
+            and os.path.join(os.path.abspath(value), "").startswith(prefixes)
+        ):
             continue  # a path inside the output folder: moving the folder is no change
         selected[name] = list(value) if isinstance(value, tuple) else value
     return selected
@@ -140,7 +174,10 @@ def plain_hparams(hparams, exclude_prefixes=()):
 
 def audio_digest(rows, replacements, resolve):
     """One sha256 over ``(ID, sha256 of the audio bytes)`` of manifest rows, sorted by ID."""
-    pairs = sorted((row["ID"], file_sha256(resolve(row["wav"], replacements, row["ID"]))) for row in rows)
+    pairs = sorted(
+        (row["ID"], file_sha256(resolve(row["wav"], replacements, row["ID"])))
+        for row in rows
+    )
     return json_sha256(pairs)
 
 
@@ -156,7 +193,10 @@ def flatten(value, prefix=""):
 
 def differences(stored, current):
     """``[(key, stored value, current value)]`` of the compared keys that differ."""
-    old, new = flatten(json.loads(json.dumps(stored, default=str))), flatten(json.loads(json.dumps(current, default=str)))
+    old, new = (
+        flatten(json.loads(json.dumps(stored, default=str))),
+        flatten(json.loads(json.dumps(current, default=str))),
+    )
     missing = object()
     keys = sorted((set(old) | set(new)) - INFORMATIONAL)
     return [
@@ -196,23 +236,36 @@ def check_fingerprint(folder, fingerprint, what, has_results=None):
             with open(path, encoding="utf-8") as handle:
                 stored = json.load(handle)
         except (OSError, ValueError) as error:
-            raise FingerprintMismatch(f"{path} is unreadable ({error}). {remedy}") from error
+            raise FingerprintMismatch(
+                f"{path} is unreadable ({error}). {remedy}"
+            ) from error
         changed = differences(stored, fingerprint)
         if changed:
-            lines = [f"  {key}: stored {old!r}, now {new!r}" for key, old, new in changed[:20]]
+            lines = [
+                f"  {key}: stored {old!r}, now {new!r}"
+                for key, old, new in changed[:20]
+            ]
             if len(changed) > 20:
                 lines.append(f"  ... and {len(changed) - 20} more")
             raise FingerprintMismatch(
                 f"{what} was produced by a different configuration ({path}); differing keys:\n"
-                + "\n".join(lines) + f"\n{remedy}"
+                + "\n".join(lines)
+                + f"\n{remedy}"
             )
         return False
-    if has_results is not None and os.path.isdir(folder) and has_results(folder):
+    if (
+        has_results is not None
+        and os.path.isdir(folder)
+        and has_results(folder)
+    ):
         raise FingerprintMismatch(
             f"{what} holds results without a fingerprint ({path} is missing: written by an older "
             f"version or by hand), so what produced them is unknown. {remedy}"
         )
-    atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(
+        path,
+        json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n",
+    )
     return True
 
 
@@ -239,7 +292,9 @@ class FolderLock:
         path = os.path.join(self.folder, LOCK_FILE)
         self.handle = open(path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            fcntl.flock(
+                self.handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB)
+            )
         except OSError as error:
             self.handle.seek(0)
             owner = self.handle.read().strip() or "unknown"

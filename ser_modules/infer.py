@@ -26,19 +26,45 @@ OUTPUT_FORMATS = (".json", ".csv")
 def parse_arguments(argv):
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ser_modules.infer", description="Speech emotion recognition with a trained model folder."
+        prog="python -m ser_modules.infer",
+        description="Speech emotion recognition with a trained model folder.",
     )
-    parser.add_argument("model_dir", help="model folder (hyperparams.yaml, *.ckpt, label_encoder.txt)")
-    parser.add_argument("audio", nargs="+", help="audio files, folders, or .txt/.csv lists of paths")
-    parser.add_argument("--output", help="write the results to this .json or .csv file")
-    parser.add_argument("--window_seconds", type=float, help="window length (default: the training crop)")
-    parser.add_argument("--hop_seconds", type=float, help="step between windows (default: the window length)")
+    parser.add_argument(
+        "model_dir",
+        help="model folder (hyperparams.yaml, *.ckpt, label_encoder.txt)",
+    )
+    parser.add_argument(
+        "audio",
+        nargs="+",
+        help="audio files, folders, or .txt/.csv lists of paths",
+    )
+    parser.add_argument(
+        "--output", help="write the results to this .json or .csv file"
+    )
+    parser.add_argument(
+        "--window_seconds",
+        type=float,
+        help="window length (default: the training crop)",
+    )
+    parser.add_argument(
+        "--hop_seconds",
+        type=float,
+        help="step between windows (default: the window length)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--verbose", action="store_true", help="log what SpeechBrain does while loading")
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="windows per forward pass"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log what SpeechBrain does while loading",
+    )
     args = parser.parse_args(argv)
     if args.output and not args.output.lower().endswith(OUTPUT_FORMATS):
-        parser.error(f"--output must end with {' or '.join(OUTPUT_FORMATS)}, got {args.output}")
+        parser.error(
+            f"--output must end with {' or '.join(OUTPUT_FORMATS)}, got {args.output}"
+        )
     return args
 
 
@@ -46,7 +72,12 @@ def format_table(results, failures, labels):
     """A Markdown table: one row per file, failed files with their error."""
     header = ["file", "label", *labels, "windows"]
     rows = [
-        [r["file"], r["label"], *(f"{r['probabilities'][label]:.3f}" for label in labels), str(len(r["windows"]))]
+        [
+            r["file"],
+            r["label"],
+            *(f"{r['probabilities'][label]:.3f}" for label in labels),
+            str(len(r["windows"])),
+        ]
         for r in results
     ]
     rows += [[f["file"], "FAILED", *([""] * len(labels)), ""] for f in failures]
@@ -75,10 +106,28 @@ def write_csv(path, results, failures, labels):
         writer = csv.writer(handle)
         writer.writerow(["file", "label", *labels, "num_windows", "error"])
         for result in results:
-            probabilities = [f"{result['probabilities'][label]:.6f}" for label in labels]
-            writer.writerow([result["file"], result["label"], *probabilities, len(result["windows"]), ""])
+            probabilities = [
+                f"{result['probabilities'][label]:.6f}" for label in labels
+            ]
+            writer.writerow(
+                [
+                    result["file"],
+                    result["label"],
+                    *probabilities,
+                    len(result["windows"]),
+                    "",
+                ]
+            )
         for failure in failures:
-            writer.writerow([failure["file"], "", *([""] * len(labels)), 0, failure["error"]])
+            writer.writerow(
+                [
+                    failure["file"],
+                    "",
+                    *([""] * len(labels)),
+                    0,
+                    failure["error"],
+                ]
+            )
 
 
 def main(argv=None):
@@ -111,16 +160,31 @@ def classify_command(args):
     try:
         files = collect_audio_files(args.audio)
         classifier = EmotionClassifier.from_hparams(
-            source=args.model_dir, savedir=args.model_dir, run_opts={"device": args.device}
+            source=args.model_dir,
+            savedir=args.model_dir,
+            run_opts={"device": args.device},
         )
         results, failures = classify_files(
-            classifier, files, args.window_seconds, args.hop_seconds, batch_size=args.batch_size
+            classifier,
+            files,
+            args.window_seconds,
+            args.hop_seconds,
+            batch_size=args.batch_size,
         )
-    except (ModelFolderError, FileNotFoundError, AudioError, ValueError) as error:
+    except (
+        ModelFolderError,
+        FileNotFoundError,
+        AudioError,
+        ValueError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(results, failures, classifier.labels))  # failures were logged as warnings
-    print(f"{len(results)} of {len(files)} files classified, {len(failures)} failed.")
+    print(
+        format_table(results, failures, classifier.labels)
+    )  # failures were logged as warnings
+    print(
+        f"{len(results)} of {len(files)} files classified, {len(failures)} failed."
+    )
     if args.output:
         if args.output.lower().endswith(".json"):
             write_json(args.output, args.model_dir, results, failures)

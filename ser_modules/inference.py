@@ -51,7 +51,12 @@ import torch
 import yaml
 from speechbrain.inference.interfaces import Pretrained
 
-from ser_modules.audio import AudioError, crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.audio import (
+    AudioError,
+    crop_or_pad,
+    load_audio,
+    seconds_to_samples,
+)
 from ser_modules.feature_cache import minimum_samples
 
 logger = logging.getLogger(__name__)
@@ -78,10 +83,20 @@ DOWNSTREAM_ARGUMENTS = {
     "ffn_dim": "ffn_dim",
     "dropout": "dropout",
     # Shiftformer and SpeechFormer options (same names in the recipes)
-    **{name: name for name in (
-        "shift_layers", "shift_mlp_ratio", "shift_div", "shift_stride", "shift_bidirectional",
-        "spec_augment", "frame_hop_ms", "speechformer_layers", "speechformer_expand",
-    )},
+    **{
+        name: name
+        for name in (
+            "shift_layers",
+            "shift_mlp_ratio",
+            "shift_div",
+            "shift_stride",
+            "shift_bidirectional",
+            "spec_augment",
+            "frame_hop_ms",
+            "speechformer_layers",
+            "speechformer_expand",
+        )
+    },
     "pooling": "pooling",
 }
 
@@ -134,13 +149,17 @@ def yaml_scalar(value):
         return json.dumps(value)  # quoted: paths may hold ':', '#' or spaces
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(yaml_scalar(item) for item in value) + "]"
-    raise TypeError(f"Cannot write {value!r} ({type(value).__name__}) into the inference YAML.")
+    raise TypeError(
+        f"Cannot write {value!r} ({type(value).__name__}) into the inference YAML."
+    )
 
 
 def yaml_object(key, tag, target, arguments):
     """A ``key: !tag:target`` block with one indented line per keyword argument."""
     lines = [f"{key}: !{tag}:{target}"]
-    lines += [f"    {name}: {yaml_scalar(value)}" for name, value in arguments.items()]
+    lines += [
+        f"    {name}: {yaml_scalar(value)}" for name, value in arguments.items()
+    ]
     return "\n".join(lines)
 
 
@@ -159,11 +178,18 @@ def constructor_arguments(module):
         When a parameter without default cannot be read back from the object.
     """
     arguments = {}
-    for name, parameter in inspect.signature(type(module).__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+    for name, parameter in inspect.signature(
+        type(module).__init__
+    ).parameters.items():
+        if name == "self" or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
             continue
         value = getattr(module, name, parameter.default)
-        if value is parameter.empty or not isinstance(value, (type(None), bool, int, float, str, list, tuple)):
+        if value is parameter.empty or not isinstance(
+            value, (type(None), bool, int, float, str, list, tuple)
+        ):
             if parameter.default is parameter.empty:
                 raise ValueError(
                     f"Cannot export {type(module).__name__}: its constructor argument {name!r} "
@@ -187,11 +213,15 @@ def upstream_arguments(upstream_factory):
             "partial of an upstream class (e.g. ser_modules.upstreams.FbankUpstream)."
         )
     signature = inspect.signature(func)
-    bound = signature.bind_partial(*upstream_factory.args, **upstream_factory.keywords)
+    bound = signature.bind_partial(
+        *upstream_factory.args, **upstream_factory.keywords
+    )
     arguments = {}
     for name, value in bound.arguments.items():
         if signature.parameters[name].kind == inspect.Parameter.VAR_KEYWORD:
-            arguments.update(value)  # e.g. build_upstream(kind, ..., **kwargs): keep them flat
+            arguments.update(
+                value
+            )  # e.g. build_upstream(kind, ..., **kwargs): keep them flat
         else:
             arguments[name] = value
     if arguments.get("source") is not None:
@@ -199,7 +229,9 @@ def upstream_arguments(upstream_factory):
     return func, arguments
 
 
-def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_upstream, origin):
+def inference_yaml(
+    hparams, modules, upstream_class, upstream_kwargs, copied_upstream, origin
+):
     """The text of ``hyperparams.yaml`` of a model folder (see the module docstring)."""
     window_seconds = hparams.get("crop_seconds")
     sections = [
@@ -220,7 +252,11 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
     ]
     target = qualified_name(upstream_class)
     if copied_upstream:
-        kwargs = {name: value for name, value in upstream_kwargs.items() if name != "source"}
+        kwargs = {
+            name: value
+            for name, value in upstream_kwargs.items()
+            if name != "source"
+        }
         sections += [
             "# The frozen upstream, copied into this folder: EmotionClassifier builds it from",
             "# <model folder>/<upstream_folder>, so the folder can be moved.",
@@ -240,14 +276,35 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
         tag = "new" if inspect.isclass(upstream_class) else "apply"
         sections.append(yaml_object("upstream", tag, target, upstream_kwargs))
     sections.append("")
-    sections.append("# Trained modules; their parameters are <name>.ckpt in this folder.")
+    sections.append(
+        "# Trained modules; their parameters are <name>.ckpt in this folder."
+    )
     for name, module in modules.items():
-        sections.append(yaml_object(name, "new", qualified_name(type(module)), constructor_arguments(module)))
+        sections.append(
+            yaml_object(
+                name,
+                "new",
+                qualified_name(type(module)),
+                constructor_arguments(module),
+            )
+        )
     downstream = {
-        argument: hparams[key] for argument, key in DOWNSTREAM_ARGUMENTS.items() if key in hparams
+        argument: hparams[key]
+        for argument, key in DOWNSTREAM_ARGUMENTS.items()
+        if key in hparams
     }
-    downstream["input_dim"], downstream["num_classes"] = int(hparams["input_dim"]), int(hparams["num_classes"])
-    sections.append(yaml_object("downstream", "apply", "ser_modules.downstream.factory.build_downstream", downstream))
+    downstream["input_dim"], downstream["num_classes"] = (
+        int(hparams["input_dim"]),
+        int(hparams["num_classes"]),
+    )
+    sections.append(
+        yaml_object(
+            "downstream",
+            "apply",
+            "ser_modules.downstream.factory.build_downstream",
+            downstream,
+        )
+    )
     sections += [
         "",
         "# Class names: EmotionClassifier loads <model folder>/<label_encoder_file>.",
@@ -258,7 +315,9 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
     ]
     if not copied_upstream:
         sections.append("    upstream: !ref <upstream>")
-    sections += [f"    {name}: !ref <{name}>" for name in [*modules, "downstream"]]
+    sections += [
+        f"    {name}: !ref <{name}>" for name in [*modules, "downstream"]
+    ]
     sections += [
         "",
         "# No paths: SpeechBrain fetches each loadable as <name>.ckpt from the folder given as",
@@ -266,11 +325,15 @@ def inference_yaml(hparams, modules, upstream_class, upstream_kwargs, copied_ups
         "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
         "    loadables:",
     ]
-    sections += [f"        {name}: !ref <{name}>" for name in [*modules, "downstream"]]
+    sections += [
+        f"        {name}: !ref <{name}>" for name in [*modules, "downstream"]
+    ]
     return "\n".join(sections) + "\n"
 
 
-def export_model_folder(hparams, checkpoint, label_encoder_path, target_dir, copy_upstream=False):
+def export_model_folder(
+    hparams, checkpoint, label_encoder_path, target_dir, copy_upstream=False
+):
     """Turn a finished split into a model folder (see the module docstring).
 
     Arguments
@@ -295,7 +358,9 @@ def export_model_folder(hparams, checkpoint, label_encoder_path, target_dir, cop
     """
     checkpoint_folder = str(getattr(checkpoint, "path", checkpoint))
     trained = hparams.get("modules", {})
-    modules = {name: trained[name] for name in TRAINED_MODULES if name in trained}
+    modules = {
+        name: trained[name] for name in TRAINED_MODULES if name in trained
+    }
     missing = [name for name in REQUIRED_MODULES if name not in modules]
     if missing:
         raise ValueError(f"Cannot export: hparams['modules'] lacks {missing}.")
@@ -319,9 +384,20 @@ def export_model_folder(hparams, checkpoint, label_encoder_path, target_dir, cop
         copy_upstream = False  # nothing to copy (Fbank)
 
     meta = getattr(checkpoint, "meta", None) or {}
-    origin = checkpoint_folder + (f" (epoch {int(meta['epoch'])})" if "epoch" in meta else "")
-    downstream_modules = {name: module for name, module in modules.items() if name != "downstream"}
-    text = inference_yaml(hparams, downstream_modules, upstream_class, upstream_kwargs, copy_upstream, origin)
+    origin = checkpoint_folder + (
+        f" (epoch {int(meta['epoch'])})" if "epoch" in meta else ""
+    )
+    downstream_modules = {
+        name: module for name, module in modules.items() if name != "downstream"
+    }
+    text = inference_yaml(
+        hparams,
+        downstream_modules,
+        upstream_class,
+        upstream_kwargs,
+        copy_upstream,
+        origin,
+    )
 
     target_dir = os.path.abspath(target_dir)
     staging = target_dir + ".partial"
@@ -329,12 +405,18 @@ def export_model_folder(hparams, checkpoint, label_encoder_path, target_dir, cop
     os.makedirs(staging)
     for name, path in files.items():
         shutil.copyfile(path, os.path.join(staging, name))
-    shutil.copyfile(label_encoder_path, os.path.join(staging, LABEL_ENCODER_FILE))
-    with open(os.path.join(staging, INTERFACE_FILE), "w", encoding="utf-8") as handle:
+    shutil.copyfile(
+        label_encoder_path, os.path.join(staging, LABEL_ENCODER_FILE)
+    )
+    with open(
+        os.path.join(staging, INTERFACE_FILE), "w", encoding="utf-8"
+    ) as handle:
         handle.write(INTERFACE_SOURCE)
     if copy_upstream:
         shutil.copytree(source, os.path.join(staging, UPSTREAM_FOLDER))
-    with open(os.path.join(staging, HYPERPARAMS_FILE), "w", encoding="utf-8") as handle:
+    with open(
+        os.path.join(staging, HYPERPARAMS_FILE), "w", encoding="utf-8"
+    ) as handle:
         handle.write(text)  # last: a folder with hyperparams.yaml is complete
     if os.path.isdir(target_dir):
         shutil.rmtree(target_dir)
@@ -371,10 +453,25 @@ ALLOWED_CLASSES = (
     "speechbrain.dataio.encoder.CategoricalEncoder",
     "speechbrain.utils.parameter_transfer.Pretrainer",
 )
-ALLOWED_CALLS = ("ser_modules.downstream.factory.build_downstream", "ser_modules.upstreams.build_upstream")
+ALLOWED_CALLS = (
+    "ser_modules.downstream.factory.build_downstream",
+    "ser_modules.upstreams.build_upstream",
+)
 PLAIN_TAGS = ("!ref", "!copy", "!tuple")
 STANDARD_TAG = "tag:yaml.org,2002:"
-STANDARD_TYPES = {"str", "int", "float", "bool", "null", "map", "seq", "binary", "timestamp", "merge", "value"}
+STANDARD_TYPES = {
+    "str",
+    "int",
+    "float",
+    "bool",
+    "null",
+    "map",
+    "seq",
+    "binary",
+    "timestamp",
+    "merge",
+    "value",
+}
 
 
 def _allowed_target(kind, target):
@@ -412,7 +509,9 @@ def check_yaml_is_safe(hparams_path):
         try:
             root = yaml.compose(handle, Loader=yaml.SafeLoader)
         except yaml.YAMLError as error:
-            raise ModelFolderError(f"{hparams_path} is not valid YAML ({error}): re-export the model.") from error
+            raise ModelFolderError(
+                f"{hparams_path} is not valid YAML ({error}): re-export the model."
+            ) from error
     stack, seen = [root] if root is not None else [], set()
     while stack:
         node = stack.pop()
@@ -421,7 +520,7 @@ def check_yaml_is_safe(hparams_path):
         seen.add(id(node))
         tag = node.tag or ""
         if tag.startswith(STANDARD_TAG):
-            allowed = tag[len(STANDARD_TAG):] in STANDARD_TYPES
+            allowed = tag[len(STANDARD_TAG) :] in STANDARD_TYPES
         elif tag.startswith("!") and ":" in tag:
             kind, _, target = tag[1:].partition(":")
             allowed = _allowed_target(kind, target)
@@ -474,12 +573,20 @@ def check_safetensors_file(path):
             if size < 8 or header_size > size - 8:
                 raise ValueError("header longer than the file")
             header = json.loads(handle.read(header_size))
-        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        ends = [
+            entry["data_offsets"][1]
+            for name, entry in header.items()
+            if name != "__metadata__"
+        ]
     except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise ModelFolderError(f"{path} is not a readable safetensors file ({error}): {remedy}") from error
+        raise ModelFolderError(
+            f"{path} is not a readable safetensors file ({error}): {remedy}"
+        ) from error
     expected = 8 + header_size + max(ends, default=0)
     if expected != size:
-        raise ModelFolderError(f"{path} holds {size} bytes but its header describes {expected}: {remedy}")
+        raise ModelFolderError(
+            f"{path} holds {size} bytes but its header describes {expected}: {remedy}"
+        )
 
 
 def check_upstream_files(folder):
@@ -513,20 +620,30 @@ def check_model_folder(folder, hparams_file=HYPERPARAMS_FILE):
         "ser_modules.inference.export_model_folder writes one from any checkpoint."
     )
     if not os.path.isdir(folder):
-        raise ModelFolderError(f"The model folder {folder} does not exist. {how_to_get_one}")
+        raise ModelFolderError(
+            f"The model folder {folder} does not exist. {how_to_get_one}"
+        )
     hparams_path = os.path.join(folder, hparams_file)
     if not os.path.isfile(hparams_path):
-        raise ModelFolderError(f"{folder} is not a model folder: it has no {hparams_file}. {how_to_get_one}")
+        raise ModelFolderError(
+            f"{folder} is not a model folder: it has no {hparams_file}. {how_to_get_one}"
+        )
     check_yaml_is_safe(hparams_path)
     with open(hparams_path, encoding="utf-8") as handle:
         try:
             description = yaml.load(handle, Loader=_TagTolerantLoader) or {}
         except yaml.YAMLError as error:
-            raise ModelFolderError(f"{hparams_path} is not valid YAML ({error}): re-export the model.") from error
+            raise ModelFolderError(
+                f"{hparams_path} is not valid YAML ({error}): re-export the model."
+            ) from error
     loadables = (description.get("pretrainer") or {}).get("loadables") or {}
     needed = [name + CHECKPOINT_EXTENSION for name in loadables]
     needed.append(description.get("label_encoder_file", LABEL_ENCODER_FILE))
-    missing = [name for name in needed if not os.path.isfile(os.path.join(folder, name))]
+    missing = [
+        name
+        for name in needed
+        if not os.path.isfile(os.path.join(folder, name))
+    ]
     if missing:
         raise ModelFolderError(
             f"The model folder {folder} lacks {', '.join(missing)} (listed in {hparams_file}). "
@@ -541,14 +658,20 @@ def check_model_folder(folder, hparams_file=HYPERPARAMS_FILE):
             f"put the upstream back there, edit 'source:' in {hparams_path}, or re-export the model "
             "with copy_upstream=True (a self-contained folder)."
         )
-    if upstream_source is not None and not os.path.isfile(os.path.join(upstream_source, "config.json")):
+    if upstream_source is not None and not os.path.isfile(
+        os.path.join(upstream_source, "config.json")
+    ):
         raise ModelFolderError(
             f"The upstream model folder {upstream_source} used by {folder} is missing (no "
             f"config.json there): {remedy}"
         )
     check_upstream_files(upstream_source)
     for name in loadables:  # plain data only, before SpeechBrain loads them
-        for value in _tensors(load_plain_checkpoint(os.path.join(folder, name + CHECKPOINT_EXTENSION))):
+        for value in _tensors(
+            load_plain_checkpoint(
+                os.path.join(folder, name + CHECKPOINT_EXTENSION)
+            )
+        ):
             if not bool(torch.isfinite(value).all()):
                 raise ModelFolderError(
                     f"{os.path.join(folder, name + CHECKPOINT_EXTENSION)} holds NaN or infinite values: "
@@ -602,23 +725,47 @@ class EmotionClassifier(Pretrained):
     'angry'
     """
 
-    HPARAMS_NEEDED = ["sample_rate", "window_seconds", "hop_seconds", "label_encoder", "pretrainer"]
+    HPARAMS_NEEDED = [
+        "sample_rate",
+        "window_seconds",
+        "hop_seconds",
+        "label_encoder",
+        "pretrainer",
+    ]
     MODULES_NEEDED = ["layer_combiner", "downstream"]
 
-    def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True):
+    def __init__(
+        self, modules=None, hparams=None, run_opts=None, freeze_params=True
+    ):
         modules, hparams = dict(modules or {}), dict(hparams or {})
         folder = self.model_folder_of(hparams)
-        if "upstream" not in modules:  # copied upstream: a partial waiting for its folder
-            upstream = hparams["upstream"](source=os.path.join(folder, hparams["upstream_folder"]))
+        if (
+            "upstream" not in modules
+        ):  # copied upstream: a partial waiting for its folder
+            upstream = hparams["upstream"](
+                source=os.path.join(folder, hparams["upstream_folder"])
+            )
             hparams["upstream"] = modules["upstream"] = upstream
-        encoder_path = os.path.join(folder, hparams.get("label_encoder_file", LABEL_ENCODER_FILE))
+        encoder_path = os.path.join(
+            folder, hparams.get("label_encoder_file", LABEL_ENCODER_FILE)
+        )
         if not os.path.isfile(encoder_path):
-            raise ModelFolderError(f"The model folder {folder} lacks {os.path.basename(encoder_path)}: re-export it.")
+            raise ModelFolderError(
+                f"The model folder {folder} lacks {os.path.basename(encoder_path)}: re-export it."
+            )
         hparams["label_encoder"].load(encoder_path)
         self._load_strictly(folder, hparams["pretrainer"].loadables)
-        super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
+        super().__init__(
+            modules=modules,
+            hparams=hparams,
+            run_opts=run_opts,
+            freeze_params=freeze_params,
+        )
         self.model_folder = folder
-        self.labels = [self.hparams.label_encoder.ind2lab[index] for index in range(len(self.hparams.label_encoder))]
+        self.labels = [
+            self.hparams.label_encoder.ind2lab[index]
+            for index in range(len(self.hparams.label_encoder))
+        ]
         self.min_samples = minimum_samples(self.mods.upstream)
 
     @staticmethod
@@ -634,10 +781,14 @@ class EmotionClassifier(Pretrained):
             path = os.path.join(folder, name + CHECKPOINT_EXTENSION)
             state = load_plain_checkpoint(path)
             try:
-                if hasattr(module, "_load_statistics_dict"):  # global normalisation statistics
+                if hasattr(
+                    module, "_load_statistics_dict"
+                ):  # global normalisation statistics
                     missing = {"count", "glob_mean", "glob_std"} - set(state)
                     if missing:
-                        raise RuntimeError(f"missing statistics {sorted(missing)}")
+                        raise RuntimeError(
+                            f"missing statistics {sorted(missing)}"
+                        )
                     module._load_statistics_dict(state)
                 else:
                     module.load_state_dict(state, strict=True)
@@ -668,7 +819,9 @@ class EmotionClassifier(Pretrained):
             ``overrides`` ...).
         """
         description = check_model_folder(source, hparams_file)
-        classifier = super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
+        classifier = super().from_hparams(
+            source=str(source), hparams_file=hparams_file, **kwargs
+        )
         declared = (description.get("downstream") or {}).get("num_classes")
         if declared is not None and int(declared) != len(classifier.labels):
             raise ModelFolderError(
@@ -683,7 +836,9 @@ class EmotionClassifier(Pretrained):
         feats, feat_lens = self.mods.upstream(wavs, wav_lens)  # (B, nL, T', D)
         frames = self.mods.layer_combiner(feats.float())  # (B, T', D)
         if "input_norm" in self.mods:
-            frames = self.mods.input_norm(frames, feat_lens)  # frozen statistics (eval mode)
+            frames = self.mods.input_norm(
+                frames, feat_lens
+            )  # frozen statistics (eval mode)
         return self.mods.downstream(frames, feat_lens)  # (B, C)
 
     def classify_batch(self, wavs, wav_lens=None):
@@ -717,9 +872,15 @@ class EmotionClassifier(Pretrained):
             )
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()  # (B, C)
         indices = probabilities.argmax(dim=-1)
-        return probabilities, indices, [self.labels[index] for index in indices.tolist()]
+        return (
+            probabilities,
+            indices,
+            [self.labels[index] for index in indices.tolist()],
+        )
 
-    def classify_waveform(self, waveform, window_seconds=None, hop_seconds=None, batch_size=8):
+    def classify_waveform(
+        self, waveform, window_seconds=None, hop_seconds=None, batch_size=8
+    ):
         """Classify one recording window by window.
 
         Arguments
@@ -745,20 +906,32 @@ class EmotionClassifier(Pretrained):
         rate = int(self.hparams.sample_rate)
         if window_seconds is None:
             window_seconds = self.hparams.window_seconds
-            hop_seconds = self.hparams.hop_seconds if hop_seconds is None else hop_seconds
-        hop_seconds = hop_seconds or window_seconds  # a window given alone: back to back
+            hop_seconds = (
+                self.hparams.hop_seconds if hop_seconds is None else hop_seconds
+            )
+        hop_seconds = (
+            hop_seconds or window_seconds
+        )  # a window given alone: back to back
         window = seconds_to_samples(window_seconds, rate)
         hop = seconds_to_samples(hop_seconds, rate)
         bounds = window_bounds(int(waveform.shape[0]), window, hop)
         probabilities = []
         for first in range(0, len(bounds), batch_size):
             segments = [
-                crop_or_pad(waveform[start:end], None, min_samples=self.min_samples)
+                crop_or_pad(
+                    waveform[start:end], None, min_samples=self.min_samples
+                )
                 for start, end in bounds[first : first + batch_size]
             ]
-            lengths = torch.tensor([segment.shape[0] for segment in segments], dtype=torch.float32)
-            wavs = torch.nn.utils.rnn.pad_sequence(segments, batch_first=True)  # (B, T)
-            probabilities.append(self.classify_batch(wavs, lengths / lengths.max())[0])
+            lengths = torch.tensor(
+                [segment.shape[0] for segment in segments], dtype=torch.float32
+            )
+            wavs = torch.nn.utils.rnn.pad_sequence(
+                segments, batch_first=True
+            )  # (B, T)
+            probabilities.append(
+                self.classify_batch(wavs, lengths / lengths.max())[0]
+            )
         probabilities = torch.cat(probabilities)  # (num_windows, C)
         overall = probabilities.mean(dim=0)  # (C,)
         windows = [
@@ -771,7 +944,9 @@ class EmotionClassifier(Pretrained):
         ]
         return {**self._prediction(overall), "windows": windows}
 
-    def classify_file(self, path, window_seconds=None, hop_seconds=None, batch_size=8):
+    def classify_file(
+        self, path, window_seconds=None, hop_seconds=None, batch_size=8
+    ):
         """Classify an audio file of any rate and channel count (see :meth:`classify_waveform`).
 
         Raises
@@ -781,12 +956,23 @@ class EmotionClassifier(Pretrained):
         NonFiniteOutputError
             The model gave NaN or infinite outputs for it (never turned into a label).
         """
-        waveform = load_audio(path, int(self.hparams.sample_rate))  # (T,), mono, resampled
+        waveform = load_audio(
+            path, int(self.hparams.sample_rate)
+        )  # (T,), mono, resampled
         try:
-            result = self.classify_waveform(waveform, window_seconds, hop_seconds, batch_size)
+            result = self.classify_waveform(
+                waveform, window_seconds, hop_seconds, batch_size
+            )
         except NonFiniteOutputError as error:
-            raise NonFiniteOutputError(f"Cannot classify {path}: {error}.") from error
-        return {"file": str(path), "duration_seconds": waveform.shape[0] / int(self.hparams.sample_rate), **result}
+            raise NonFiniteOutputError(
+                f"Cannot classify {path}: {error}."
+            ) from error
+        return {
+            "file": str(path),
+            "duration_seconds": waveform.shape[0]
+            / int(self.hparams.sample_rate),
+            **result,
+        }
 
     def _prediction(self, probabilities):
         """``label``, ``index`` and ``{label: probability}`` of a ``(C,)`` distribution."""
@@ -794,7 +980,10 @@ class EmotionClassifier(Pretrained):
         return {
             "label": self.labels[index],
             "index": index,
-            "probabilities": {label: float(p) for label, p in zip(self.labels, probabilities.tolist())},
+            "probabilities": {
+                label: float(p)
+                for label, p in zip(self.labels, probabilities.tolist())
+            },
         }
 
 
@@ -823,14 +1012,29 @@ def _read_path_list(list_path):
             if not rows:
                 return []
             header = [name.strip().lower() for name in rows[0]]
-            named = [header.index(name) for name in ("path", "wav", "file", "audio") if name in header]
+            named = [
+                header.index(name)
+                for name in ("path", "wav", "file", "audio")
+                if name in header
+            ]
             column = named[0] if named else 0
             body = rows[1:] if named else rows
-            paths = [row[column].strip() for row in body if len(row) > column and row[column].strip()]
+            paths = [
+                row[column].strip()
+                for row in body
+                if len(row) > column and row[column].strip()
+            ]
         else:
-            paths = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+            paths = [
+                line.strip()
+                for line in handle
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
     base = os.path.dirname(os.path.abspath(list_path))
-    return [path if os.path.isabs(path) else os.path.join(base, path) for path in paths]
+    return [
+        path if os.path.isabs(path) else os.path.join(base, path)
+        for path in paths
+    ]
 
 
 def collect_audio_files(inputs):
@@ -854,7 +1058,11 @@ def collect_audio_files(inputs):
                 if name.lower().endswith(AUDIO_EXTENSIONS)
             )
             if not found:
-                logger.warning("No audio files (%s) under %s", ", ".join(AUDIO_EXTENSIONS), item)
+                logger.warning(
+                    "No audio files (%s) under %s",
+                    ", ".join(AUDIO_EXTENSIONS),
+                    item,
+                )
             files.extend(found)
         elif item.lower().endswith((".txt", ".csv")) and os.path.isfile(item):
             files.extend(read_path_list(item))
@@ -868,7 +1076,9 @@ def collect_audio_files(inputs):
     return files
 
 
-def classify_files(classifier, paths, window_seconds=None, hop_seconds=None, batch_size=8):
+def classify_files(
+    classifier, paths, window_seconds=None, hop_seconds=None, batch_size=8
+):
     """Classify many files; an unusable file is reported and skipped, not fatal.
 
     Returns
@@ -881,7 +1091,11 @@ def classify_files(classifier, paths, window_seconds=None, hop_seconds=None, bat
     results, failures = [], []
     for path in paths:
         try:
-            results.append(classifier.classify_file(path, window_seconds, hop_seconds, batch_size))
+            results.append(
+                classifier.classify_file(
+                    path, window_seconds, hop_seconds, batch_size
+                )
+            )
         except (AudioError, NonFiniteOutputError) as error:
             logger.warning("Skipped: %s", error)
             failures.append({"file": str(path), "error": str(error)})

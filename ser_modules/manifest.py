@@ -39,7 +39,9 @@ def to_data_root_path(path, data_folder):
     str
         ``"$data_root/<relative path with forward slashes>"``.
     """
-    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(data_folder))
+    relative = os.path.relpath(
+        os.path.abspath(path), os.path.abspath(data_folder)
+    )
     if relative == ".." or relative.startswith(".." + os.sep):
         raise ValueError(
             f"{path} is not inside the data folder {data_folder}: manifests store paths "
@@ -57,7 +59,9 @@ def atomic_write_text(path, text):
     """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    fd, tmp_path = tempfile.mkstemp(
+        dir=folder, prefix=".tmp_", suffix=os.path.basename(path)
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -85,24 +89,36 @@ def write_csv(path, rows, fieldnames=None):
     rows = list(rows)
     if fieldnames is None:
         if not rows:
-            raise ValueError(f"Cannot infer the columns of the empty manifest {path}.")
+            raise ValueError(
+                f"Cannot infer the columns of the empty manifest {path}."
+            )
         fieldnames = list(rows[0].keys())
     if fieldnames[0] != "ID":
-        raise ValueError(f"The first column of a SpeechBrain manifest must be ID, got {fieldnames}")
+        raise ValueError(
+            f"The first column of a SpeechBrain manifest must be ID, got {fieldnames}"
+        )
     for row in rows:
         missing = [name for name in fieldnames if name not in row]
         if missing:
-            raise ValueError(f"Row {row.get('ID', '?')} of {path} lacks the fields {missing}.")
+            raise ValueError(
+                f"Row {row.get('ID', '?')} of {path} lacks the fields {missing}."
+            )
     ids = [row["ID"] for row in rows]
-    duplicated = [key for key, count in collections.Counter(ids).items() if count > 1]
+    duplicated = [
+        key for key, count in collections.Counter(ids).items() if count > 1
+    ]
     if duplicated:
         raise ValueError(f"Duplicated IDs in {path}: {duplicated[:5]}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    fd, tmp_path = tempfile.mkstemp(
+        dir=folder, prefix=".tmp_", suffix=os.path.basename(path)
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
+            writer = csv.DictWriter(
+                handle, fieldnames=fieldnames, extrasaction="ignore"
+            )
             writer.writeheader()
             for row in rows:
                 writer.writerow(row)
@@ -172,11 +188,18 @@ def skip_preparation(save_folder, options, outputs):
         except json.JSONDecodeError:
             return False
     if stored.get("options") != _normalise_options(options):
-        logger.info("Preparation options changed since the last run in %s: redoing it.", save_folder)
+        logger.info(
+            "Preparation options changed since the last run in %s: redoing it.",
+            save_folder,
+        )
         return False
     missing = [path for path in outputs if not os.path.isfile(path)]
     if missing:
-        logger.info("Outputs missing in %s (%s): redoing the preparation.", save_folder, missing[:3])
+        logger.info(
+            "Outputs missing in %s (%s): redoing the preparation.",
+            save_folder,
+            missing[:3],
+        )
         return False
     return True
 
@@ -187,7 +210,10 @@ def mark_preparation_done(save_folder, options, outputs):
         "options": _normalise_options(options),
         "outputs": [os.path.relpath(path, save_folder) for path in outputs],
     }
-    atomic_write_text(os.path.join(save_folder, OPTIONS_FILE), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(
+        os.path.join(save_folder, OPTIONS_FILE),
+        json.dumps(record, indent=2) + "\n",
+    )
 
 
 def invalidate_preparation(save_folder):
@@ -212,7 +238,9 @@ def summarize_manifest(path, label_key="emo", speaker_key="spk_id"):
         "hours": sum(float(row["duration"]) for row in rows) / 3600.0,
     }
     if rows and label_key in rows[0]:
-        summary["labels"] = dict(sorted(collections.Counter(row[label_key] for row in rows).items()))
+        summary["labels"] = dict(
+            sorted(collections.Counter(row[label_key] for row in rows).items())
+        )
     if rows and speaker_key in rows[0]:
         summary["speakers"] = len({row[speaker_key] for row in rows})
     return summary
@@ -220,10 +248,15 @@ def summarize_manifest(path, label_key="emo", speaker_key="spk_id"):
 
 def format_summary(manifests):
     """A Markdown table of :func:`summarize_manifest` for ``{name: csv_path}``."""
-    lines = ["| manifest | utterances | hours | speakers | labels |", "|---|---|---|---|---|"]
+    lines = [
+        "| manifest | utterances | hours | speakers | labels |",
+        "|---|---|---|---|---|",
+    ]
     for name, path in manifests.items():
         summary = summarize_manifest(path)
-        labels = ", ".join(f"{k}: {v}" for k, v in summary.get("labels", {}).items())
+        labels = ", ".join(
+            f"{k}: {v}" for k, v in summary.get("labels", {}).items()
+        )
         lines.append(
             f"| {name} | {summary['utterances']} | {summary['hours']:.3f} | "
             f"{summary.get('speakers', '-')} | {labels or '-'} |"
@@ -254,7 +287,9 @@ def _parse_value(text, default, name=None):
             return float(text)
     except ValueError as error:
         expected = "an integer" if isinstance(default, int) else "a number"
-        raise ValueError(f"{option} is not {expected} (default {default!r})") from error
+        raise ValueError(
+            f"{option} is not {expected} (default {default!r})"
+        ) from error
     if default is None and text.lower() == "none":
         return None
     return text
@@ -280,12 +315,18 @@ def preparation_cli(prepare_function, argv=None):
     import sys
 
     signature = inspect.signature(prepare_function)
-    parser = argparse.ArgumentParser(description=(prepare_function.__doc__ or "").strip().split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=(prepare_function.__doc__ or "").strip().split("\n")[0]
+    )
     for name, parameter in signature.parameters.items():
         if parameter.default is inspect.Parameter.empty:
             parser.add_argument(f"--{name}", required=True)
         else:
-            parser.add_argument(f"--{name}", default=None, help=f"default: {parameter.default!r}")
+            parser.add_argument(
+                f"--{name}",
+                default=None,
+                help=f"default: {parameter.default!r}",
+            )
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     kwargs = {}
     for name, parameter in signature.parameters.items():
@@ -293,13 +334,21 @@ def preparation_cli(prepare_function, argv=None):
         if value is None:
             continue
         default = parameter.default
-        kwargs[name] = value if default is inspect.Parameter.empty else _parse_value(value, default, name)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        kwargs[name] = (
+            value
+            if default is inspect.Parameter.empty
+            else _parse_value(value, default, name)
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     result = prepare_function(**kwargs)
     manifests = {}
     for split, value in (result or {}).items():
         if isinstance(value, dict):
-            manifests.update({f"{split}/{name}": path for name, path in value.items()})
+            manifests.update(
+                {f"{split}/{name}": path for name, path in value.items()}
+            )
         else:
             manifests[split] = value
     if manifests:

@@ -35,7 +35,9 @@ def classification_scores(y_true, y_pred, labels=None):
     y_true = list(y_true)
     y_pred = list(y_pred)
     if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} references but {len(y_pred)} predictions")
+        raise ValueError(
+            f"{len(y_true)} references but {len(y_pred)} predictions"
+        )
     if not y_true:
         raise ValueError("Cannot score an empty set of predictions.")
     if labels is None:
@@ -43,16 +45,28 @@ def classification_scores(y_true, y_pred, labels=None):
     labels = list(labels)
     present = [label for label in labels if label in set(y_true)]
     # UA averages recall over the classes present in the reference, like balanced accuracy.
-    recalls = sk_metrics.recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    recalls = sk_metrics.recall_score(
+        y_true, y_pred, labels=present, average=None, zero_division=0
+    )
     precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {
         "WA": float(sk_metrics.accuracy_score(y_true, y_pred)),
         "UA": float(np.mean(recalls)),
-        "WF1": float(sk_metrics.f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)),
+        "WF1": float(
+            sk_metrics.f1_score(
+                y_true,
+                y_pred,
+                labels=present,
+                average="weighted",
+                zero_division=0,
+            )
+        ),
         "labels": [str(label) for label in labels],
-        "confusion": sk_metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion": sk_metrics.confusion_matrix(
+            y_true, y_pred, labels=labels
+        ).tolist(),
         "per_class": {
             str(label): {
                 "precision": float(precision[i]),
@@ -83,23 +97,36 @@ def aggregate_folds(fold_predictions, labels=None):
     """
     if not fold_predictions:
         raise ValueError("No folds to aggregate.")
-    folds = {name: classification_scores(t, p, labels) for name, (t, p) in fold_predictions.items()}
+    folds = {
+        name: classification_scores(t, p, labels)
+        for name, (t, p) in fold_predictions.items()
+    }
     all_true = [y for t, _ in fold_predictions.values() for y in t]
     all_pred = [y for _, p in fold_predictions.values() for y in p]
     return {
         "folds": folds,
-        "mean": {m: float(np.mean([f[m] for f in folds.values()])) for m in METRIC_NAMES},
-        "std": {m: float(np.std([f[m] for f in folds.values()])) for m in METRIC_NAMES},
+        "mean": {
+            m: float(np.mean([f[m] for f in folds.values()]))
+            for m in METRIC_NAMES
+        },
+        "std": {
+            m: float(np.std([f[m] for f in folds.values()]))
+            for m in METRIC_NAMES
+        },
         "pooled": classification_scores(all_true, all_pred, labels),
     }
 
 
 def format_report(scores):
     """A per-class text report (precision, recall, F1, support) of :func:`classification_scores`."""
-    lines = [f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}"]
+    lines = [
+        f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}"
+    ]
     for label, row in scores["per_class"].items():
         lines.append(
             f"{label:>12} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:7.3f} {row['support']:7d}"
         )
-    lines.append(f"WA {scores['WA']:.4f}  UA {scores['UA']:.4f}  WF1 {scores['WF1']:.4f}")
+    lines.append(
+        f"WA {scores['WA']:.4f}  UA {scores['UA']:.4f}  WF1 {scores['WF1']:.4f}"
+    )
     return "\n".join(lines)

@@ -118,8 +118,16 @@ def make_speakers(num_speakers, seed=0):
             Speaker(
                 name=f"spk{index + 1:02d}",
                 gender="F" if female else "M",
-                f0_hz=float(rng.uniform(175.0, 240.0) if female else rng.uniform(90.0, 135.0)),
-                formant_scale=float(rng.uniform(1.1, 1.22) if female else rng.uniform(0.92, 1.04)),
+                f0_hz=float(
+                    rng.uniform(175.0, 240.0)
+                    if female
+                    else rng.uniform(90.0, 135.0)
+                ),
+                formant_scale=float(
+                    rng.uniform(1.1, 1.22)
+                    if female
+                    else rng.uniform(0.92, 1.04)
+                ),
                 gain_db=float(rng.uniform(-4.0, 4.0)),
                 tilt_offset=float(rng.uniform(-0.03, 0.03)),
                 rate_factor=float(rng.uniform(0.85, 1.15)),
@@ -131,7 +139,11 @@ def make_speakers(num_speakers, seed=0):
 def _resonator(frequency, bandwidth, sample_rate):
     """Klatt's second-order resonator with unit gain at 0 Hz: ``(b, a)`` for lfilter."""
     radius = np.exp(-np.pi * bandwidth / sample_rate)
-    a = [1.0, -2.0 * radius * np.cos(2.0 * np.pi * frequency / sample_rate), radius**2]
+    a = [
+        1.0,
+        -2.0 * radius * np.cos(2.0 * np.pi * frequency / sample_rate),
+        radius**2,
+    ]
     return [sum(a)], a
 
 
@@ -148,7 +160,11 @@ def _plan_syllables(rng, duration, rate):
         period = rng.uniform(0.75, 1.25) / rate
         consonant = rng.uniform(0.02, 0.05)
         # A word boundary every few syllables: a longer pause, longer when speech is slow.
-        gap = rng.uniform(0.15, 0.3) * 4.0 / rate if rng.random() < 0.2 else rng.uniform(0.02, 0.06)
+        gap = (
+            rng.uniform(0.15, 0.3) * 4.0 / rate
+            if rng.random() < 0.2
+            else rng.uniform(0.02, 0.06)
+        )
         vowel = max(period - consonant - gap, 0.06)
         if time + consonant + vowel > end:
             if syllables:
@@ -184,11 +200,23 @@ def synthesize_utterance(speaker, profile, duration, sample_rate, rng):
     num_samples = int(round(duration * sample_rate))
     times = np.arange(num_samples) / sample_rate  # (T,)
     # Per-utterance variation, so that one utterance is never a copy of its class mean.
-    f0_base = speaker.f0_hz * 2.0 ** ((profile.f0_shift_semitones + rng.normal(0.0, 0.8)) / 12.0)
+    f0_base = speaker.f0_hz * 2.0 ** (
+        (profile.f0_shift_semitones + rng.normal(0.0, 0.8)) / 12.0
+    )
     f0_range = profile.f0_range_semitones * rng.uniform(0.75, 1.25)
-    rate = profile.syllables_per_second * speaker.rate_factor * rng.uniform(0.9, 1.1)
+    rate = (
+        profile.syllables_per_second
+        * speaker.rate_factor
+        * rng.uniform(0.9, 1.1)
+    )
     gain_db = speaker.gain_db + profile.gain_db + rng.normal(0.0, 1.5)
-    tilt_pole = float(np.clip(profile.tilt_pole + speaker.tilt_offset + rng.normal(0.0, 0.01), 0.7, 0.985))
+    tilt_pole = float(
+        np.clip(
+            profile.tilt_pole + speaker.tilt_offset + rng.normal(0.0, 0.01),
+            0.7,
+            0.985,
+        )
+    )
 
     syllables = _plan_syllables(rng, duration, rate)
 
@@ -198,7 +226,9 @@ def synthesize_utterance(speaker, profile, duration, sample_rate, rng):
         if rng.random() < profile.accent_probability:
             first = int((start + consonant) * sample_rate)
             length = int(vowel * sample_rate)
-            semitones[first : first + length] += f0_range * rng.uniform(0.5, 1.0) * _raised_cosine(length)
+            semitones[first : first + length] += (
+                f0_range * rng.uniform(0.5, 1.0) * _raised_cosine(length)
+            )
     knots = rng.normal(0.0, 0.3, size=int(duration * 20) + 2)
     semitones += np.interp(times, np.linspace(0.0, duration, knots.size), knots)
     f0 = f0_base * 2.0 ** (semitones / 12.0)  # (T,)
@@ -206,8 +236,12 @@ def synthesize_utterance(speaker, profile, duration, sample_rate, rng):
     # Glottal source: one pulse per period (when the accumulated phase wraps), low-passed
     # twice to give the glottal spectral tilt, then differentiated (lip radiation).
     cycles = np.cumsum(f0) / sample_rate
-    pulses = np.diff(np.floor(cycles), prepend=0.0)  # (T,) 1.0 at each glottal closure
-    source = lfilter([(1.0 - tilt_pole) ** 2], [1.0, -2.0 * tilt_pole, tilt_pole**2], pulses)
+    pulses = np.diff(
+        np.floor(cycles), prepend=0.0
+    )  # (T,) 1.0 at each glottal closure
+    source = lfilter(
+        [(1.0 - tilt_pole) ** 2], [1.0, -2.0 * tilt_pole, tilt_pole**2], pulses
+    )
     source = np.diff(source, prepend=0.0)
     source /= np.std(source) + 1e-12
     source += profile.breathiness * 3.0 * rng.standard_normal(num_samples)
@@ -219,35 +253,49 @@ def synthesize_utterance(speaker, profile, duration, sample_rate, rng):
         first = int(start * sample_rate)
         burst_length = int(consonant * sample_rate)
         burst = lfilter([1.0, -0.95], [1.0], rng.standard_normal(burst_length))
-        speech[first : first + burst_length] += 0.15 * burst * np.hanning(burst_length)
+        speech[first : first + burst_length] += (
+            0.15 * burst * np.hanning(burst_length)
+        )
         # Vowel: the source through the formant cascade of a random vowel.
         first += burst_length
         length = int(vowel * sample_rate)
         segment = source[first : first + length]
         formants = VOWEL_FORMANTS[vowels[rng.integers(len(vowels))]]
         for frequency, bandwidth in zip(formants, FORMANT_BANDWIDTHS):
-            b, a = _resonator(frequency * speaker.formant_scale, bandwidth, sample_rate)
+            b, a = _resonator(
+                frequency * speaker.formant_scale, bandwidth, sample_rate
+            )
             segment = lfilter(b, a, segment)
         # Tukey-like envelope: quick rise, sustained nucleus, quick decay.
         envelope = np.ones(length)
         ramp = max(length // 5, 1)
         envelope[:ramp] = np.linspace(0.0, 1.0, ramp)
         envelope[-ramp:] = np.linspace(1.0, 0.0, ramp)
-        speech[first : first + length] += segment * envelope * rng.uniform(0.7, 1.0)
+        speech[first : first + length] += (
+            segment * envelope * rng.uniform(0.7, 1.0)
+        )
 
     # Loudness is set on the active (non-silent) part, so pauses do not change it.
     active = speech != 0.0
-    speech *= REFERENCE_RMS * 10.0 ** (gain_db / 20.0) / (np.sqrt(np.mean(speech[active] ** 2)) + 1e-12)
+    speech *= (
+        REFERENCE_RMS
+        * 10.0 ** (gain_db / 20.0)
+        / (np.sqrt(np.mean(speech[active] ** 2)) + 1e-12)
+    )
     speech += NOISE_RMS * rng.standard_normal(num_samples)
     return np.clip(speech, -1.0, 1.0).astype(np.float32)
 
 
 def _write_wav_atomically(path, waveform, sample_rate):
     # A crash mid-write must not leave a truncated wav that a later run would take as done.
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".wav")
+    fd, tmp_path = tempfile.mkstemp(
+        dir=os.path.dirname(path), prefix=".tmp_", suffix=".wav"
+    )
     os.close(fd)
     try:
-        soundfile.write(tmp_path, waveform, sample_rate, subtype="PCM_16", format="WAV")
+        soundfile.write(
+            tmp_path, waveform, sample_rate, subtype="PCM_16", format="WAV"
+        )
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -294,16 +342,22 @@ def generate_mini_corpus(
         Path of ``labels.csv`` (columns ``path,emotion,speaker,gender``, paths relative to
         ``out_folder``).
     """
-    unknown = [emotion for emotion in emotions if emotion not in EMOTION_PROFILES]
+    unknown = [
+        emotion for emotion in emotions if emotion not in EMOTION_PROFILES
+    ]
     if unknown:
         raise ValueError(
             f"No acoustic profile for the emotions {unknown}: choose among {list(EMOTION_PROFILES)}."
         )
     if num_speakers < 1 or utterances_per_class < 1:
-        raise ValueError("num_speakers and utterances_per_class must be at least 1.")
+        raise ValueError(
+            "num_speakers and utterances_per_class must be at least 1."
+        )
     low, high = duration_range
     if not 0.5 <= low <= high:
-        raise ValueError(f"duration_range must satisfy 0.5 <= low <= high, got {duration_range}.")
+        raise ValueError(
+            f"duration_range must satisfy 0.5 <= low <= high, got {duration_range}."
+        )
 
     options = {
         "generator_version": GENERATOR_VERSION,
@@ -311,22 +365,35 @@ def generate_mini_corpus(
         "utterances_per_class": utterances_per_class,
         "emotions": list(emotions),
         # The profiles themselves, so that retuning one invalidates a stored corpus.
-        "profiles": {emotion: dataclasses.asdict(EMOTION_PROFILES[emotion]) for emotion in emotions},
+        "profiles": {
+            emotion: dataclasses.asdict(EMOTION_PROFILES[emotion])
+            for emotion in emotions
+        },
         "duration_range": [float(low), float(high)],
         "sample_rate": sample_rate,
         "seed": seed,
     }
     speakers = make_speakers(num_speakers, seed)
     utterances = [
-        (f"{emotion}/{speakers[speaker_index].name}_{emotion}_{index:03d}.wav", emotion, speaker_index, index)
+        (
+            f"{emotion}/{speakers[speaker_index].name}_{emotion}_{index:03d}.wav",
+            emotion,
+            speaker_index,
+            index,
+        )
         for emotion in emotions
         for speaker_index in range(num_speakers)
         for index in range(utterances_per_class)
     ]
     labels_path = os.path.join(out_folder, LABELS_FILE)
-    outputs = [labels_path] + [os.path.join(out_folder, utterance[0]) for utterance in utterances]
+    outputs = [labels_path] + [
+        os.path.join(out_folder, utterance[0]) for utterance in utterances
+    ]
     if skip_preparation(out_folder, options, outputs):
-        logger.info("The mini corpus in %s already matches these options: skipping generation.", out_folder)
+        logger.info(
+            "The mini corpus in %s already matches these options: skipping generation.",
+            out_folder,
+        )
         return labels_path
     _remove_stale_outputs(out_folder, outputs)
     invalidate_preparation(out_folder)
@@ -338,16 +405,26 @@ def generate_mini_corpus(
         os.makedirs(os.path.join(out_folder, emotion), exist_ok=True)
     for path, emotion, speaker_index, index in utterances:
         # One generator per utterance: its audio does not depend on which others are made.
-        rng = np.random.default_rng([seed, 2, speaker_index, _stable_index(emotion), index])
+        rng = np.random.default_rng(
+            [seed, 2, speaker_index, _stable_index(emotion), index]
+        )
         speaker = speakers[speaker_index]
         duration = rng.uniform(low, high)
-        waveform = synthesize_utterance(speaker, EMOTION_PROFILES[emotion], duration, sample_rate, rng)
-        _write_wav_atomically(os.path.join(out_folder, path), waveform, sample_rate)
+        waveform = synthesize_utterance(
+            speaker, EMOTION_PROFILES[emotion], duration, sample_rate, rng
+        )
+        _write_wav_atomically(
+            os.path.join(out_folder, path), waveform, sample_rate
+        )
         writer.writerow([path, emotion, speaker.name, speaker.gender])
     # labels.csv last, then the options record: an interrupted run is redone next time.
     atomic_write_text(labels_path, labels.getvalue())
     mark_preparation_done(out_folder, options, outputs)
-    logger.info("Wrote %d utterances of the mini corpus to %s", len(utterances), out_folder)
+    logger.info(
+        "Wrote %d utterances of the mini corpus to %s",
+        len(utterances),
+        out_folder,
+    )
     return labels_path
 
 
@@ -365,16 +442,24 @@ def _remove_stale_outputs(out_folder, outputs):
 
 def main(argv=None):
     """Command line: ``python -m ser_modules.mini_corpus OUT_FOLDER [--seed N] ...``."""
-    parser = argparse.ArgumentParser(description="Write the synthetic mini emotional-speech corpus.")
+    parser = argparse.ArgumentParser(
+        description="Write the synthetic mini emotional-speech corpus."
+    )
     parser.add_argument("out_folder")
     parser.add_argument("--num_speakers", type=int, default=6)
     parser.add_argument("--utterances_per_class", type=int, default=8)
-    parser.add_argument("--emotions", nargs="+", default=["neutral", "happy", "sad", "angry"])
-    parser.add_argument("--duration_range", type=float, nargs=2, default=[1.5, 3.5])
+    parser.add_argument(
+        "--emotions", nargs="+", default=["neutral", "happy", "sad", "angry"]
+    )
+    parser.add_argument(
+        "--duration_range", type=float, nargs=2, default=[1.5, 3.5]
+    )
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     labels_path = generate_mini_corpus(
         args.out_folder,
         num_speakers=args.num_speakers,

@@ -13,7 +13,9 @@ import torch
 OPTIMIZERS = ("sgd", "adamw", "adam")
 
 
-def optimizer_factory(name, lr, momentum=0.9, weight_decay=0.0, betas=(0.9, 0.999)):
+def optimizer_factory(
+    name, lr, momentum=0.9, weight_decay=0.0, betas=(0.9, 0.999)
+):
     """A ``params -> Optimizer`` factory.
 
     Arguments
@@ -37,9 +39,21 @@ def optimizer_factory(name, lr, momentum=0.9, weight_decay=0.0, betas=(0.9, 0.99
         Call it on the parameters to get the optimiser.
     """
     if name == "sgd":
-        return functools.partial(torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return functools.partial(
+            torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     if name == "adamw":
-        return functools.partial(torch.optim.AdamW, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return functools.partial(
+            torch.optim.AdamW,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+        )
     if name == "adam":
-        return functools.partial(torch.optim.Adam, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return functools.partial(
+            torch.optim.Adam,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+        )
     raise ValueError(f"Unknown optimizer {name!r}: use one of {OPTIMIZERS}.")

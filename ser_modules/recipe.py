@@ -43,7 +43,11 @@ from ser_modules.fingerprint import (
 from ser_modules.inference import check_upstream_files, export_model_folder
 from ser_modules.manifest import atomic_write_text, read_csv
 from ser_modules.metrics import aggregate_folds
-from ser_modules.training import EmotionBrain, build_datasets, build_label_encoder
+from ser_modules.training import (
+    EmotionBrain,
+    build_datasets,
+    build_label_encoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,20 +78,25 @@ def split_preparation_arguments(argv, prepare_function):
     parameters = inspect.signature(prepare_function).parameters
     own = {
         RENAMED_PREPARATION_OPTIONS.get(name, name): name
-        for name in parameters if name not in ("data_folder", "save_folder", "skip_prep")
+        for name in parameters
+        if name not in ("data_folder", "save_folder", "skip_prep")
     }
     prepare_kwargs, rest = {}, []
     index = 0
     while index < len(argv):
         argument = argv[index]
-        name = argument[2:].split("=", 1)[0] if argument.startswith("--") else None
+        name = (
+            argument[2:].split("=", 1)[0] if argument.startswith("--") else None
+        )
         if name in own:
             if "=" in argument:
                 value = argument.split("=", 1)[1]
             else:
                 index += 1
                 value = argv[index]
-            prepare_kwargs[own[name]] = _parse_value(value, parameters[own[name]].default, name)
+            prepare_kwargs[own[name]] = _parse_value(
+                value, parameters[own[name]].default, name
+            )
         else:
             rest.append(argument)
         index += 1
@@ -122,7 +131,9 @@ def selected_splits(splits, fold):
         return names
     wanted = f"fold{fold}" if str(fold).isdigit() else str(fold)
     if wanted not in splits:
-        raise ValueError(f"--fold={fold} does not exist: the preparation wrote {names}.")
+        raise ValueError(
+            f"--fold={fold} does not exist: the preparation wrote {names}."
+        )
     return [wanted]
 
 
@@ -167,7 +178,14 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
     return caches
 
 
-def train_and_test(hparams, run_opts, datasets, modules, label_encoder, brain_class=EmotionBrain):
+def train_and_test(
+    hparams,
+    run_opts,
+    datasets,
+    modules,
+    label_encoder,
+    brain_class=EmotionBrain,
+):
     """Train one split's downstream model, select on validation, test; return the outcome."""
     brain = brain_class(
         modules=modules,
@@ -178,9 +196,13 @@ def train_and_test(hparams, run_opts, datasets, modules, label_encoder, brain_cl
     )
     selection_set = hparams["selection_set"]
     if selection_set not in ("valid", "test"):
-        raise ValueError(f"selection_set must be 'valid' or 'test' (paper protocol), got {selection_set!r}")
+        raise ValueError(
+            f"selection_set must be 'valid' or 'test' (paper protocol), got {selection_set!r}"
+        )
     if selection_set == "test":
-        logger.warning("Paper protocol: selecting the checkpoint on the TEST set (selection_set=test).")
+        logger.warning(
+            "Paper protocol: selecting the checkpoint on the TEST set (selection_set=test)."
+        )
     brain.fit(
         hparams["epoch_counter"],
         train_set=datasets["train"],
@@ -189,12 +211,20 @@ def train_and_test(hparams, run_opts, datasets, modules, label_encoder, brain_cl
         valid_loader_kwargs=hparams["test_dataloader_opts"],
     )
     metric = hparams["selection_metric"]
-    brain.evaluate(datasets["test"], max_key=metric, test_loader_kwargs=hparams["test_dataloader_opts"])
+    brain.evaluate(
+        datasets["test"],
+        max_key=metric,
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
     best = brain.checkpointer.find_checkpoint(max_key=metric)
     outcome = dict(brain.test_outcome)
-    outcome["selected_epoch"] = int(best.meta["epoch"]) if best is not None else None
+    outcome["selected_epoch"] = (
+        int(best.meta["epoch"]) if best is not None else None
+    )
     outcome["selection"] = {"metric": metric, "set": selection_set}
-    outcome["labels"] = [label_encoder.decode_ndim(i) for i in range(len(label_encoder))]
+    outcome["labels"] = [
+        label_encoder.decode_ndim(i) for i in range(len(label_encoder))
+    ]
     outcome["model_folder"] = export_selected_model(hparams, best)
     return outcome
 
@@ -206,8 +236,12 @@ def export_selected_model(hparams, checkpoint):
         return None
     model_folder = os.path.join(hparams["experiment_folder"], "model")
     if sb.utils.distributed.if_main_process():
-        label_encoder_path = os.path.join(hparams["output_folder"], "label_encoder.txt")
-        export_model_folder(hparams, checkpoint, label_encoder_path, model_folder)
+        label_encoder_path = os.path.join(
+            hparams["output_folder"], "label_encoder.txt"
+        )
+        export_model_folder(
+            hparams, checkpoint, label_encoder_path, model_folder
+        )
     sb.utils.distributed.ddp_barrier()
     return model_folder
 
@@ -242,9 +276,13 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
     if "output_folder" not in overrides:
         # The YAML default (results/<hparams>/<seed>) is the same for every corpus: put the
         # dataset in it, so the recipes of two corpora never meet in one folder.
-        seed = overrides.get("seed", _plain_yaml_values(yaml_text).get("seed", 0))
+        seed = overrides.get(
+            "seed", _plain_yaml_values(yaml_text).get("seed", 0)
+        )
         stem = os.path.splitext(os.path.basename(hparams_file))[0]
-        overrides["output_folder"] = os.path.join("results", dataset_name, stem, str(seed))
+        overrides["output_folder"] = os.path.join(
+            "results", dataset_name, stem, str(seed)
+        )
     setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
     output_folder = setup["output_folder"]
     # One run per output folder: a second one fails here instead of deleting the first
@@ -256,15 +294,33 @@ def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
     )
     with lock:
         return _run_locked(
-            setup, yaml_text, overrides, run_opts, hparams_file, prepare_function, prepare_kwargs, dataset_name
+            setup,
+            yaml_text,
+            overrides,
+            run_opts,
+            hparams_file,
+            prepare_function,
+            prepare_kwargs,
+            dataset_name,
         )
 
 
-def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_function, prepare_kwargs, dataset_name):
+def _run_locked(
+    setup,
+    yaml_text,
+    overrides,
+    run_opts,
+    hparams_file,
+    prepare_function,
+    prepare_kwargs,
+    dataset_name,
+):
     """The body of :func:`run_recipe`, run while the output folder is locked."""
     output_folder = setup["output_folder"]
     sb.create_experiment_directory(
-        experiment_directory=output_folder, hyperparams_to_save=hparams_file, overrides=overrides
+        experiment_directory=output_folder,
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
     )
 
     splits = sb.utils.distributed.run_on_main(
@@ -281,19 +337,32 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
             f"The preparation wrote no manifests in {setup['prepare_folder']}: with skip_prep=True, "
             "the manifests of an earlier run must already be there."
         )
-    replacements = {"data_root": setup["data_folder"], "prep_root": setup["prepare_folder"]}
+    replacements = {
+        "data_root": setup["data_folder"],
+        "prep_root": setup["prepare_folder"],
+    }
     split_names = selected_splits(splits, setup["fold"])
     all_csvs = [path for name in splits for path in splits[name].values()]
     label_encoder = sb.utils.distributed.run_on_main(
-        build_label_encoder, args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")]
+        build_label_encoder,
+        args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")],
     )
 
-    check_upstream_files(setup.get("ssl_source"))  # a truncated download is named, not a bare error
+    check_upstream_files(
+        setup.get("ssl_source")
+    )  # a truncated download is named, not a bare error
     upstream = setup["upstream"]()
     caches = None
     if setup["use_cache"]:
-        rows = {row["ID"]: row for name in split_names for path in splits[name].values() for row in read_csv(path)}
-        caches = build_feature_caches(setup, upstream, list(rows.values()), replacements, run_opts)
+        rows = {
+            row["ID"]: row
+            for name in split_names
+            for path in splits[name].values()
+            for row in read_csv(path)
+        }
+        caches = build_feature_caches(
+            setup, upstream, list(rows.values()), replacements, run_opts
+        )
     derived = {
         "input_dim": upstream.output_dim,
         "num_upstream_layers": upstream.num_layers,
@@ -303,7 +372,9 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
         "dataset": dataset_name,
         "hparams_file_sha256": text_sha256(yaml_text),
         "preparation": prepare_kwargs,
-        "labels": [label_encoder.decode_ndim(i) for i in range(len(label_encoder))],
+        "labels": [
+            label_encoder.decode_ndim(i) for i in range(len(label_encoder))
+        ],
         "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
         "code": code_version(),
     }
@@ -311,13 +382,27 @@ def _run_locked(setup, yaml_text, overrides, run_opts, hparams_file, prepare_fun
     outcomes = {}
     for split_name in split_names:
         outcomes[split_name] = run_split(
-            yaml_text, {**overrides, **derived, "split_name": split_name}, run_opts, splits[split_name],
-            replacements, label_encoder, caches, upstream, provenance=provenance,
+            yaml_text,
+            {**overrides, **derived, "split_name": split_name},
+            run_opts,
+            splits[split_name],
+            replacements,
+            label_encoder,
+            caches,
+            upstream,
+            provenance=provenance,
         )
     architecture_ranking = setup.get("architecture_ranking")
     del setup
-    results = summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder,
-                        architecture_ranking=architecture_ranking)
+    results = summarise(
+        outcomes,
+        dataset_name,
+        hparams_file,
+        overrides,
+        prepare_kwargs,
+        output_folder,
+        architecture_ranking=architecture_ranking,
+    )
     return results
 
 
@@ -338,7 +423,9 @@ def check_override_types(yaml_text, overrides, hparams_file):
         if isinstance(default, bool):
             ok = isinstance(value, bool)
             expected = "True or False"
-        elif isinstance(default, (int, float)):  # an int default may take a float (minutes ...)
+        elif isinstance(
+            default, (int, float)
+        ):  # an int default may take a float (minutes ...)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             expected = "a number"
         else:
@@ -372,7 +459,9 @@ def fold_has_results(folder):
     return False
 
 
-def fold_fingerprint(hparams, overrides, csv_paths, replacements, caches, provenance):
+def fold_fingerprint(
+    hparams, overrides, csv_paths, replacements, caches, provenance
+):
     """What produces a fold's results (see :mod:`ser_modules.fingerprint`)."""
     output_folder = hparams["output_folder"]
     rows = [row for path in csv_paths.values() for row in read_csv(path)]
@@ -380,14 +469,27 @@ def fold_fingerprint(hparams, overrides, csv_paths, replacements, caches, proven
         **provenance,
         "hparams": plain_hparams(hparams, exclude_prefixes=[output_folder]),
         "overrides": plain_hparams(overrides, exclude_prefixes=[output_folder]),
-        "manifests": {name: file_sha256(path) for name, path in sorted(csv_paths.items())},
+        "manifests": {
+            name: file_sha256(path) for name, path in sorted(csv_paths.items())
+        },
         "audio": audio_digest(rows, replacements, resolve_path),
-        "cache": None if caches is None else {name: cache.key for name, cache in sorted(caches.items())},
+        "cache": None
+        if caches is None
+        else {name: cache.key for name, cache in sorted(caches.items())},
     }
 
 
-def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_encoder, caches, upstream,
-              provenance=None):
+def run_split(
+    yaml_text,
+    overrides,
+    run_opts,
+    csv_paths,
+    replacements,
+    label_encoder,
+    caches,
+    upstream,
+    provenance=None,
+):
     """Run (or reload, when already finished) one fold: [BAS search -> derive ->] train -> test.
 
     With ``search: True`` in the hparams (the BAS recipes) the super net is searched first;
@@ -395,24 +497,44 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
     with ``downstream_model: blocks``. Each phase's result is a file, so a re-run skips it.
     """
     hparams = load_hparams(yaml_text, overrides)
-    outcome_path = os.path.join(hparams["experiment_folder"], "test_outcome.json")
+    outcome_path = os.path.join(
+        hparams["experiment_folder"], "test_outcome.json"
+    )
     if sb.utils.distributed.if_main_process():
         # Written before any work, so checkpoints, search results and the outcome of the
         # fold all belong to it: a re-run with anything changed is refused, naming it.
-        fingerprint = fold_fingerprint(hparams, overrides, csv_paths, replacements, caches, provenance or {})
+        fingerprint = fold_fingerprint(
+            hparams,
+            overrides,
+            csv_paths,
+            replacements,
+            caches,
+            provenance or {},
+        )
         check_fingerprint(
-            hparams["experiment_folder"], fingerprint,
-            f"{overrides['split_name']} of {hparams['output_folder']}", has_results=fold_has_results,
+            hparams["experiment_folder"],
+            fingerprint,
+            f"{overrides['split_name']} of {hparams['output_folder']}",
+            has_results=fold_has_results,
         )
     sb.utils.distributed.ddp_barrier()
     if os.path.isfile(outcome_path):
-        logger.info("%s already finished: reusing %s", overrides["split_name"], outcome_path)
+        logger.info(
+            "%s already finished: reusing %s",
+            overrides["split_name"],
+            outcome_path,
+        )
         with open(outcome_path, encoding="utf-8") as handle:
             return json.load(handle)
     datasets = build_datasets(
-        csv_paths, replacements, label_encoder, feature_caches=caches,
-        crop_seconds=hparams["crop_seconds"], train_crop_mode=hparams["train_crop_mode"],
-        sample_rate=hparams["sample_rate"], eval_crop_seconds=hparams["eval_crop_seconds"],
+        csv_paths,
+        replacements,
+        label_encoder,
+        feature_caches=caches,
+        crop_seconds=hparams["crop_seconds"],
+        train_crop_mode=hparams["train_crop_mode"],
+        sample_rate=hparams["sample_rate"],
+        eval_crop_seconds=hparams["eval_crop_seconds"],
         min_samples=minimum_samples(upstream),
     )
     frozen = {} if caches is not None else {"upstream": upstream}
@@ -423,15 +545,24 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
         search = run_search_phase(hparams, run_opts, datasets, frozen)
         # Retrain the derived network from scratch: fresh objects from the YAML.
         hparams = load_hparams(
-            yaml_text, {**overrides, "downstream_model": "blocks", "architecture": search["architecture"]}
+            yaml_text,
+            {
+                **overrides,
+                "downstream_model": "blocks",
+                "architecture": search["architecture"],
+            },
         )
     modules = {**hparams["modules"], **frozen}
-    outcome = train_and_test(hparams, run_opts, datasets, modules, label_encoder)
+    outcome = train_and_test(
+        hparams, run_opts, datasets, modules, label_encoder
+    )
     if search is not None:
         outcome["search"] = {
             "architecture": list(search["architecture"]),
             "candidates": list(search["candidates"]),
-            "probabilities": [list(map(float, row)) for row in search["probabilities"]],
+            "probabilities": [
+                list(map(float, row)) for row in search["probabilities"]
+            ],
             "ties": list(search["ties"]),
             "architecture_file": search["architecture_file"],
             "heatmap": search["heatmap"],
@@ -441,8 +572,15 @@ def run_split(yaml_text, overrides, run_opts, csv_paths, replacements, label_enc
     return outcome
 
 
-def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, output_folder,
-              architecture_ranking=None):
+def summarise(
+    outcomes,
+    dataset_name,
+    hparams_file,
+    overrides,
+    prepare_kwargs,
+    output_folder,
+    architecture_ranking=None,
+):
     """Aggregate folds; write results.json, results.md and the confusion-matrix PNG.
 
     With ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
@@ -451,7 +589,10 @@ def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, o
 
     labels = next(iter(outcomes.values()))["labels"]
     aggregated = aggregate_folds(
-        {name: (o["targets"], o["predictions"]) for name, o in outcomes.items()},
+        {
+            name: (o["targets"], o["predictions"])
+            for name, o in outcomes.items()
+        },
         labels=list(range(len(labels))),
     )
     for scores in [*aggregated["folds"].values(), aggregated["pooled"]]:
@@ -460,35 +601,58 @@ def summarise(outcomes, dataset_name, hparams_file, overrides, prepare_kwargs, o
     results = {
         "dataset": dataset_name,
         "hparams_file": os.path.basename(hparams_file),
-        "overrides": {k: v for k, v in overrides.items() if k not in DERIVED_KEYS},
+        "overrides": {
+            k: v for k, v in overrides.items() if k not in DERIVED_KEYS
+        },
         "preparation": prepare_kwargs,
         "selection": next(iter(outcomes.values()))["selection"],
-        "selected_epochs": {name: o["selected_epoch"] for name, o in outcomes.items()},
+        "selected_epochs": {
+            name: o["selected_epoch"] for name, o in outcomes.items()
+        },
         **aggregated,
     }
-    searches = {name: o["search"] for name, o in outcomes.items() if "search" in o}
+    searches = {
+        name: o["search"] for name, o in outcomes.items() if "search" in o
+    }
     if searches:
         from ser_modules.downstream import block_win_counts
 
         candidates = next(iter(searches.values()))["candidates"]
         results["search"] = {
-            "architectures": {name: s["architecture"] for name, s in searches.items()},
-            "probabilities": {name: s["probabilities"] for name, s in searches.items()},
+            "architectures": {
+                name: s["architecture"] for name, s in searches.items()
+            },
+            "probabilities": {
+                name: s["probabilities"] for name, s in searches.items()
+            },
             "ties": {name: s["ties"] for name, s in searches.items()},
             "heatmaps": {name: s["heatmap"] for name, s in searches.items()},
             "candidates": candidates,
-            "block_wins": block_win_counts([s["architecture"] for s in searches.values()], candidates).tolist(),
+            "block_wins": block_win_counts(
+                [s["architecture"] for s in searches.values()], candidates
+            ).tolist(),
         }
         if architecture_ranking:
             from ser_modules.architecture_ranking import search_ranks
 
-            results["search"].update(search_ranks(results["search"]["architectures"], architecture_ranking))
+            results["search"].update(
+                search_ranks(
+                    results["search"]["architectures"], architecture_ranking
+                )
+            )
     if sb.utils.distributed.if_main_process():
-        atomic_write_text(os.path.join(output_folder, "results.json"), json.dumps(results, indent=2) + "\n")
+        atomic_write_text(
+            os.path.join(output_folder, "results.json"),
+            json.dumps(results, indent=2) + "\n",
+        )
         table = results_markdown(results)
-        atomic_write_text(os.path.join(output_folder, "results.md"), table + "\n")
+        atomic_write_text(
+            os.path.join(output_folder, "results.md"), table + "\n"
+        )
         plot_confusion_matrix(
-            aggregated["pooled"]["confusion"], labels, os.path.join(output_folder, "confusion_matrix.png"),
+            aggregated["pooled"]["confusion"],
+            labels,
+            os.path.join(output_folder, "confusion_matrix.png"),
             title=f"{dataset_name} ({results['hparams_file']}), all test folds pooled",
         )
         print(table)

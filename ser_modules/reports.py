@@ -56,29 +56,58 @@ def results_markdown(results):
         "|---|" + "---|" * len(METRIC_NAMES),
     ]
     for name, scores in results["folds"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.4f}" for m in METRIC_NAMES) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{scores[m]:.4f}" for m in METRIC_NAMES)
+            + " |"
+        )
     if len(results["folds"]) > 1:
         lines.append(
             "| mean +/- std | "
-            + " | ".join(f"{results['mean'][m]:.4f} +/- {results['std'][m]:.4f}" for m in METRIC_NAMES)
+            + " | ".join(
+                f"{results['mean'][m]:.4f} +/- {results['std'][m]:.4f}"
+                for m in METRIC_NAMES
+            )
             + " |"
         )
         lines.append(
-            "| pooled | " + " | ".join(f"{results['pooled'][m]:.4f}" for m in METRIC_NAMES) + " |"
+            "| pooled | "
+            + " | ".join(f"{results['pooled'][m]:.4f}" for m in METRIC_NAMES)
+            + " |"
         )
     search = results.get("search")
     if search:
-        lines += ["", "Architectures found by the BAS search (first layer first):", ""]
-        lines += [f"- {name}: {' -> '.join(arch)}" for name, arch in search["architectures"].items()]
+        lines += [
+            "",
+            "Architectures found by the BAS search (first layer first):",
+            "",
+        ]
+        lines += [
+            f"- {name}: {' -> '.join(arch)}"
+            for name, arch in search["architectures"].items()
+        ]
         candidates = search["candidates"]
-        lines += ["", "How often each block won each layer:", "",
-                  "| layer | " + " | ".join(candidates) + " |", "|---|" + "---|" * len(candidates)]
+        lines += [
+            "",
+            "How often each block won each layer:",
+            "",
+            "| layer | " + " | ".join(candidates) + " |",
+            "|---|" + "---|" * len(candidates),
+        ]
         for index, row in enumerate(search["block_wins"]):
-            lines.append(f"| {index + 1} | " + " | ".join(str(v) for v in row) + " |")
+            lines.append(
+                f"| {index + 1} | " + " | ".join(str(v) for v in row) + " |"
+            )
         tied = {name: t for name, t in search["ties"].items() if t}
         if tied:
-            lines += ["", "Ties in theta (broken towards the first candidate): "
-                      + ", ".join(f"{name} layers {[t + 1 for t in layers]}" for name, layers in tied.items())]
+            lines += [
+                "",
+                "Ties in theta (broken towards the first candidate): "
+                + ", ".join(
+                    f"{name} layers {[t + 1 for t in layers]}"
+                    for name, layers in tied.items()
+                ),
+            ]
         lines += theta_decision_lines(search)
     return "\n".join(lines)
 
@@ -92,11 +121,21 @@ def theta_decision_lines(search):
     probabilities = search.get("probabilities") or {}
     if probabilities:
         num_layers = len(next(iter(probabilities.values())))
-        lines += ["", "Largest softmax(theta) per layer at the end of the search (a decided search: >= 0.6):", "",
-                  "| split | " + " | ".join(f"layer {i + 1}" for i in range(num_layers)) + " |",
-                  "|---|" + "---|" * num_layers]
+        lines += [
+            "",
+            "Largest softmax(theta) per layer at the end of the search (a decided search: >= 0.6):",
+            "",
+            "| split | "
+            + " | ".join(f"layer {i + 1}" for i in range(num_layers))
+            + " |",
+            "|---|" + "---|" * num_layers,
+        ]
         for name, table in probabilities.items():
-            lines.append(f"| {name} | " + " | ".join(f"{max(row):.3f}" for row in table) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{max(row):.3f}" for row in table)
+                + " |"
+            )
     return lines + ranks_markdown(search)
 
 
@@ -118,10 +157,17 @@ def plot_confusion_matrix(confusion, labels, path, title="", normalize=True):
     """
     counts = np.asarray(confusion, dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    shares = np.divide(
+        counts, totals, out=np.zeros_like(counts), where=totals > 0
+    )
     size = max(4.0, 0.9 * len(labels) + 2.0)
     figure, axis = plt.subplots(figsize=(size, size))
-    image = axis.imshow(shares if normalize else counts, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
+    image = axis.imshow(
+        shares if normalize else counts,
+        cmap="Blues",
+        vmin=0.0,
+        vmax=1.0 if normalize else None,
+    )
     axis.set_xticks(range(len(labels)), labels=labels, rotation=45, ha="right")
     axis.set_yticks(range(len(labels)), labels=labels)
     axis.set_xlabel("predicted")
@@ -129,9 +175,22 @@ def plot_confusion_matrix(confusion, labels, path, title="", normalize=True):
     for row in range(len(labels)):
         for column in range(len(labels)):
             dark = shares[row, column] > 0.5
-            axis.text(column, row, f"{int(counts[row, column])}\n{shares[row, column]:.0%}",
-                      ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of reference class" if normalize else "count")
+            axis.text(
+                column,
+                row,
+                f"{int(counts[row, column])}\n{shares[row, column]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
+    figure.colorbar(
+        image,
+        ax=axis,
+        fraction=0.046,
+        pad=0.04,
+        label="share of reference class" if normalize else "count",
+    )
     if title:
         axis.set_title(title, fontsize=9)
     figure.tight_layout()
@@ -147,23 +206,66 @@ def plot_confusion_matrix(confusion, labels, path, title="", normalize=True):
 # BAS paper, Table 1: IEMOCAP WA / UA (mean of the 5 folds) and MELD WF1, in %.
 # The WavLM 3L-baseline MELD WF1 is not legible in the paper.
 BAS_TABLE1 = {
-    ("HuBERT Large", "3L-baseline"): {("IEMOCAP", "WA"): 68.95, ("IEMOCAP", "UA"): 70.61, ("MELD", "WF1"): 39.12},
-    ("HuBERT Large", "4L-baseline"): {("IEMOCAP", "WA"): 68.16, ("IEMOCAP", "UA"): 69.61, ("MELD", "WF1"): 44.96},
-    ("HuBERT Large", "simple-FFN"): {("IEMOCAP", "WA"): 71.57, ("IEMOCAP", "UA"): 72.73, ("MELD", "WF1"): 44.80},
-    ("HuBERT Large", "3L-BAS"): {("IEMOCAP", "WA"): 72.24, ("IEMOCAP", "UA"): 73.19, ("MELD", "WF1"): 45.08},
-    ("HuBERT Large", "4L-BAS"): {("IEMOCAP", "WA"): 72.35, ("IEMOCAP", "UA"): 73.35, ("MELD", "WF1"): 45.24},
-    ("WavLM Large", "3L-baseline"): {("IEMOCAP", "WA"): 70.74, ("IEMOCAP", "UA"): 72.09},
-    ("WavLM Large", "4L-baseline"): {("IEMOCAP", "WA"): 70.08, ("IEMOCAP", "UA"): 71.65, ("MELD", "WF1"): 45.75},
-    ("WavLM Large", "simple-FFN"): {("IEMOCAP", "WA"): 72.53, ("IEMOCAP", "UA"): 73.70, ("MELD", "WF1"): 46.25},
-    ("WavLM Large", "3L-BAS"): {("IEMOCAP", "WA"): 73.92, ("IEMOCAP", "UA"): 74.22, ("MELD", "WF1"): 46.18},
-    ("WavLM Large", "4L-BAS"): {("IEMOCAP", "WA"): 74.03, ("IEMOCAP", "UA"): 74.95, ("MELD", "WF1"): 47.18},
+    ("HuBERT Large", "3L-baseline"): {
+        ("IEMOCAP", "WA"): 68.95,
+        ("IEMOCAP", "UA"): 70.61,
+        ("MELD", "WF1"): 39.12,
+    },
+    ("HuBERT Large", "4L-baseline"): {
+        ("IEMOCAP", "WA"): 68.16,
+        ("IEMOCAP", "UA"): 69.61,
+        ("MELD", "WF1"): 44.96,
+    },
+    ("HuBERT Large", "simple-FFN"): {
+        ("IEMOCAP", "WA"): 71.57,
+        ("IEMOCAP", "UA"): 72.73,
+        ("MELD", "WF1"): 44.80,
+    },
+    ("HuBERT Large", "3L-BAS"): {
+        ("IEMOCAP", "WA"): 72.24,
+        ("IEMOCAP", "UA"): 73.19,
+        ("MELD", "WF1"): 45.08,
+    },
+    ("HuBERT Large", "4L-BAS"): {
+        ("IEMOCAP", "WA"): 72.35,
+        ("IEMOCAP", "UA"): 73.35,
+        ("MELD", "WF1"): 45.24,
+    },
+    ("WavLM Large", "3L-baseline"): {
+        ("IEMOCAP", "WA"): 70.74,
+        ("IEMOCAP", "UA"): 72.09,
+    },
+    ("WavLM Large", "4L-baseline"): {
+        ("IEMOCAP", "WA"): 70.08,
+        ("IEMOCAP", "UA"): 71.65,
+        ("MELD", "WF1"): 45.75,
+    },
+    ("WavLM Large", "simple-FFN"): {
+        ("IEMOCAP", "WA"): 72.53,
+        ("IEMOCAP", "UA"): 73.70,
+        ("MELD", "WF1"): 46.25,
+    },
+    ("WavLM Large", "3L-BAS"): {
+        ("IEMOCAP", "WA"): 73.92,
+        ("IEMOCAP", "UA"): 74.22,
+        ("MELD", "WF1"): 46.18,
+    },
+    ("WavLM Large", "4L-BAS"): {
+        ("IEMOCAP", "WA"): 74.03,
+        ("IEMOCAP", "UA"): 74.95,
+        ("MELD", "WF1"): 47.18,
+    },
 }
 
 
 def _vesper_scores(iemocap, meld, cremad):
     """``{(dataset, metric): value}`` from three (WA, UA, WF1) triples (None = not reported)."""
     scores = {}
-    for dataset, triple in (("IEMOCAP", iemocap), ("MELD", meld), ("CREMA-D", cremad)):
+    for dataset, triple in (
+        ("IEMOCAP", iemocap),
+        ("MELD", meld),
+        ("CREMA-D", cremad),
+    ):
         for metric, value in zip(METRIC_NAMES, triple):
             if value is not None:
                 scores[(dataset, metric)] = value
@@ -174,16 +276,36 @@ def _vesper_scores(iemocap, meld, cremad):
 # weighted sum of all layers or on the last layer only. WavLM's weighted IEMOCAP WA comes
 # from the WavLM paper; UA and WF1 are not reported there.
 VESPER_TABLE8 = {
-    ("WavLM Base", "weighted"): _vesper_scores((0.659, None, None), (0.499, 0.201, 0.400), (0.599, 0.599, 0.600)),
-    ("WavLM Base", "last"): _vesper_scores((0.557, 0.558, 0.546), (0.481, 0.143, 0.313), (0.563, 0.564, 0.565)),
-    ("WavLM Large", "weighted"): _vesper_scores((0.706, None, None), (0.542, 0.253, 0.476), (0.757, 0.762, 0.755)),
-    ("WavLM Large", "last"): _vesper_scores((0.686, 0.701, 0.683), (0.522, 0.263, 0.454), (0.694, 0.700, 0.689)),
-    ("Vesper-4", "weighted"): _vesper_scores((0.684, 0.693, 0.683), (0.501, 0.250, 0.457), (0.734, 0.737, 0.733)),
-    ("Vesper-4", "last"): _vesper_scores((0.681, 0.699, 0.679), (0.504, 0.260, 0.468), (0.719, 0.723, 0.714)),
-    ("Vesper-12", "weighted"): _vesper_scores((0.707, 0.708, 0.706), (0.535, 0.268, 0.480), (0.772, 0.776, 0.768)),
-    ("Vesper-12", "last"): _vesper_scores((0.705, 0.712, 0.705), (0.526, 0.266, 0.476), (0.774, 0.778, 0.772)),
+    ("WavLM Base", "weighted"): _vesper_scores(
+        (0.659, None, None), (0.499, 0.201, 0.400), (0.599, 0.599, 0.600)
+    ),
+    ("WavLM Base", "last"): _vesper_scores(
+        (0.557, 0.558, 0.546), (0.481, 0.143, 0.313), (0.563, 0.564, 0.565)
+    ),
+    ("WavLM Large", "weighted"): _vesper_scores(
+        (0.706, None, None), (0.542, 0.253, 0.476), (0.757, 0.762, 0.755)
+    ),
+    ("WavLM Large", "last"): _vesper_scores(
+        (0.686, 0.701, 0.683), (0.522, 0.263, 0.454), (0.694, 0.700, 0.689)
+    ),
+    ("Vesper-4", "weighted"): _vesper_scores(
+        (0.684, 0.693, 0.683), (0.501, 0.250, 0.457), (0.734, 0.737, 0.733)
+    ),
+    ("Vesper-4", "last"): _vesper_scores(
+        (0.681, 0.699, 0.679), (0.504, 0.260, 0.468), (0.719, 0.723, 0.714)
+    ),
+    ("Vesper-12", "weighted"): _vesper_scores(
+        (0.707, 0.708, 0.706), (0.535, 0.268, 0.480), (0.772, 0.776, 0.768)
+    ),
+    ("Vesper-12", "last"): _vesper_scores(
+        (0.705, 0.712, 0.705), (0.526, 0.266, 0.476), (0.774, 0.778, 0.772)
+    ),
 }
-VESPER_TABLE3 = {upstream: scores for (upstream, source), scores in VESPER_TABLE8.items() if source == "weighted"}
+VESPER_TABLE3 = {
+    upstream: scores
+    for (upstream, source), scores in VESPER_TABLE8.items()
+    if source == "weighted"
+}
 
 # Vesper paper, Table IV: the SER-specific downstream models Shiftformer [42] and
 # SpeechFormer-S [65] on each upstream, (WA, UA, WF1) per dataset. The paper does not say
@@ -206,26 +328,53 @@ _TABLE4_PRINTED = {  # (dataset, upstream): (Shiftformer WA, UA, WF1, SpeechForm
     ("CREMA-D", "Vesper-12"): (0.806, 0.809, 0.804, 0.794, 0.797, 0.795),
 }
 VESPER_TABLE4 = {
-    (dataset, upstream, model): dict(zip(METRIC_NAMES, values[3 * index : 3 * index + 3]))
+    (dataset, upstream, model): dict(
+        zip(METRIC_NAMES, values[3 * index : 3 * index + 3])
+    )
     for (dataset, upstream), values in _TABLE4_PRINTED.items()
     for index, model in enumerate(TABLE4_MODELS)
 }
 
 # Display orders: the papers' datasets first, the BAS Table 1 models in its order.
 DATASET_ORDER = ("IEMOCAP", "MELD", "CREMA-D")
-MODEL_ORDER = ("3L-baseline", "4L-baseline", "simple-FFN", "3L-BAS", "4L-BAS", "SUPERB classifier")
-UPSTREAM_FAMILIES = {"fbank": "Fbank", "hubert": "HuBERT", "wavlm": "WavLM", "vesper": "Vesper"}
+MODEL_ORDER = (
+    "3L-baseline",
+    "4L-baseline",
+    "simple-FFN",
+    "3L-BAS",
+    "4L-BAS",
+    "SUPERB classifier",
+)
+UPSTREAM_FAMILIES = {
+    "fbank": "Fbank",
+    "hubert": "HuBERT",
+    "wavlm": "WavLM",
+    "vesper": "Vesper",
+}
 SUPERB = "SUPERB classifier"
 
 # Keys a results.json of ser_modules.recipe always holds.
 REQUIRED_KEYS = ("dataset", "hparams_file", "folds", "mean", "std", "selection")
 # Where a run wrote or read files: they never make two runs different experiments.
 PATH_SETTINGS = (
-    "output_folder", "data_folder", "prepare_folder", "cache_folder", "save_folder",
-    "experiment_folder", "train_log", "search_folder", "labels_csv",
+    "output_folder",
+    "data_folder",
+    "prepare_folder",
+    "cache_folder",
+    "save_folder",
+    "experiment_folder",
+    "train_log",
+    "search_folder",
+    "labels_csv",
 )
 # Preparation options that change how the manifests are made, not which split they hold.
-NON_PROTOCOL_PREPARATION = ("data_folder", "save_folder", "labels_csv", "num_workers", "skip_prep")
+NON_PROTOCOL_PREPARATION = (
+    "data_folder",
+    "save_folder",
+    "labels_csv",
+    "num_workers",
+    "skip_prep",
+)
 
 
 class ReportError(ValueError):
@@ -249,7 +398,9 @@ def results_path(path):
             )
         return candidate
     if not os.path.exists(path):
-        raise ReportError(f"{path} does not exist: give run output folders or their results.json files.")
+        raise ReportError(
+            f"{path} does not exist: give run output folders or their results.json files."
+        )
     return path
 
 
@@ -274,7 +425,9 @@ def load_results(path):
     except (OSError, UnicodeDecodeError) as error:
         raise ReportError(f"Cannot read {path} ({error}).") from error
     if not isinstance(results, dict):
-        raise ReportError(f"{path} holds a JSON {type(results).__name__}, not the results of a ser_modules recipe.")
+        raise ReportError(
+            f"{path} holds a JSON {type(results).__name__}, not the results of a ser_modules recipe."
+        )
     missing = [key for key in REQUIRED_KEYS if key not in results]
     if missing:
         raise ReportError(
@@ -285,17 +438,32 @@ def load_results(path):
     if not isinstance(folds, dict) or not folds:
         raise ReportError(f"{path} has no folds: the run wrote no test scores.")
     for name, scores in folds.items():
-        absent = [metric for metric in METRIC_NAMES if not isinstance(scores, dict) or metric not in scores]
+        absent = [
+            metric
+            for metric in METRIC_NAMES
+            if not isinstance(scores, dict) or metric not in scores
+        ]
         if absent:
-            raise ReportError(f"{path}: fold {name!r} lacks the scores {absent}; rerun the recipe to rewrite it.")
+            raise ReportError(
+                f"{path}: fold {name!r} lacks the scores {absent}; rerun the recipe to rewrite it."
+            )
     for summary in ("mean", "std"):
-        absent = [metric for metric in METRIC_NAMES if not isinstance(results[summary], dict)
-                  or metric not in results[summary]]
+        absent = [
+            metric
+            for metric in METRIC_NAMES
+            if not isinstance(results[summary], dict)
+            or metric not in results[summary]
+        ]
         if absent:
-            raise ReportError(f"{path}: {summary!r} lacks {absent}; rerun the recipe to rewrite it.")
+            raise ReportError(
+                f"{path}: {summary!r} lacks {absent}; rerun the recipe to rewrite it."
+            )
     search = results.get("search")
     if search is not None:
-        if not isinstance(search, dict) or not {"architectures", "candidates"} <= set(search):
+        if not isinstance(search, dict) or not {
+            "architectures",
+            "candidates",
+        } <= set(search):
             raise ReportError(
                 f"{path}: its 'search' entry lacks the architectures or candidates of the BAS search; "
                 "rerun the recipe to rewrite it (the searches are reused from the run folder)."
@@ -324,7 +492,11 @@ def read_run_hparams(folder):
         return {}
     if not isinstance(values, dict):
         return {}
-    return {key: value for key, value in values.items() if value is not None and not key.startswith("__")}
+    return {
+        key: value
+        for key, value in values.items()
+        if value is not None and not key.startswith("__")
+    }
 
 
 def read_preparation_options(folder, settings, results):
@@ -335,7 +507,9 @@ def read_preparation_options(folder, settings, results):
     """
     candidates = [os.path.join(folder, "prepared", "prepare_options.json")]
     if isinstance(settings.get("prepare_folder"), str):
-        candidates.insert(0, os.path.join(settings["prepare_folder"], "prepare_options.json"))
+        candidates.insert(
+            0, os.path.join(settings["prepare_folder"], "prepare_options.json")
+        )
     options = dict(results.get("preparation") or {})
     for candidate in candidates:
         try:
@@ -344,7 +518,11 @@ def read_preparation_options(folder, settings, results):
             break
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return {key: value for key, value in options.items() if key not in NON_PROTOCOL_PREPARATION}
+    return {
+        key: value
+        for key, value in options.items()
+        if key not in NON_PROTOCOL_PREPARATION
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,7 +545,10 @@ FAMILY_DEFAULTS = {
     "bas": {"downstream_model": "blocks", "search": True, "search_layers": 3},
     "shiftformer": {"downstream_model": "shiftformer"},
     "speechformer": {"downstream_model": "speechformer"},
-    "svm": {"downstream_model": "linear SVM", "feature_level": "functionals"},  # classic baseline
+    "svm": {
+        "downstream_model": "linear SVM",
+        "feature_level": "functionals",
+    },  # classic baseline
 }
 # openSMILE feature sets (``features`` of the feature-upstream files, or svm_<set>.yaml).
 OPENSMILE_NAMES = {"egemaps": "eGeMAPS", "compare": "ComParE"}
@@ -394,7 +575,11 @@ def model_name(hparams_file, settings):
         if settings.get("search", False):
             return f"{settings.get('search_layers', 3)}L-BAS"
         architecture = settings.get("architecture") or []
-        return "blocks " + "-".join(map(str, architecture)) if architecture else "blocks"
+        return (
+            "blocks " + "-".join(map(str, architecture))
+            if architecture
+            else "blocks"
+        )
     if model == "transformer":
         return f"{settings.get('num_layers', 3)}L-baseline"
     if model == "ffn":
@@ -414,7 +599,9 @@ def model_name(hparams_file, settings):
 
 def _read_model_config(source):
     try:
-        with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
+        with open(
+            os.path.join(source, "config.json"), encoding="utf-8"
+        ) as handle:
             return json.load(handle)
     except (OSError, ValueError, TypeError):
         return {}
@@ -438,29 +625,47 @@ def upstream_name(hparams_file, settings):
         source = str(settings.get("ssl_source") or "")
         if family_key != "fbank" and source:
             config = _read_model_config(source)
-            family_key = config.get("model_type", family_key) if family_key == "auto" else family_key
+            family_key = (
+                config.get("model_type", family_key)
+                if family_key == "auto"
+                else family_key
+            )
             shape = (config.get("num_hidden_layers"), config.get("hidden_size"))
-            if "vesper" in os.path.basename(os.path.normpath(source)).lower() or (
+            if "vesper" in os.path.basename(
+                os.path.normpath(source)
+            ).lower() or (
                 family_key == "wavlm" and shape in ((4, 1024), (12, 1024))
             ):
                 family_key = "vesper"
     family = UPSTREAM_FAMILIES.get(family_key)
     settings = {**FAMILY_DEFAULTS.get(model_family, {}), **settings}
     features = settings.get("features", family_key)
-    if features in OPENSMILE_NAMES and (family == "Fbank" or family_key in OPENSMILE_NAMES):
-        level = "functionals" if settings.get("feature_level") == "functionals" else "LLDs"
+    if features in OPENSMILE_NAMES and (
+        family == "Fbank" or family_key in OPENSMILE_NAMES
+    ):
+        level = (
+            "functionals"
+            if settings.get("feature_level") == "functionals"
+            else "LLDs"
+        )
         return f"{OPENSMILE_NAMES[features]} {level}"
     if family is None:
         return family_key or "?"
     if family == "Fbank":
         return family
     source = str(settings.get("ssl_source") or "")
-    folder_name = os.path.basename(os.path.normpath(source)).lower() if source else ""
+    folder_name = (
+        os.path.basename(os.path.normpath(source)).lower() if source else ""
+    )
     config = _read_model_config(source) if source else {}
     layers, width = config.get("num_hidden_layers"), config.get("hidden_size")
     if family == "Vesper":
         if layers and width:
-            return f"Vesper-{layers}" if width == 1024 else f"Vesper ({layers} layers, {width} dims)"
+            return (
+                f"Vesper-{layers}"
+                if width == 1024
+                else f"Vesper ({layers} layers, {width} dims)"
+            )
         match = re.search(r"vesper[-_ ]?(\d+)", folder_name)
         return f"Vesper-{match.group(1)}" if match else family
     plus = "+" if re.search(r"plus|\+", folder_name) else ""
@@ -522,7 +727,9 @@ class Run:
     @property
     def title(self):
         """``<dataset>: <upstream> <model>`` (for figure titles and headings)."""
-        return f"{self.dataset}: {self.upstream} {self._model_name_and_variant()}"
+        return (
+            f"{self.dataset}: {self.upstream} {self._model_name_and_variant()}"
+        )
 
     def _model_name_and_variant(self):
         label = self.model
@@ -540,7 +747,9 @@ def describe_run(path):
     overrides = results.get("overrides") or {}
     settings = {**read_run_hparams(folder), **overrides}
     crop = settings.get("crop_seconds")
-    selection = results["selection"] if isinstance(results["selection"], dict) else {}
+    selection = (
+        results["selection"] if isinstance(results["selection"], dict) else {}
+    )
     protocol = {
         "selection set": selection.get("set"),
         "selection metric": selection.get("metric"),
@@ -548,7 +757,12 @@ def describe_run(path):
         "eval_crop_seconds": settings.get("eval_crop_seconds", crop),
     }
     preparation = read_preparation_options(folder, settings, results)
-    protocol.update({f"preparation {key}": value for key, value in sorted(preparation.items())})
+    protocol.update(
+        {
+            f"preparation {key}": value
+            for key, value in sorted(preparation.items())
+        }
+    )
     return Run(
         path=path,
         results=results,
@@ -579,7 +793,12 @@ def protocol_differences(runs):
     """
     groups = collections.defaultdict(list)
     for index, run in enumerate(runs):
-        keys = dict.fromkeys(key for other in runs if other.dataset == run.dataset for key in other.protocol)
+        keys = dict.fromkeys(
+            key
+            for other in runs
+            if other.dataset == run.dataset
+            for key in other.protocol
+        )
         for key in keys:
             scope = None if key == "selection set" else run.dataset
             groups[(scope, key)].append((index, run.protocol.get(key)))
@@ -593,16 +812,28 @@ def protocol_differences(runs):
         for index, value in members:
             if _canonical(value) != reference:
                 where = "" if scope is None else f" of the {scope} runs"
-                differences[index].append(f"{key}: {_canonical(value)} (the others{where}: {reference})")
+                differences[index].append(
+                    f"{key}: {_canonical(value)} (the others{where}: {reference})"
+                )
     return dict(differences)
 
 
 def _settings_for_variant(run):
     # The protocol settings (selection, crop) are told apart by the run's mark instead.
-    ignored = {*PATH_SETTINGS, "selection_set", "selection_metric", "crop_seconds", "eval_crop_seconds"}
-    settings = {key: value for key, value in run.settings.items() if key not in ignored}
+    ignored = {
+        *PATH_SETTINGS,
+        "selection_set",
+        "selection_metric",
+        "crop_seconds",
+        "eval_crop_seconds",
+    }
+    settings = {
+        key: value for key, value in run.settings.items() if key not in ignored
+    }
     if "ssl_source" in settings:
-        settings["ssl_source"] = os.path.basename(os.path.normpath(str(settings["ssl_source"])))
+        settings["ssl_source"] = os.path.basename(
+            os.path.normpath(str(settings["ssl_source"]))
+        )
     return settings
 
 
@@ -619,21 +850,36 @@ def name_variants(runs):
     """
     cells = collections.defaultdict(list)
     for run in runs:
-        cells[(run.dataset, run.upstream, run.model, run.classifier_input, run.mark)].append(run)
+        cells[
+            (
+                run.dataset,
+                run.upstream,
+                run.model,
+                run.classifier_input,
+                run.mark,
+            )
+        ].append(run)
     for members in cells.values():
         if len(members) < 2:
             continue
         settings = [_settings_for_variant(run) for run in members]
         keys = sorted({key for s in settings for key in s})
-        differing = [key for key in keys if len({_canonical(s.get(key)) for s in settings}) > 1]
+        differing = [
+            key
+            for key in keys
+            if len({_canonical(s.get(key)) for s in settings}) > 1
+        ]
         if not differing:
             raise ReportError(
                 "These runs have the same dataset, upstream, model and settings, so they would fill "
-                "the same table cell: " + ", ".join(run.path for run in members)
+                "the same table cell: "
+                + ", ".join(run.path for run in members)
                 + ". Give only one of them (or rerun one with another seed)."
             )
         for run, run_settings in zip(members, settings):
-            run.variant = ", ".join(f"{key}={run_settings.get(key)}" for key in differing)
+            run.variant = ", ".join(
+                f"{key}={run_settings.get(key)}" for key in differing
+            )
 
 
 def collect_runs(paths, allow_mixed=False):
@@ -665,10 +911,14 @@ def collect_runs(paths, allow_mixed=False):
             runs.append(run)
     differences = protocol_differences(runs)
     if differences and not allow_mixed:
-        lines = [f"- {runs[index].path}: " + "; ".join(items) for index, items in sorted(differences.items())]
+        lines = [
+            f"- {runs[index].path}: " + "; ".join(items)
+            for index, items in sorted(differences.items())
+        ]
         raise ReportError(
             "These runs follow another protocol than the others, so their scores are not comparable "
-            "in one table:\n" + "\n".join(lines)
+            "in one table:\n"
+            + "\n".join(lines)
             + "\nReport them separately, or pass --allow_mixed to put them in the tables marked with †."
         )
     for number, index in enumerate(sorted(differences), start=1):
@@ -689,19 +939,31 @@ def _dataset_order(datasets):
 
 def _upstream_order(name):
     families = list(UPSTREAM_FAMILIES.values())
-    family = next((index for index, prefix in enumerate(families) if name.startswith(prefix)), len(families))
+    family = next(
+        (
+            index
+            for index, prefix in enumerate(families)
+            if name.startswith(prefix)
+        ),
+        len(families),
+    )
     size = {"Base": 0, "Base+": 1, "Large": 2}.get(name.split(" ")[-1], 3)
     digits = re.findall(r"\d+", name)
     return (family, size, int(digits[0]) if digits else 0, name)
 
 
 def _model_order(name):
-    return (MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER), name)
+    return (
+        MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER),
+        name,
+    )
 
 
 def score_cell(run, metric, scale):
     """``(mean, std)`` over the run's folds of ``metric``, times ``scale``."""
-    return scale * float(run.results["mean"][metric]), scale * float(run.results["std"][metric])
+    return scale * float(run.results["mean"][metric]), scale * float(
+        run.results["std"][metric]
+    )
 
 
 def table_rows(runs, columns, row_key, reference=None, scale=1.0):
@@ -726,7 +988,9 @@ def table_rows(runs, columns, row_key, reference=None, scale=1.0):
     """
     rows = {}
     for run in runs:
-        row = rows.setdefault(row_key(run), {"label": row_key(run), "cells": {}})
+        row = rows.setdefault(
+            row_key(run), {"label": row_key(run), "cells": {}}
+        )
         for dataset, metric in columns:
             if dataset != run.dataset:
                 continue
@@ -755,12 +1019,20 @@ def _format_cell(cell, digits):
 def markdown_table(header, rows, columns, digits):
     """Render :func:`table_rows` as a Markdown table."""
     lines = [
-        "| " + " | ".join(header) + " | " + " | ".join(f"{d} {m}" for d, m in columns) + " |",
+        "| "
+        + " | ".join(header)
+        + " | "
+        + " | ".join(f"{d} {m}" for d, m in columns)
+        + " |",
         "|" + "---|" * (len(header) + len(columns)),
     ]
     for row in rows:
-        cells = [_format_cell(row["cells"].get(column), digits) for column in columns]
-        lines.append("| " + " | ".join(row["label"]) + " | " + " | ".join(cells) + " |")
+        cells = [
+            _format_cell(row["cells"].get(column), digits) for column in columns
+        ]
+        lines.append(
+            "| " + " | ".join(row["label"]) + " | " + " | ".join(cells) + " |"
+        )
     return lines
 
 
@@ -773,15 +1045,34 @@ def bas_table(runs):
         The columns and :func:`table_rows`.
     """
     datasets = _dataset_order({run.dataset for run in runs})
-    columns = [(d, m) for d in datasets for m in (("WF1",) if d == "MELD" else ("WA", "UA"))]
+    columns = [
+        (d, m)
+        for d in datasets
+        for m in (("WF1",) if d == "MELD" else ("WA", "UA"))
+    ]
 
     def reference(run, dataset, metric):
         if run.variant or run.classifier_input != "weighted":
             return None
-        return BAS_TABLE1.get((run.upstream, run.model), {}).get((dataset, metric))
+        return BAS_TABLE1.get((run.upstream, run.model), {}).get(
+            (dataset, metric)
+        )
 
-    ordered = sorted(runs, key=lambda r: (_upstream_order(r.upstream), _model_order(r.model), r.model_label))
-    return columns, table_rows(ordered, columns, lambda r: (r.upstream, r.model_label), reference, scale=100.0)
+    ordered = sorted(
+        runs,
+        key=lambda r: (
+            _upstream_order(r.upstream),
+            _model_order(r.model),
+            r.model_label,
+        ),
+    )
+    return columns, table_rows(
+        ordered,
+        columns,
+        lambda r: (r.upstream, r.model_label),
+        reference,
+        scale=100.0,
+    )
 
 
 def vesper_table(runs, by_input=False):
@@ -793,21 +1084,39 @@ def vesper_table(runs, by_input=False):
     (list of (str, str), list of dict)
         The columns (WA / UA / WF1 of every dataset) and :func:`table_rows`.
     """
-    chosen = [run for run in runs if run.model == SUPERB and (by_input or run.classifier_input == "weighted")]
+    chosen = [
+        run
+        for run in runs
+        if run.model == SUPERB
+        and (by_input or run.classifier_input == "weighted")
+    ]
     datasets = _dataset_order({run.dataset for run in chosen})
     columns = [(d, m) for d in datasets for m in METRIC_NAMES]
 
     def reference(run, dataset, metric):
         if run.variant:
             return None
-        return VESPER_TABLE8.get((run.upstream, run.classifier_input), {}).get((dataset, metric))
+        return VESPER_TABLE8.get((run.upstream, run.classifier_input), {}).get(
+            (dataset, metric)
+        )
 
     def row_key(run):
-        upstream = run.upstream + (f" [{run.variant}]" if run.variant else "") + run.mark
+        upstream = (
+            run.upstream
+            + (f" [{run.variant}]" if run.variant else "")
+            + run.mark
+        )
         return (upstream, run.classifier_input) if by_input else (upstream,)
 
-    ordered = sorted(chosen, key=lambda r: (_upstream_order(r.upstream), r.variant, r.classifier_input != "weighted",
-                                            r.classifier_input))
+    ordered = sorted(
+        chosen,
+        key=lambda r: (
+            _upstream_order(r.upstream),
+            r.variant,
+            r.classifier_input != "weighted",
+            r.classifier_input,
+        ),
+    )
     return columns, table_rows(ordered, columns, row_key, reference, scale=1.0)
 
 
@@ -821,22 +1130,49 @@ def vesper_table4(runs):
         The columns ``(model, metric)`` and rows like :func:`table_rows`'s.
     """
     chosen = [run for run in runs if run.model in TABLE4_MODELS]
-    columns = [(model, metric) for model in TABLE4_MODELS for metric in METRIC_NAMES]
-    dataset_rank = {name: index for index, name in enumerate(_dataset_order({run.dataset for run in chosen}))}
-    ordered = sorted(chosen, key=lambda r: (dataset_rank[r.dataset], _upstream_order(r.upstream), r.variant,
-                                            r.classifier_input))
+    columns = [
+        (model, metric) for model in TABLE4_MODELS for metric in METRIC_NAMES
+    ]
+    dataset_rank = {
+        name: index
+        for index, name in enumerate(
+            _dataset_order({run.dataset for run in chosen})
+        )
+    }
+    ordered = sorted(
+        chosen,
+        key=lambda r: (
+            dataset_rank[r.dataset],
+            _upstream_order(r.upstream),
+            r.variant,
+            r.classifier_input,
+        ),
+    )
     rows = {}
     for run in ordered:
         upstream = run.upstream
         if run.classifier_input != "weighted" and run.upstream != "Fbank":
             upstream += f" ({run.classifier_input})"
-        label = (run.dataset, upstream + (f" [{run.variant}]" if run.variant else "") + run.mark)
+        label = (
+            run.dataset,
+            upstream + (f" [{run.variant}]" if run.variant else "") + run.mark,
+        )
         row = rows.setdefault(label, {"label": label, "cells": {}})
         for metric in METRIC_NAMES:
             mean, std = score_cell(run, metric, 1.0)
-            paper = None if run.variant else VESPER_TABLE4.get((run.dataset, run.upstream, run.model), {}).get(metric)
+            paper = (
+                None
+                if run.variant
+                else VESPER_TABLE4.get(
+                    (run.dataset, run.upstream, run.model), {}
+                ).get(metric)
+            )
             row["cells"][(run.model, metric)] = {
-                "mean": mean, "std": std, "folds": len(run.results["folds"]), "paper": paper, "run": run,
+                "mean": mean,
+                "std": std,
+                "folds": len(run.results["folds"]),
+                "paper": paper,
+                "run": run,
             }
     return columns, list(rows.values())
 
@@ -854,9 +1190,13 @@ def run_slugs(runs):
     """A distinct file-name stem per run: ``<dataset>_<upstream>_<model>[_<variant>]``."""
     slugs, used = [], collections.Counter()
     for run in runs:
-        input_name = "" if run.classifier_input == "weighted" else run.classifier_input
+        input_name = (
+            "" if run.classifier_input == "weighted" else run.classifier_input
+        )
         mark = run.mark.replace("†", "mixed")
-        slug = _slug(f"{run.dataset}_{run.upstream}_{run.model}_{input_name}_{run.variant}_{mark}")[:80].strip("_")
+        slug = _slug(
+            f"{run.dataset}_{run.upstream}_{run.model}_{input_name}_{run.variant}_{mark}"
+        )[:80].strip("_")
         used[slug] += 1
         slugs.append(slug if used[slug] == 1 else f"{slug}_{used[slug]}")
     return slugs
@@ -864,7 +1204,10 @@ def run_slugs(runs):
 
 def _existing_heatmap(run, fold, recorded):
     """The theta heatmap of a fold: where results.json says, or in the (moved) run folder."""
-    for candidate in (recorded, os.path.join(run.folder, fold, "search", "theta_heatmap.png")):
+    for candidate in (
+        recorded,
+        os.path.join(run.folder, fold, "search", "theta_heatmap.png"),
+    ):
         if candidate and os.path.isfile(candidate):
             return candidate
     return None
@@ -891,11 +1234,15 @@ def write_figures(runs, figures_folder):
         if figures_folder and "confusion" in pooled and "labels" in pooled:
             folds = len(run.results["folds"])
             entry["confusion"] = plot_confusion_matrix(
-                pooled["confusion"], pooled["labels"], os.path.join(figures_folder, f"{slug}_confusion.png"),
+                pooled["confusion"],
+                pooled["labels"],
+                os.path.join(figures_folder, f"{slug}_confusion.png"),
                 title=f"{run.title}\ntest predictions of {folds} fold{'s' if folds > 1 else ''} pooled",
             )
         elif os.path.isfile(os.path.join(run.folder, "confusion_matrix.png")):
-            entry["confusion"] = os.path.join(run.folder, "confusion_matrix.png")
+            entry["confusion"] = os.path.join(
+                run.folder, "confusion_matrix.png"
+            )
         search = run.results.get("search") or {}
         for fold, recorded in (search.get("heatmaps") or {}).items():
             existing = _existing_heatmap(run, fold, recorded)
@@ -903,12 +1250,18 @@ def write_figures(runs, figures_folder):
                 if existing:
                     entry["heatmaps"][fold] = existing
                 continue
-            target = os.path.join(figures_folder, f"{slug}_theta_{_slug(fold)}.png")
+            target = os.path.join(
+                figures_folder, f"{slug}_theta_{_slug(fold)}.png"
+            )
             if existing:
                 shutil.copyfile(existing, target)
             elif fold in (search.get("probabilities") or {}):
-                plot_theta_heatmap(search["probabilities"][fold], search["candidates"], target,
-                                   f"{run.title}, {fold}: softmax(theta)")
+                plot_theta_heatmap(
+                    search["probabilities"][fold],
+                    search["candidates"],
+                    target,
+                    f"{run.title}, {fold}: softmax(theta)",
+                )
             else:
                 continue
             entry["heatmaps"][fold] = target
@@ -931,23 +1284,58 @@ def search_summary(run, heatmaps, base):
     search = run.results["search"]
     candidates = search["candidates"]
     architectures = search["architectures"]
-    lines = [f"#### {run.title}", "", "| fold | architecture (first layer first) | heatmap |", "|---|---|---|"]
+    lines = [
+        f"#### {run.title}",
+        "",
+        "| fold | architecture (first layer first) | heatmap |",
+        "|---|---|---|",
+    ]
     for fold, architecture in architectures.items():
-        figure = f"[theta]({_link(heatmaps[fold], base)})" if fold in heatmaps else "-"
+        figure = (
+            f"[theta]({_link(heatmaps[fold], base)})"
+            if fold in heatmaps
+            else "-"
+        )
         lines.append(f"| {fold} | {' -> '.join(architecture)} | {figure} |")
     wins = search.get("block_wins") or []
     if wins:
         overall = [candidates[int(np.argmax(row))] for row in wins]
-        lines.append(f"| overall (most wins per layer) | {' -> '.join(overall)} | |")
-        lines += ["", "| layer | " + " | ".join(candidates) + " |", "|---|" + "---|" * len(candidates)]
-        lines += [f"| {index + 1} | " + " | ".join(str(v) for v in row) + " |" for index, row in enumerate(wins)]
-        first_ffn = sum(1 for architecture in architectures.values() if architecture and architecture[0] == "ffn")
-        lines += ["", f"First layer `ffn` in {first_ffn} of {len(architectures)} searches "
-                      "(the BAS paper finds `ffn` first every time)."]
-    tied = {fold: layers for fold, layers in (search.get("ties") or {}).items() if layers}
+        lines.append(
+            f"| overall (most wins per layer) | {' -> '.join(overall)} | |"
+        )
+        lines += [
+            "",
+            "| layer | " + " | ".join(candidates) + " |",
+            "|---|" + "---|" * len(candidates),
+        ]
+        lines += [
+            f"| {index + 1} | " + " | ".join(str(v) for v in row) + " |"
+            for index, row in enumerate(wins)
+        ]
+        first_ffn = sum(
+            1
+            for architecture in architectures.values()
+            if architecture and architecture[0] == "ffn"
+        )
+        lines += [
+            "",
+            f"First layer `ffn` in {first_ffn} of {len(architectures)} searches "
+            "(the BAS paper finds `ffn` first every time).",
+        ]
+    tied = {
+        fold: layers
+        for fold, layers in (search.get("ties") or {}).items()
+        if layers
+    }
     if tied:
-        lines += ["", "Ties in theta (broken towards the first candidate): "
-                  + ", ".join(f"{fold} layers {[layer + 1 for layer in layers]}" for fold, layers in tied.items())]
+        lines += [
+            "",
+            "Ties in theta (broken towards the first candidate): "
+            + ", ".join(
+                f"{fold} layers {[layer + 1 for layer in layers]}"
+                for fold, layers in tied.items()
+            ),
+        ]
     return lines + theta_decision_lines(search)
 
 
@@ -974,11 +1362,14 @@ def build_report(paths, out=None, figures_folder=None, allow_mixed=False):
     runs, differences = collect_runs(paths, allow_mixed=allow_mixed)
     base = os.path.dirname(os.path.abspath(out)) if out else os.getcwd()
     figures = write_figures(runs, figures_folder)
-    lines = ["# Speech emotion recognition: results", "",
-             f"{len(runs)} run{'s' if len(runs) > 1 else ''}. Scores are the mean ± std over the test folds "
-             "(one split: no std); the paper's number is in parentheses where the row and column match "
-             "its tables. The papers' protocols may differ from ours (the Vesper reference code selects "
-             "the checkpoint on the test set of IEMOCAP and CREMA-D), see each run's selection below."]
+    lines = [
+        "# Speech emotion recognition: results",
+        "",
+        f"{len(runs)} run{'s' if len(runs) > 1 else ''}. Scores are the mean ± std over the test folds "
+        "(one split: no std); the paper's number is in parentheses where the row and column match "
+        "its tables. The papers' protocols may differ from ours (the Vesper reference code selects "
+        "the checkpoint on the test set of IEMOCAP and CREMA-D), see each run's selection below.",
+    ]
 
     columns, rows = bas_table(runs)
     lines += ["", "## BAS Table 1 layout (WA / UA in %, WF1 on MELD)", ""]
@@ -988,45 +1379,88 @@ def build_report(paths, out=None, figures_folder=None, allow_mixed=False):
     if superb_runs:
         columns, rows = vesper_table(runs)
         if rows:
-            lines += ["", "## Vesper Table III layout (SUPERB classifier on the weighted sum of layers)", ""]
+            lines += [
+                "",
+                "## Vesper Table III layout (SUPERB classifier on the weighted sum of layers)",
+                "",
+            ]
             lines += markdown_table(["upstream"], rows, columns, digits=3)
         if any(run.classifier_input != "weighted" for run in superb_runs):
             columns, rows = vesper_table(runs, by_input=True)
-            lines += ["", "## Vesper Table VIII layout (classifier input: weighted sum of layers or one layer)", ""]
-            lines += markdown_table(["upstream", "input"], rows, columns, digits=3)
+            lines += [
+                "",
+                "## Vesper Table VIII layout (classifier input: weighted sum of layers or one layer)",
+                "",
+            ]
+            lines += markdown_table(
+                ["upstream", "input"], rows, columns, digits=3
+            )
 
     if any(run.model in TABLE4_MODELS for run in runs):
         columns, rows = vesper_table4(runs)
-        lines += ["", "## Vesper Table IV layout (SER-specific downstream models)", ""]
-        lines += markdown_table(["dataset", "upstream"], rows, columns, digits=3)
+        lines += [
+            "",
+            "## Vesper Table IV layout (SER-specific downstream models)",
+            "",
+        ]
+        lines += markdown_table(
+            ["dataset", "upstream"], rows, columns, digits=3
+        )
 
-    lines += ["", "## Runs", "",
-              "| run | dataset | upstream | model | folds | selection | crop (s) | WA | UA | WF1 | confusion |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | dataset | upstream | model | folds | selection | crop (s) | WA | UA | WF1 | confusion |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run, entry in zip(runs, figures):
         selection = run.results["selection"]
-        scores = [f"{run.results['mean'][m]:.4f} ± {run.results['std'][m]:.4f}" for m in METRIC_NAMES]
-        confusion = f"[png]({_link(entry['confusion'], base)})" if entry["confusion"] else "-"
+        scores = [
+            f"{run.results['mean'][m]:.4f} ± {run.results['std'][m]:.4f}"
+            for m in METRIC_NAMES
+        ]
+        confusion = (
+            f"[png]({_link(entry['confusion'], base)})"
+            if entry["confusion"]
+            else "-"
+        )
         lines.append(
             f"| [{_link(run.folder, base)}]({_link(run.path, base)}) | {run.dataset} | {run.upstream} | "
             f"{run.model_label} | {len(run.results['folds'])} | {selection.get('set')} set, {selection.get('metric')} "
-            f"| {run.protocol['crop_seconds']} | " + " | ".join(scores) + f" | {confusion} |"
+            f"| {run.protocol['crop_seconds']} | "
+            + " | ".join(scores)
+            + f" | {confusion} |"
         )
     if differences:
-        lines += ["", "Runs of another protocol (kept with --allow_mixed, not comparable with the others):", ""]
-        lines += [f"- †{number} {runs[index].title}: " + "; ".join(differences[index])
-                  for number, index in enumerate(sorted(differences), start=1)]
+        lines += [
+            "",
+            "Runs of another protocol (kept with --allow_mixed, not comparable with the others):",
+            "",
+        ]
+        lines += [
+            f"- †{number} {runs[index].title}: " + "; ".join(differences[index])
+            for number, index in enumerate(sorted(differences), start=1)
+        ]
 
-    searched = [(run, entry) for run, entry in zip(runs, figures) if run.results.get("search")]
+    searched = [
+        (run, entry)
+        for run, entry in zip(runs, figures)
+        if run.results.get("search")
+    ]
     if searched:
         lines += ["", "## Architectures found by the BAS searches", ""]
         for run, entry in searched:
             lines += search_summary(run, entry["heatmaps"], base) + [""]
         lines.pop()
 
-    lines += ["", "## t-SNE of utterance representations (Vesper Fig. 6)", "",
-              "    python -m ser_modules.tsne --csv MANIFEST.csv --data_root CORPUS "
-              "--ssl_source MODEL_DIR --layer last --out tsne.png"]
+    lines += [
+        "",
+        "## t-SNE of utterance representations (Vesper Fig. 6)",
+        "",
+        "    python -m ser_modules.tsne --csv MANIFEST.csv --data_root CORPUS "
+        "--ssl_source MODEL_DIR --layer last --out tsne.png",
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1036,14 +1470,28 @@ def main(argv=None):
         prog="python -m ser_modules.reports",
         description="Collect finished runs (output folders or results.json files) into the papers' tables.",
     )
-    parser.add_argument("runs", nargs="+", help="run output folders or their results.json files")
-    parser.add_argument("--out", help="Markdown file to write (default: print the report)")
-    parser.add_argument("--figures", help="folder for the confusion matrices and theta heatmaps")
-    parser.add_argument("--allow_mixed", action="store_true",
-                        help="keep runs of different protocols in the tables, marked with a dagger")
+    parser.add_argument(
+        "runs", nargs="+", help="run output folders or their results.json files"
+    )
+    parser.add_argument(
+        "--out", help="Markdown file to write (default: print the report)"
+    )
+    parser.add_argument(
+        "--figures", help="folder for the confusion matrices and theta heatmaps"
+    )
+    parser.add_argument(
+        "--allow_mixed",
+        action="store_true",
+        help="keep runs of different protocols in the tables, marked with a dagger",
+    )
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.runs, out=args.out, figures_folder=args.figures, allow_mixed=args.allow_mixed)
+        report = build_report(
+            args.runs,
+            out=args.out,
+            figures_folder=args.figures,
+            allow_mixed=args.allow_mixed,
+        )
         if args.out:
             from ser_modules.manifest import atomic_write_text
 
@@ -1055,11 +1503,17 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: cannot write the report or its figures: {error}", file=sys.stderr)
+        print(
+            f"error: cannot write the report or its figures: {error}",
+            file=sys.stderr,
+        )
         return 2
     except Exception as error:  # noqa: BLE001  (a report must end with a message, not a traceback)
-        print(f"error: unexpected {type(error).__name__} while reporting {args.runs}: {error}. "
-              "Check that every path is a run folder of a ser_modules recipe.", file=sys.stderr)
+        print(
+            f"error: unexpected {type(error).__name__} while reporting {args.runs}: {error}. "
+            "Check that every path is a run folder of a ser_modules recipe.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

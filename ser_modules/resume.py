@@ -25,7 +25,11 @@ import shutil
 import numpy as np
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from torch.nn import DataParallel as DP
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -48,7 +52,9 @@ def _numpy_state_to_data(state):
     name, keys, position, has_gauss, cached_gaussian = state
     return {
         "name": str(name),
-        "keys": torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)),
+        "keys": torch.from_numpy(
+            np.asarray(keys, dtype=np.uint32).astype(np.int64)
+        ),
         "position": int(position),
         "has_gauss": int(has_gauss),
         "cached_gaussian": float(cached_gaussian),
@@ -81,8 +87,11 @@ class RandomState:
             return  # save hooks run on every process: one writer per file
         version, internal, gauss = random.getstate()
         state = {
-            "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                       "gauss": gauss},
+            "python": {
+                "version": int(version),
+                "internal": torch.tensor(internal, dtype=torch.int64),
+                "gauss": gauss,
+            },
             "numpy": _numpy_state_to_data(np.random.get_state()),
             "torch": torch.get_rng_state(),
         }
@@ -93,13 +102,21 @@ class RandomState:
         del end_of_epoch
         try:
             state = torch.load(path, weights_only=True)
-        except Exception as error:  # an unpickling error names the offending global
+        except (
+            Exception
+        ) as error:  # an unpickling error names the offending global
             raise RuntimeError(
                 f"Refusing to load {path}: it is not a plain random-state file (only tensors and "
                 f"plain values may be stored; {error}). Delete the checkpoint folder it belongs to."
             ) from error
         python = state["python"]
-        random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss"]))
+        random.setstate(
+            (
+                python["version"],
+                tuple(int(v) for v in python["internal"].tolist()),
+                python["gauss"],
+            )
+        )
         np.random.set_state(_numpy_state_from_data(state["numpy"]))
         torch.set_rng_state(state["torch"])
 
@@ -113,11 +130,15 @@ def loader_generator(seed, stage=None):
     uninterrupted run had created it before the checkpoint: with the global RNG that extra
     draw would shift every later dropout mask and Gumbel sample.
     """
-    offset = {sb.Stage.TRAIN: 1, sb.Stage.VALID: 2, sb.Stage.TEST: 3}.get(stage, 4)
+    offset = {sb.Stage.TRAIN: 1, sb.Stage.VALID: 2, sb.Stage.TEST: 3}.get(
+        stage, 4
+    )
     return torch.Generator().manual_seed(int(seed) * 10 + offset)
 
 
-COMPLETION_RECORD = "completion"  # recoverable name: <checkpoint>/completion.ckpt
+COMPLETION_RECORD = (
+    "completion"  # recoverable name: <checkpoint>/completion.ckpt
+)
 
 
 @register_checkpoint_hooks
@@ -148,7 +169,10 @@ class CheckpointCompletion:
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
-        del path, end_of_epoch  # nothing to restore: the file only vouches for the others
+        del (
+            path,
+            end_of_epoch,
+        )  # nothing to restore: the file only vouches for the others
 
 
 def checkpoint_is_complete(folder):
@@ -160,7 +184,8 @@ def checkpoint_is_complete(folder):
     except (OSError, ValueError):
         return False
     return "CKPT.yaml" in sizes and all(
-        os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) == size
+        os.path.isfile(os.path.join(folder, name))
+        and os.path.getsize(os.path.join(folder, name)) == size
         for name, size in sizes.items()
     )
 
@@ -173,10 +198,16 @@ def remove_incomplete_checkpoints(checkpointer):
     """
     if checkpointer is None:
         return
-    if sb.utils.distributed.if_main_process() and os.path.isdir(checkpointer.checkpoints_dir):
+    if sb.utils.distributed.if_main_process() and os.path.isdir(
+        checkpointer.checkpoints_dir
+    ):
         for name in sorted(os.listdir(checkpointer.checkpoints_dir)):
             folder = os.path.join(checkpointer.checkpoints_dir, name)
-            if name.startswith("CKPT") and os.path.isdir(folder) and not checkpoint_is_complete(folder):
+            if (
+                name.startswith("CKPT")
+                and os.path.isdir(folder)
+                and not checkpoint_is_complete(folder)
+            ):
                 logger.warning(
                     "Removing the checkpoint %s: it was cut short by an interruption (files "
                     "missing or truncated). Training resumes from the previous checkpoint.",

@@ -28,7 +28,9 @@ from sklearn.model_selection import (
 
 def _check_fraction(fraction, name):
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"{name} must be strictly between 0 and 1, got {fraction}.")
+        raise ValueError(
+            f"{name} must be strictly between 0 and 1, got {fraction}."
+        )
 
 
 def leave_one_group_out(groups):
@@ -82,10 +84,14 @@ def speaker_kfold(labels, speakers, n_folds, seed):
             f"A speaker-grouped {n_folds}-fold split needs between 2 and {n_speakers} folds "
             f"(the number of speakers found): choose --n_folds accordingly."
         )
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(
+        n_splits=n_folds, shuffle=True, random_state=seed
+    )
     return [
         (np.sort(train), np.sort(test))
-        for train, test in splitter.split(np.zeros(len(labels)), labels, groups=speakers)
+        for train, test in splitter.split(
+            np.zeros(len(labels)), labels, groups=speakers
+        )
     ]
 
 
@@ -110,7 +116,10 @@ def stratified_split(labels, test_fraction, seed):
     labels = np.asarray(labels)
     try:
         kept, held_out = train_test_split(
-            np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=seed
+            np.arange(len(labels)),
+            test_size=test_fraction,
+            stratify=labels,
+            random_state=seed,
         )
     except ValueError as error:
         counts = dict(sorted(collections.Counter(labels.tolist()).items()))
@@ -144,12 +153,18 @@ def speaker_holdout_split(speakers, test_fraction, seed):
     speakers = np.asarray(speakers)
     if len(set(speakers.tolist())) < 2:
         raise ValueError("A speaker hold-out split needs at least 2 speakers.")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    kept, held_out = next(splitter.split(np.zeros(len(speakers)), groups=speakers))
+    splitter = GroupShuffleSplit(
+        n_splits=1, test_size=test_fraction, random_state=seed
+    )
+    kept, held_out = next(
+        splitter.split(np.zeros(len(speakers)), groups=speakers)
+    )
     return np.sort(kept), np.sort(held_out)
 
 
-def draw_validation(train_positions, labels, valid_fraction, seed, speakers=None):
+def draw_validation(
+    train_positions, labels, valid_fraction, seed, speakers=None
+):
     """Move a seeded share of the training utterances to a validation set.
 
     Without ``speakers`` the share is label-stratified over utterances; with ``speakers``
@@ -175,7 +190,9 @@ def draw_validation(train_positions, labels, valid_fraction, seed, speakers=None
     """
     train_positions = np.sort(np.asarray(train_positions, dtype=int))
     if speakers is None:
-        kept, valid = stratified_split(np.asarray(labels)[train_positions], valid_fraction, seed)
+        kept, valid = stratified_split(
+            np.asarray(labels)[train_positions], valid_fraction, seed
+        )
     else:
         kept, valid = speaker_holdout_split(
             np.asarray(speakers)[train_positions], valid_fraction, seed

@@ -18,7 +18,11 @@ from ser_modules.manifest import DATA_ROOT
 from ser_modules.metrics import classification_scores
 
 # The exact-resume machinery lives in ser_modules.resume (shared with Vesper pretraining).
-from ser_modules.resume import loader_generator, register_completion_record, remove_incomplete_checkpoints
+from ser_modules.resume import (
+    loader_generator,
+    register_completion_record,
+    remove_incomplete_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +39,17 @@ class EmotionBrain(sb.Brain):
     ``num_classes``.
     """
 
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
         """SpeechBrain's dataloader, with its own seeded generator (see :func:`loader_generator`)."""
-        loader_kwargs.setdefault("generator", loader_generator(getattr(self.hparams, "seed", 0), stage))
-        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+        loader_kwargs.setdefault(
+            "generator",
+            loader_generator(getattr(self.hparams, "seed", 0), stage),
+        )
+        return super().make_dataloader(
+            dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs
+        )
 
     def compute_forward(self, batch, stage):
         """Return logits (B, C) and the relative feature lengths (B,)."""
@@ -49,7 +60,9 @@ class EmotionBrain(sb.Brain):
         if "input_norm" in self.modules:
             # e.g. SpeechBrain's global InputNormalization: statistics gathered while
             # training the first epoch(s), then frozen (and checkpointed).
-            frames = self.modules.input_norm(frames, feat_lens, epoch=self.hparams.epoch_counter.current)
+            frames = self.modules.input_norm(
+                frames, feat_lens, epoch=self.hparams.epoch_counter.current
+            )
         logits = self.modules.downstream(frames, feat_lens)  # (B, C)
         self.check_finite(logits, batch, "logits")
         return logits, feat_lens
@@ -65,8 +78,11 @@ class EmotionBrain(sb.Brain):
         if bool(finite.all()):
             return
         files = getattr(batch, "wav", None) or [None] * len(batch.id)
-        named = [f"{utt_id} ({path})" if path else utt_id
-                 for utt_id, path, ok in zip(batch.id, files, finite.tolist()) if not ok]
+        named = [
+            f"{utt_id} ({path})" if path else utt_id
+            for utt_id, path, ok in zip(batch.id, files, finite.tolist())
+            if not ok
+        ]
         raise NonFiniteFeaturesError(
             f"NaN or infinite {what} for the utterances {', '.join(named)}: check those audio files "
             "(out-of-range samples) and remove them from the manifest or re-extract them."
@@ -75,11 +91,15 @@ class EmotionBrain(sb.Brain):
     def upstream_features(self, batch):
         """Layer-wise frame features of a batch: cached (default) or computed now."""
         if hasattr(batch, "feats"):
-            feats, feat_lens = batch.feats  # (B, T, nL, D) as cached: time first for padding
+            feats, feat_lens = (
+                batch.feats
+            )  # (B, T, nL, D) as cached: time first for padding
             return feats.permute(0, 2, 1, 3).float(), feat_lens
         wavs, wav_lens = batch.sig  # (B, T_samples)
         with torch.no_grad():
-            feats, feat_lens = self.modules.upstream(wavs, wav_lens)  # (B, nL, T, D)
+            feats, feat_lens = self.modules.upstream(
+                wavs, wav_lens
+            )  # (B, nL, T, D)
         return feats.float(), feat_lens
 
     def compute_objectives(self, predictions, batch, stage):
@@ -91,7 +111,9 @@ class EmotionBrain(sb.Brain):
             self.stage_ids.extend(batch.id)
             self.stage_targets.extend(targets.tolist())
             self.stage_predictions.extend(logits.argmax(dim=-1).tolist())
-            self.stage_probabilities.extend(torch.softmax(logits.float(), dim=-1).tolist())
+            self.stage_probabilities.extend(
+                torch.softmax(logits.float(), dim=-1).tolist()
+            )
         return loss
 
     def on_fit_start(self):
@@ -131,7 +153,9 @@ class EmotionBrain(sb.Brain):
     def stage_scores(self):
         """WA / UA / WF1 of the predictions collected in this stage."""
         labels = list(range(self.hparams.num_classes))
-        return classification_scores(self.stage_targets, self.stage_predictions, labels=labels)
+        return classification_scores(
+            self.stage_targets, self.stage_predictions, labels=labels
+        )
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log, step the scheduler, checkpoint on validation, keep test outcomes."""
@@ -139,7 +163,12 @@ class EmotionBrain(sb.Brain):
             self.train_loss = stage_loss
             return
         scores = self.stage_scores()
-        stats = {"loss": stage_loss, "WA": scores["WA"], "UA": scores["UA"], "WF1": scores["WF1"]}
+        stats = {
+            "loss": stage_loss,
+            "WA": scores["WA"],
+            "UA": scores["UA"],
+            "WF1": scores["WF1"],
+        }
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             self.lr_scheduler.step()
@@ -151,11 +180,14 @@ class EmotionBrain(sb.Brain):
             meta = {key: float(value) for key, value in stats.items()}
             meta["epoch"] = float(epoch)
             self.checkpointer.save_and_keep_only(
-                meta=meta, max_keys=[self.hparams.selection_metric], num_to_keep=1
+                meta=meta,
+                max_keys=[self.hparams.selection_metric],
+                num_to_keep=1,
             )
         else:
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
             )
             self.test_outcome = {
                 "scores": scores,
@@ -174,7 +206,9 @@ def build_label_encoder(csv_paths, path):
     """
     from ser_modules.manifest import read_csv
 
-    labels = sorted({row["emo"] for csv_path in csv_paths for row in read_csv(csv_path)})
+    labels = sorted(
+        {row["emo"] for csv_path in csv_paths for row in read_csv(csv_path)}
+    )
     encoder = sb.dataio.encoder.CategoricalEncoder()
     encoder.update_from_iterable(labels)
     encoder.save(path)
@@ -186,19 +220,33 @@ def warn_about_short_utterances(dataset, csv_path, min_samples, sample_rate):
     if not min_samples or min_samples <= 1:
         return
     short = [
-        utt_id for utt_id, row in dataset.data.items()
-        if row.get("duration") not in (None, "") and float(row["duration"]) * sample_rate < min_samples
+        utt_id
+        for utt_id, row in dataset.data.items()
+        if row.get("duration") not in (None, "")
+        and float(row["duration"]) * sample_rate < min_samples
     ]
     if short:
         logger.warning(
             "%d utterances of %s are shorter than the %d samples the upstream needs for one "
             "frame: they are zero-padded to it (%s).",
-            len(short), csv_path, min_samples, ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""),
+            len(short),
+            csv_path,
+            min_samples,
+            ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""),
         )
 
 
-def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, crop_seconds=None,
-                   train_crop_mode="first", sample_rate=16000, eval_crop_seconds=None, min_samples=None):
+def build_datasets(
+    csv_paths,
+    replacements,
+    label_encoder,
+    feature_caches=None,
+    crop_seconds=None,
+    train_crop_mode="first",
+    sample_rate=16000,
+    eval_crop_seconds=None,
+    min_samples=None,
+):
     """SpeechBrain datasets for the ``train`` / ``valid`` / ``test`` manifests of one split.
 
     Arguments
@@ -238,7 +286,9 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
         eval_crop_seconds = crop_seconds
     datasets = {}
     for name, csv_path in csv_paths.items():
-        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path, replacements=replacements)
+        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path, replacements=replacements
+        )
         keys = ["id", "wav", "emo_encoded"]  # wav: named in errors
         if feature_caches is not None:
             cache = feature_caches["train" if name == "train" else "eval"]
@@ -252,16 +302,30 @@ def build_datasets(csv_paths, replacements, label_encoder, feature_caches=None, 
             keys.append("feats")
         else:
             crop_mode = train_crop_mode if name == "train" else "first"
-            num_samples = seconds_to_samples(crop_seconds if name == "train" else eval_crop_seconds, sample_rate)
-            warn_about_short_utterances(dataset, csv_path, min_samples, sample_rate)
+            num_samples = seconds_to_samples(
+                crop_seconds if name == "train" else eval_crop_seconds,
+                sample_rate,
+            )
+            warn_about_short_utterances(
+                dataset, csv_path, min_samples, sample_rate
+            )
 
             @sb.utils.data_pipeline.takes("wav")
             @sb.utils.data_pipeline.provides("sig")
-            def audio_pipeline(path, crop_mode=crop_mode, num_samples=num_samples):
+            def audio_pipeline(
+                path, crop_mode=crop_mode, num_samples=num_samples
+            ):
                 if DATA_ROOT in path or "$prep_root" in path:
-                    raise ValueError(f"Unresolved placeholder in manifest path {path}")
+                    raise ValueError(
+                        f"Unresolved placeholder in manifest path {path}"
+                    )
                 waveform = load_audio(path, sample_rate)
-                return crop_or_pad(waveform, num_samples, mode=crop_mode, min_samples=min_samples)
+                return crop_or_pad(
+                    waveform,
+                    num_samples,
+                    mode=crop_mode,
+                    min_samples=min_samples,
+                )
 
             dataset.add_dynamic_item(audio_pipeline)
             keys.append("sig")

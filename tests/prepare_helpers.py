@@ -27,7 +27,9 @@ def write_tone(path, seconds=0.1, sample_rate=16000, frequency=220.0):
     """Write a short mono sine as a wav (or any format soundfile infers from the name)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     time = np.arange(int(seconds * sample_rate)) / sample_rate
-    soundfile.write(path, 0.1 * np.sin(2 * np.pi * frequency * time), sample_rate)
+    soundfile.write(
+        path, 0.1 * np.sin(2 * np.pi * frequency * time), sample_rate
+    )
 
 
 def write_header_only_wav(path):
@@ -68,7 +70,11 @@ def assert_same_files(folder_a, folder_b):
     files = listing(folder_a)
     assert files == listing(folder_b)
     for relative in files:
-        assert filecmp.cmp(os.path.join(folder_a, relative), os.path.join(folder_b, relative), shallow=False), relative
+        assert filecmp.cmp(
+            os.path.join(folder_a, relative),
+            os.path.join(folder_b, relative),
+            shallow=False,
+        ), relative
 
 
 def run_script(relative_path, *arguments):

@@ -13,14 +13,17 @@ import time
 
 import numpy as np
 import yaml
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
-
 from prepare_helpers import REPO_ROOT
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 
 # One thread everywhere: runs in this process (see conftest) and child processes then
 # compute in the same order, so their numbers can be compared closely.
 CHILD_ENV = dict(
-    os.environ, PYTHONPATH=REPO_ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+    os.environ,
+    PYTHONPATH=REPO_ROOT,
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    OMP_NUM_THREADS="1",
     MKL_NUM_THREADS="1",
 )
 COMMON_OPTIONS = ["--device=cpu", "--noprogressbar"]
@@ -30,7 +33,11 @@ COMMON_OPTIONS = ["--device=cpu", "--noprogressbar"]
 def restored_logging():
     """Undo what ``sb.create_experiment_directory`` does to logging for the whole process."""
     root = logging.getLogger()
-    handlers, level, excepthook = list(root.handlers), root.level, sys.excepthook
+    handlers, level, excepthook = (
+        list(root.handlers),
+        root.level,
+        sys.excepthook,
+    )
     try:
         yield
     finally:
@@ -60,10 +67,19 @@ def run_in_process(script, *arguments):
 
 def start_child(script, *arguments, launcher=()):
     """Start ``python [launcher] script arguments`` as a child process (output to a log file)."""
-    log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"recipe_child_{os.getpid()}_{time.time_ns()}.log")
+    log_path = os.path.join(
+        os.environ.get("TMPDIR", "/tmp"),
+        f"recipe_child_{os.getpid()}_{time.time_ns()}.log",
+    )
     log = open(log_path, "w+", encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, *launcher, os.path.join(REPO_ROOT, script), *arguments, *COMMON_OPTIONS],
+        [
+            sys.executable,
+            *launcher,
+            os.path.join(REPO_ROOT, script),
+            *arguments,
+            *COMMON_OPTIONS,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=CHILD_ENV,
@@ -88,7 +104,9 @@ def run_child(script, *arguments, launcher=(), timeout=240):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-        raise AssertionError(f"{script} did not finish in {timeout} s:\n{child_output(process)[-5000:]}")
+        raise AssertionError(
+            f"{script} did not finish in {timeout} s:\n{child_output(process)[-5000:]}"
+        )
     output = child_output(process)
     process.log.close()
     assert process.returncode == 0, f"{script} failed:\n{output[-5000:]}"
@@ -102,7 +120,9 @@ def checkpoint_metas(save_folder):
         return metas
     for name in sorted(os.listdir(save_folder)):
         try:
-            with open(os.path.join(save_folder, name, "CKPT.yaml"), encoding="utf-8") as handle:
+            with open(
+                os.path.join(save_folder, name, "CKPT.yaml"), encoding="utf-8"
+            ) as handle:
                 meta = yaml.safe_load(handle)
         except (OSError, yaml.YAMLError):
             continue
@@ -120,9 +140,14 @@ def has_intra_epoch_checkpoint(save_folder, after_epochs=0):
     metas = checkpoint_metas(save_folder)
     if after_epochs == 0:
         return any(meta.get(INTRA_EPOCH_CKPT_FLAG) for meta in metas)
-    ended = [meta["unixtime"] for meta in metas if int(meta.get("epoch", 0)) >= after_epochs]
+    ended = [
+        meta["unixtime"]
+        for meta in metas
+        if int(meta.get("epoch", 0)) >= after_epochs
+    ]
     return bool(ended) and any(
-        meta.get(INTRA_EPOCH_CKPT_FLAG) and meta["unixtime"] > min(ended) for meta in metas
+        meta.get(INTRA_EPOCH_CKPT_FLAG) and meta["unixtime"] > min(ended)
+        for meta in metas
     )
 
 
@@ -135,11 +160,15 @@ def kill_when(process, condition, timeout=240):
     while not condition():
         if process.poll() is not None:
             raise AssertionError(
-                "The run ended before the kill point was reached:\n" + child_output(process)[-5000:]
+                "The run ended before the kill point was reached:\n"
+                + child_output(process)[-5000:]
             )
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError("The kill point was not reached in time:\n" + child_output(process)[-5000:])
+            raise AssertionError(
+                "The kill point was not reached in time:\n"
+                + child_output(process)[-5000:]
+            )
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -149,17 +178,24 @@ def kill_when(process, condition, timeout=240):
 
 def read_test_outcome(output_folder, split="main"):
     """``<output_folder>/<split>/test_outcome.json``."""
-    with open(os.path.join(output_folder, split, "test_outcome.json"), encoding="utf-8") as handle:
+    with open(
+        os.path.join(output_folder, split, "test_outcome.json"),
+        encoding="utf-8",
+    ) as handle:
         return json.load(handle)
 
 
 def read_test_probabilities(output_folder, split="main"):
     """Test ids and the ``(N, C)`` class probabilities of one split."""
     outcome = read_test_outcome(output_folder, split)
-    return outcome["ids"], np.asarray(outcome["probabilities"], dtype=np.float64)
+    return outcome["ids"], np.asarray(
+        outcome["probabilities"], dtype=np.float64
+    )
 
 
 def read_results(output_folder):
     """``<output_folder>/results.json``."""
-    with open(os.path.join(output_folder, "results.json"), encoding="utf-8") as handle:
+    with open(
+        os.path.join(output_folder, "results.json"), encoding="utf-8"
+    ) as handle:
         return json.load(handle)

@@ -11,8 +11,8 @@ import os
 import statistics
 
 import pytest
-
 from recipe_helpers import read_results, run_in_process
+
 from ser_modules.architecture_ranking import (
     all_architectures,
     derived_ranks,
@@ -34,7 +34,9 @@ def test_the_space_holds_every_architecture_once():
 
 
 def test_ranking_sorts_by_mean_and_shares_ranks_on_equal_means():
-    rows = rank_architectures({"a": [0.5, 0.7], "b": [0.9], "c": [0.6, 0.6], "d": [0.4]})
+    rows = rank_architectures(
+        {"a": [0.5, 0.7], "b": [0.9], "c": [0.6, 0.6], "d": [0.4]}
+    )
     assert [row["architecture"] for row in rows] == ["b", "a", "c", "d"]
     # a and c both average 0.6: they share rank 2, d is 4th.
     assert [row["rank"] for row in rows] == [1, 2, 2, 4]
@@ -43,9 +45,13 @@ def test_ranking_sorts_by_mean_and_shares_ranks_on_equal_means():
 
 
 def test_derived_ranks_and_the_top_third():
-    rows = rank_architectures({f"arch{i}": [i / 10] for i in range(9)})  # arch8 best
+    rows = rank_architectures(
+        {f"arch{i}": [i / 10] for i in range(9)}
+    )  # arch8 best
     ranking = {"folds": {"fold1": rows, "fold2": rows}}
-    ranks = derived_ranks({"fold1": ["arch6"], "fold2": ["arch5"], "fold3": ["arch8"]}, ranking)
+    ranks = derived_ranks(
+        {"fold1": ["arch6"], "fold2": ["arch5"], "fold3": ["arch8"]}, ranking
+    )
     assert set(ranks) == {"fold1", "fold2"}  # fold3 is not ranked
     assert ranks["fold1"]["rank"] == 3 and ranks["fold1"]["top_third"]
     assert ranks["fold2"]["rank"] == 4 and not ranks["fold2"]["top_third"]
@@ -53,53 +59,96 @@ def test_derived_ranks_and_the_top_third():
 
 
 def test_flatness_compares_the_spread_of_means_with_the_seed_noise():
-    rows = rank_architectures({"a": [0.6, 0.8], "b": [0.5, 0.7], "c": [0.4, 0.4]})
+    rows = rank_architectures(
+        {"a": [0.6, 0.8], "b": [0.5, 0.7], "c": [0.4, 0.4]}
+    )
     flat = flatness(rows)
     assert flat["range"] == pytest.approx(0.3)
     assert flat["top_third_gap"] == pytest.approx(0.7 - 0.5)
     assert flat["seed_std"] == pytest.approx(((0.02 + 0.02 + 0.0) / 3) ** 0.5)
-    assert "| 1 | a | 0.7000 |" in ranking_markdown({"folds": {"fold1": rows}, "seeds": [1, 2]})
+    assert "| 1 | a | 0.7000 |" in ranking_markdown(
+        {"folds": {"fold1": rows}, "seeds": [1, 2]}
+    )
 
 
 def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     results = {
-        "dataset": "custom", "hparams_file": "bas_fbank.yaml", "selection": {"set": "valid", "metric": "UA"},
+        "dataset": "custom",
+        "hparams_file": "bas_fbank.yaml",
+        "selection": {"set": "valid", "metric": "UA"},
         "folds": {"fold1": {"WA": 0.5, "UA": 0.5, "WF1": 0.5}},
         "search": {
-            "architectures": {"fold1": ["ffn", "msa"]}, "candidates": list(CANDIDATES),
-            "block_wins": [[0, 0, 1], [0, 1, 0]], "ties": {"fold1": []},
+            "architectures": {"fold1": ["ffn", "msa"]},
+            "candidates": list(CANDIDATES),
+            "block_wins": [[0, 0, 1], [0, 1, 0]],
+            "ties": {"fold1": []},
             "probabilities": {"fold1": [[0.1, 0.2, 0.7], [0.05, 0.9, 0.05]]},
             "ranking": "ranking.json",
-            "ranks": {"fold1": {"rank": 2, "of": 9, "mean": 0.61, "std": 0.02, "best": "msa-msa",
-                                "best_mean": 0.65, "top_third": True}},
+            "ranks": {
+                "fold1": {
+                    "rank": 2,
+                    "of": 9,
+                    "mean": 0.61,
+                    "std": 0.02,
+                    "best": "msa-msa",
+                    "best_mean": 0.65,
+                    "top_third": True,
+                }
+            },
         },
     }
     text = results_markdown(results)
-    assert "| fold1 | ffn -> msa | 2 of 9 | 0.6100 +/- 0.0200 | msa -> msa | 0.6500 |" in text
+    assert (
+        "| fold1 | ffn -> msa | 2 of 9 | 0.6100 +/- 0.0200 | msa -> msa | 0.6500 |"
+        in text
+    )
     assert "In the top third: 1 of 1 ranked splits." in text
-    assert "| fold1 | 0.700 | 0.900 |" in text  # largest softmax(theta) per layer
+    assert (
+        "| fold1 | 0.700 | 0.900 |" in text
+    )  # largest softmax(theta) per layer
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rank") / "corpus"
-    generate_mini_corpus(str(folder), num_speakers=2, utterances_per_class=3, duration_range=(0.8, 1.2))
+    generate_mini_corpus(
+        str(folder),
+        num_speakers=2,
+        utterances_per_class=3,
+        duration_range=(0.8, 1.2),
+    )
     return str(folder)
 
 
 def common_arguments(corpus, output):
     return [
-        "hparams/bas_fbank.yaml", f"--data_folder={corpus}", "--labels_csv=labels.csv", "--split=stratified",
-        "--valid_fraction=0.25", f"--output_folder={output}", f"--cache_folder={os.path.dirname(corpus)}/cache",
-        "--number_of_epochs=2", "--ffn_dim=16", "--batch_size=4", "--lr=0.05",
+        "hparams/bas_fbank.yaml",
+        f"--data_folder={corpus}",
+        "--labels_csv=labels.csv",
+        "--split=stratified",
+        "--valid_fraction=0.25",
+        f"--output_folder={output}",
+        f"--cache_folder={os.path.dirname(corpus)}/cache",
+        "--number_of_epochs=2",
+        "--ffn_dim=16",
+        "--batch_size=4",
+        "--lr=0.05",
     ]
 
 
-def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(corpus, tmp_path):
+def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
+    corpus, tmp_path
+):
     ranking_folder = str(tmp_path / "ranking")
-    run_in_process("recipes/custom/rank_architectures.py", *common_arguments(corpus, ranking_folder),
-                   "--rank_layers=1", "--rank_seeds=1986,4")
-    with open(os.path.join(ranking_folder, "ranking.json"), encoding="utf-8") as handle:
+    run_in_process(
+        "recipes/custom/rank_architectures.py",
+        *common_arguments(corpus, ranking_folder),
+        "--rank_layers=1",
+        "--rank_seeds=1986,4",
+    )
+    with open(
+        os.path.join(ranking_folder, "ranking.json"), encoding="utf-8"
+    ) as handle:
         ranking = json.load(handle)
     rows = ranking["folds"]["main"]
     assert sorted(row["architecture"] for row in rows) == sorted(CANDIDATES)
@@ -109,18 +158,37 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(corpus
     # The same architecture and seed trained by the recipe directly scores the same
     # (--seed is the training seed; the preparation's split seed is --split_seed).
     direct = str(tmp_path / "direct")
-    run_in_process("recipes/custom/train.py", *common_arguments(corpus, direct), "--search=False",
-                   "--downstream_model=blocks", "--architecture=[msa]", "--num_layers=1", "--seed=4")
+    run_in_process(
+        "recipes/custom/train.py",
+        *common_arguments(corpus, direct),
+        "--search=False",
+        "--downstream_model=blocks",
+        "--architecture=[msa]",
+        "--num_layers=1",
+        "--seed=4",
+    )
     msa = next(row for row in rows if row["architecture"] == "msa")
-    assert read_results(direct)["folds"]["main"]["UA"] == pytest.approx(msa["scores"][1])
+    assert read_results(direct)["folds"]["main"]["UA"] == pytest.approx(
+        msa["scores"][1]
+    )
 
     # A BAS run given the ranking reports the rank of what it derived.
     bas = str(tmp_path / "bas")
-    run_in_process("recipes/custom/train.py", *common_arguments(corpus, bas), "--search_layers=1",
-                   "--search_epochs=2", f"--architecture_ranking={ranking_folder}/ranking.json")
+    run_in_process(
+        "recipes/custom/train.py",
+        *common_arguments(corpus, bas),
+        "--search_layers=1",
+        "--search_epochs=2",
+        f"--architecture_ranking={ranking_folder}/ranking.json",
+    )
     search = read_results(bas)["search"]
     derived = "-".join(search["architectures"]["main"])
-    expected = next(row["rank"] for row in rows if row["architecture"] == derived)
-    assert search["ranks"]["main"]["rank"] == expected and search["ranks"]["main"]["of"] == 3
+    expected = next(
+        row["rank"] for row in rows if row["architecture"] == derived
+    )
+    assert (
+        search["ranks"]["main"]["rank"] == expected
+        and search["ranks"]["main"]["of"] == 3
+    )
     with open(os.path.join(bas, "results.md"), encoding="utf-8") as handle:
         assert f"| {expected} of 3 |" in handle.read()

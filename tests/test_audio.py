@@ -6,23 +6,39 @@ import soundfile
 import torch
 import torchaudio
 
-from ser_modules.audio import AudioError, audio_info, crop_or_pad, load_audio, seconds_to_samples
+from ser_modules.audio import (
+    AudioError,
+    audio_info,
+    crop_or_pad,
+    load_audio,
+    seconds_to_samples,
+)
 
 
 def _sine(frequency, sample_rate, seconds, amplitude=0.5):
     times = np.arange(int(round(seconds * sample_rate))) / sample_rate
-    return (amplitude * np.sin(2.0 * np.pi * frequency * times)).astype(np.float32)
+    return (amplitude * np.sin(2.0 * np.pi * frequency * times)).astype(
+        np.float32
+    )
 
 
 def _dominant_frequency(waveform, sample_rate):
-    spectrum = np.abs(np.fft.rfft(waveform.numpy() * np.hanning(waveform.shape[0])))
-    return np.fft.rfftfreq(waveform.shape[0], 1.0 / sample_rate)[np.argmax(spectrum)]
+    spectrum = np.abs(
+        np.fft.rfft(waveform.numpy() * np.hanning(waveform.shape[0]))
+    )
+    return np.fft.rfftfreq(waveform.shape[0], 1.0 / sample_rate)[
+        np.argmax(spectrum)
+    ]
 
 
 @pytest.mark.parametrize("file_rate", [44100, 48000])
-def test_resampling_to_16khz_keeps_a_sines_frequency_and_duration(tmp_path, file_rate):
+def test_resampling_to_16khz_keeps_a_sines_frequency_and_duration(
+    tmp_path, file_rate
+):
     path = tmp_path / f"sine_{file_rate}.wav"
-    soundfile.write(path, _sine(440.0, file_rate, 1.0), file_rate, subtype="FLOAT")
+    soundfile.write(
+        path, _sine(440.0, file_rate, 1.0), file_rate, subtype="FLOAT"
+    )
     waveform = load_audio(str(path))
     assert waveform.dtype == torch.float32 and waveform.ndim == 1
     assert waveform.shape[0] == 16000
@@ -32,14 +48,23 @@ def test_resampling_to_16khz_keeps_a_sines_frequency_and_duration(tmp_path, file
 def test_file_at_the_target_rate_is_returned_sample_for_sample(tmp_path):
     samples = _sine(300.0, 16000, 0.25)
     soundfile.write(tmp_path / "a.wav", samples, 16000, subtype="FLOAT")
-    assert torch.equal(load_audio(str(tmp_path / "a.wav")), torch.from_numpy(samples))
+    assert torch.equal(
+        load_audio(str(tmp_path / "a.wav")), torch.from_numpy(samples)
+    )
 
 
-def test_six_channel_48khz_file_becomes_the_resampled_mean_of_its_channels(tmp_path):
+def test_six_channel_48khz_file_becomes_the_resampled_mean_of_its_channels(
+    tmp_path,
+):
     # Six sines of different frequencies, so that any channel weighting but the mean shows.
-    channels = np.stack([_sine(200.0 * (c + 1), 48000, 0.5, amplitude=0.1) for c in range(6)], axis=1)
+    channels = np.stack(
+        [_sine(200.0 * (c + 1), 48000, 0.5, amplitude=0.1) for c in range(6)],
+        axis=1,
+    )
     soundfile.write(tmp_path / "surround.wav", channels, 48000, subtype="FLOAT")
-    expected = torchaudio.functional.resample(torch.from_numpy(channels.mean(axis=1)), 48000, 16000)
+    expected = torchaudio.functional.resample(
+        torch.from_numpy(channels.mean(axis=1)), 48000, 16000
+    )
     waveform = load_audio(str(tmp_path / "surround.wav"))
     assert waveform.shape == (8000,)
     torch.testing.assert_close(waveform, expected, atol=1e-6, rtol=0)
@@ -47,7 +72,9 @@ def test_six_channel_48khz_file_becomes_the_resampled_mean_of_its_channels(tmp_p
 
 def test_int16_int24_and_float_files_of_the_same_signal_read_the_same(tmp_path):
     # Values on the int16 grid are represented exactly by all three encodings.
-    samples = (np.round(_sine(250.0, 16000, 0.2) * 32767) / 32768).astype(np.float32)
+    samples = (np.round(_sine(250.0, 16000, 0.2) * 32767) / 32768).astype(
+        np.float32
+    )
     waveforms = {}
     for subtype in ("PCM_16", "PCM_24", "FLOAT"):
         path = tmp_path / f"{subtype}.wav"
@@ -74,7 +101,11 @@ def test_wav_without_samples_raises_audio_error_naming_it(tmp_path):
 
 def test_random_bytes_raise_audio_error_naming_the_file(tmp_path):
     path = tmp_path / "garbage.wav"
-    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    path.write_bytes(
+        np.random.default_rng(0)
+        .integers(0, 256, 4096, dtype=np.uint8)
+        .tobytes()
+    )
     with pytest.raises(AudioError, match="garbage.wav"):
         load_audio(str(path))
 
@@ -100,7 +131,9 @@ def test_audio_info_reads_duration_rate_and_channels_from_the_header(tmp_path):
 
 
 def test_audio_info_rejects_empty_and_unreadable_files_naming_them(tmp_path):
-    soundfile.write(tmp_path / "no_samples.wav", np.zeros(0, dtype=np.float32), 16000)
+    soundfile.write(
+        tmp_path / "no_samples.wav", np.zeros(0, dtype=np.float32), 16000
+    )
     (tmp_path / "garbage.wav").write_bytes(b"not audio at all" * 64)
     with pytest.raises(AudioError, match="no_samples.wav"):
         audio_info(str(tmp_path / "no_samples.wav"))
@@ -110,18 +143,27 @@ def test_audio_info_rejects_empty_and_unreadable_files_naming_them(tmp_path):
 
 def test_first_crop_keeps_the_first_samples():
     waveform = torch.arange(100.0)
-    assert torch.equal(crop_or_pad(waveform, 30, mode="first"), torch.arange(30.0))
+    assert torch.equal(
+        crop_or_pad(waveform, 30, mode="first"), torch.arange(30.0)
+    )
 
 
 def test_center_crop_keeps_the_middle_window():
     waveform = torch.arange(100.0)
-    assert torch.equal(crop_or_pad(waveform, 30, mode="center"), torch.arange(35.0, 65.0))
+    assert torch.equal(
+        crop_or_pad(waveform, 30, mode="center"), torch.arange(35.0, 65.0)
+    )
 
 
 def test_random_crop_is_a_contiguous_window_inside_the_waveform():
     waveform = torch.arange(100.0)
     for seed in range(20):
-        crop = crop_or_pad(waveform, 30, mode="random", generator=torch.Generator().manual_seed(seed))
+        crop = crop_or_pad(
+            waveform,
+            30,
+            mode="random",
+            generator=torch.Generator().manual_seed(seed),
+        )
         start = int(crop[0])
         assert 0 <= start <= 70
         assert torch.equal(crop, torch.arange(start, start + 30.0))
@@ -131,7 +173,14 @@ def test_random_crop_is_reproducible_with_a_seeded_generator_and_varies_across_s
     waveform = torch.arange(100.0)
 
     def start(seed):
-        return int(crop_or_pad(waveform, 30, mode="random", generator=torch.Generator().manual_seed(seed))[0])
+        return int(
+            crop_or_pad(
+                waveform,
+                30,
+                mode="random",
+                generator=torch.Generator().manual_seed(seed),
+            )[0]
+        )
 
     assert start(7) == start(7)
     assert len({start(seed) for seed in range(20)}) > 5
@@ -140,7 +189,14 @@ def test_random_crop_is_reproducible_with_a_seeded_generator_and_varies_across_s
 def test_random_crop_reaches_both_ends_of_the_waveform():
     waveform = torch.arange(12.0)
     starts = {
-        int(crop_or_pad(waveform, 10, mode="random", generator=torch.Generator().manual_seed(seed))[0])
+        int(
+            crop_or_pad(
+                waveform,
+                10,
+                mode="random",
+                generator=torch.Generator().manual_seed(seed),
+            )[0]
+        )
         for seed in range(50)
     }
     assert starts == {0, 1, 2}
@@ -171,14 +227,22 @@ def test_seconds_to_samples_converts_at_16khz_and_maps_no_crop_to_none():
     assert seconds_to_samples(0) is None
 
 
-def test_finite_but_huge_float_samples_raise_audio_error_naming_the_file(tmp_path):
+def test_finite_but_huge_float_samples_raise_audio_error_naming_the_file(
+    tmp_path,
+):
     path = str(tmp_path / "huge.wav")
-    soundfile.write(path, np.full(1600, 1e20, dtype=np.float32), 16000, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"huge.wav holds samples of magnitude 1e\+20"):
+    soundfile.write(
+        path, np.full(1600, 1e20, dtype=np.float32), 16000, subtype="FLOAT"
+    )
+    with pytest.raises(
+        AudioError, match=r"huge.wav holds samples of magnitude 1e\+20"
+    ):
         load_audio(path)
 
 
 def test_unnormalised_but_sane_float_samples_are_read(tmp_path):
     path = str(tmp_path / "loud.wav")
-    soundfile.write(path, np.full(1600, 3.0, dtype=np.float32), 16000, subtype="FLOAT")
+    soundfile.write(
+        path, np.full(1600, 3.0, dtype=np.float32), 16000, subtype="FLOAT"
+    )
     assert float(load_audio(path).max()) == 3.0

@@ -20,7 +20,11 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.bas_search import TRAJECTORY_FILE, read_trajectory_rows, run_search_phase
+from ser_modules.bas_search import (
+    TRAJECTORY_FILE,
+    read_trajectory_rows,
+    run_search_phase,
+)
 from ser_modules.downstream.blocks import CANDIDATES
 
 DIM, FRAMES = 8, 8
@@ -29,15 +33,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def planted_xor_dataset(num_items, seed):
     """``DynamicItemDataset`` of ``feats`` (T, 1, D) frames and ``emo_encoded`` XOR labels."""
-    tokens = torch.randn(4, DIM, generator=torch.Generator().manual_seed(0)) * 2.0  # a0 a1 b0 b1
+    tokens = (
+        torch.randn(4, DIM, generator=torch.Generator().manual_seed(0)) * 2.0
+    )  # a0 a1 b0 b1
     generator = torch.Generator().manual_seed(seed)
     data = {}
     for index in range(num_items):
         i, j = torch.randint(2, (2,), generator=generator).tolist()
-        frames = torch.cat([tokens[i].expand(FRAMES // 2, DIM), tokens[2 + j].expand(FRAMES // 2, DIM)])
+        frames = torch.cat(
+            [
+                tokens[i].expand(FRAMES // 2, DIM),
+                tokens[2 + j].expand(FRAMES // 2, DIM),
+            ]
+        )
         frames = frames + 0.3 * torch.randn(FRAMES, DIM, generator=generator)
         frames = frames[torch.randperm(FRAMES, generator=generator)]
-        data[f"utt{index:04d}"] = {"frames": frames.unsqueeze(1), "label": i ^ j}  # (T, 1, D)
+        data[f"utt{index:04d}"] = {
+            "frames": frames.unsqueeze(1),
+            "label": i ^ j,
+        }  # (T, 1, D)
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
 
     @sb.utils.data_pipeline.takes("frames")
@@ -58,14 +72,32 @@ def planted_xor_dataset(num_items, seed):
 
 def search_planted(tmp_path, **overrides):
     """Run the recipe's search phase on the planted problem; return its result."""
-    with open(os.path.join(ROOT, "hparams", "bas_fbank.yaml"), encoding="utf-8") as handle:
-        hparams = load_hyperpyyaml(handle, {
-            "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "split_name": "planted",
-            "input_dim": DIM, "num_classes": 2, "num_upstream_layers": 1, "search_layers": 1,
-            "num_heads": 2, "ffn_dim": 32, "dropout": 0.0, "batch_size": 16, "search_epochs": 12,
-            "search_lr": 0.05, **overrides,
-        })
-    datasets = {"train": planted_xor_dataset(192, seed=1), "valid": planted_xor_dataset(32, seed=2)}
+    with open(
+        os.path.join(ROOT, "hparams", "bas_fbank.yaml"), encoding="utf-8"
+    ) as handle:
+        hparams = load_hyperpyyaml(
+            handle,
+            {
+                "data_folder": str(tmp_path),
+                "output_folder": str(tmp_path / "out"),
+                "split_name": "planted",
+                "input_dim": DIM,
+                "num_classes": 2,
+                "num_upstream_layers": 1,
+                "search_layers": 1,
+                "num_heads": 2,
+                "ffn_dim": 32,
+                "dropout": 0.0,
+                "batch_size": 16,
+                "search_epochs": 12,
+                "search_lr": 0.05,
+                **overrides,
+            },
+        )
+    datasets = {
+        "train": planted_xor_dataset(192, seed=1),
+        "valid": planted_xor_dataset(32, seed=2),
+    }
     return run_search_phase(hparams, {"device": "cpu"}, datasets, {}), hparams
 
 
@@ -74,10 +106,15 @@ def planted_search(tmp_path_factory):
     return search_planted(tmp_path_factory.mktemp("planted"))
 
 
-def test_default_search_moves_theta_decisively_to_the_attention_blocks(planted_search):
+def test_default_search_moves_theta_decisively_to_the_attention_blocks(
+    planted_search,
+):
     found, _ = planted_search
     probabilities = found["probabilities"][0]  # (K,) of the only layer
-    attention = probabilities[CANDIDATES.index("msa")] + probabilities[CANDIDATES.index("msa_ffn")]
+    attention = (
+        probabilities[CANDIDATES.index("msa")]
+        + probabilities[CANDIDATES.index("msa_ffn")]
+    )
     assert found["architecture"][0] in ("msa", "msa_ffn")
     assert float(probabilities[CANDIDATES.index("ffn")]) < 0.15
     assert float(attention) > 0.85
@@ -86,14 +123,22 @@ def test_default_search_moves_theta_decisively_to_the_attention_blocks(planted_s
 
 def test_the_theta_trajectory_is_written_for_every_epoch(planted_search):
     _, hparams = planted_search
-    rows = read_trajectory_rows(os.path.join(hparams["search_folder"], TRAJECTORY_FILE))
+    rows = read_trajectory_rows(
+        os.path.join(hparams["search_folder"], TRAJECTORY_FILE)
+    )
     assert sorted({int(row["epoch"]) for row in rows}) == list(range(1, 13))
     assert len(rows) == 12 * len(CANDIDATES)
     first = [float(row["probability"]) for row in rows if row["epoch"] == "1"]
     last = [float(row["probability"]) for row in rows if row["epoch"] == "12"]
     assert max(last) > max(first)  # the probabilities in the file move
-    temperatures = [float(row["temperature"]) for row in rows if row["candidate"] == CANDIDATES[0]]
-    assert temperatures[0] == pytest.approx(5.0) and temperatures[-1] == pytest.approx(0.1)
+    temperatures = [
+        float(row["temperature"])
+        for row in rows
+        if row["candidate"] == CANDIDATES[0]
+    ]
+    assert temperatures[0] == pytest.approx(5.0) and temperatures[
+        -1
+    ] == pytest.approx(0.1)
     assert all(float(row["grad_norm"]) > 0 for row in rows)
 
 
@@ -101,7 +146,9 @@ def test_a_search_whose_theta_cannot_learn_stays_undecided(tmp_path):
     # The control: the same search with theta's learning rate at 0 (what a cut gradient
     # or a frozen theta amounts to) fails the decisiveness the test above asserts.
     found, _ = search_planted(tmp_path, theta_lr=0.0, search_epochs=2)
-    assert torch.allclose(found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64))
+    assert torch.allclose(
+        found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    )
 
 
 def test_annealed_temperature_runs_from_initial_to_final_geometrically():
@@ -110,7 +157,9 @@ def test_annealed_temperature_runs_from_initial_to_final_geometrically():
     assert annealed_temperature(1, 20, 5.0, 0.1) == pytest.approx(5.0)
     assert annealed_temperature(20, 20, 5.0, 0.1) == pytest.approx(0.1)
     # Halfway (epoch 11 of 21) is the geometric mean.
-    assert annealed_temperature(11, 21, 5.0, 0.1) == pytest.approx((5.0 * 0.1) ** 0.5)
+    assert annealed_temperature(11, 21, 5.0, 0.1) == pytest.approx(
+        (5.0 * 0.1) ** 0.5
+    )
     with pytest.raises(ValueError):
         annealed_temperature(0, 20)
 
@@ -123,7 +172,9 @@ def test_fbnet_mode_trains_theta_on_a_disjoint_held_out_share(tmp_path):
     assert len(held_out) == 10 and len(weights) == 30
     assert not set(weights.data_ids) & set(held_out.data_ids)
     found, _ = search_planted(tmp_path, search_mode="fbnet", search_epochs=3)
-    assert not torch.allclose(found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64))
+    assert not torch.allclose(
+        found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    )
 
 
 def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
@@ -132,11 +183,25 @@ def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
     from ser_modules.downstream.architecture import plot_theta_heatmap
 
     history = torch.softmax(torch.randn(5, 2, 3), dim=-1)
-    path = plot_theta_heatmap(history[-1], CANDIDATES, tmp_path / "t.png", "t", dpi=50,
-                              trajectory={"epochs": [1, 2, 3, 4, 5], "probabilities": history,
-                                          "temperatures": torch.linspace(5, 1, 5)})
+    path = plot_theta_heatmap(
+        history[-1],
+        CANDIDATES,
+        tmp_path / "t.png",
+        "t",
+        dpi=50,
+        trajectory={
+            "epochs": [1, 2, 3, 4, 5],
+            "probabilities": history,
+            "temperatures": torch.linspace(5, 1, 5),
+        },
+    )
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width == int((2.5 + 1.5 * 3 + 6.0) * 50)
     with pytest.raises(ValueError):
-        plot_theta_heatmap(history[-1], CANDIDATES, tmp_path / "u.png", "t",
-                           trajectory={"epochs": [1], "probabilities": torch.ones(1, 3, 3)})
+        plot_theta_heatmap(
+            history[-1],
+            CANDIDATES,
+            tmp_path / "u.png",
+            "t",
+            trajectory={"epochs": [1], "probabilities": torch.ones(1, 3, 3)},
+        )

@@ -32,16 +32,22 @@ WIDTHS = dict(num_heads=HEADS, ffn_dim=FFN_DIM)
 def _supernet_choosing(architecture, dropout=0.0, margin=30.0):
     """A super net whose thetas point clearly at ``architecture`` (one name per layer)."""
     torch.manual_seed(0)
-    supernet = BASSuperNet(DIM, CLASSES, len(architecture), dropout=dropout, **WIDTHS)
+    supernet = BASSuperNet(
+        DIM, CLASSES, len(architecture), dropout=dropout, **WIDTHS
+    )
     with torch.no_grad():
-        for theta, name in zip(supernet.architecture_parameters(), architecture):
+        for theta, name in zip(
+            supernet.architecture_parameters(), architecture
+        ):
             theta.zero_()
             theta[CANDIDATES.index(name)] = margin
     return supernet
 
 
 def _mean_max_weight(layer, temperature, draws=2000):
-    return torch.stack([layer.sample_weights(temperature).max() for _ in range(draws)]).mean()
+    return torch.stack(
+        [layer.sample_weights(temperature).max() for _ in range(draws)]
+    ).mean()
 
 
 def test_gumbel_weights_are_a_distribution():
@@ -49,7 +55,9 @@ def test_gumbel_weights_are_a_distribution():
     layer = SearchableLayer(DIM, HEADS, FFN_DIM, 0.0)
     with torch.no_grad():
         layer.theta.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    weights = torch.stack([layer.sample_weights(1.0) for _ in range(200)])  # (200, K)
+    weights = torch.stack(
+        [layer.sample_weights(1.0) for _ in range(200)]
+    )  # (200, K)
     assert (weights >= 0).all()
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(200))
 
@@ -68,7 +76,9 @@ def test_very_high_temperature_gives_near_uniform_gumbel_weights():
     with torch.no_grad():
         layer.theta.copy_(torch.tensor([2.0, 0.0, -2.0]))
     weights = torch.stack([layer.sample_weights(1e4) for _ in range(100)])
-    torch.testing.assert_close(weights, torch.full_like(weights, 1 / 3), rtol=0, atol=2e-3)
+    torch.testing.assert_close(
+        weights, torch.full_like(weights, 1 / 3), rtol=0, atol=2e-3
+    )
 
 
 def test_training_output_approaches_the_argmax_path_at_low_temperature():
@@ -98,18 +108,26 @@ def test_evaluation_runs_only_the_argmax_candidate_of_each_layer():
 def test_derived_network_reproduces_the_supernet_path():
     architecture = ["ffn", "msa_ffn", "msa", "msa"]
     supernet = _supernet_choosing(architecture).eval()
-    derived = BlockStackClassifier(DIM, CLASSES, architecture, dropout=0.0, **WIDTHS).eval()
-    derived.load_state_dict(derived_state_dict(supernet, architecture))  # strict: same keys
+    derived = BlockStackClassifier(
+        DIM, CLASSES, architecture, dropout=0.0, **WIDTHS
+    ).eval()
+    derived.load_state_dict(
+        derived_state_dict(supernet, architecture)
+    )  # strict: same keys
     x = torch.randn(3, 6, DIM)
     lens = torch.tensor([1.0, 0.5, 0.2])
     with torch.no_grad():
-        torch.testing.assert_close(derived(x, lens), supernet(x, lens), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            derived(x, lens), supernet(x, lens), rtol=0, atol=1e-6
+        )
 
 
 def test_derived_state_dict_keeps_the_input_projection():
     supernet = BASSuperNet(DIM, CLASSES, 2, model_dim=8, **WIDTHS)
     state = derived_state_dict(supernet, ["ffn", "msa"])
-    assert torch.equal(state["input_projection.weight"], supernet.input_projection.weight)
+    assert torch.equal(
+        state["input_projection.weight"], supernet.input_projection.weight
+    )
     assert "temperature" not in state
     assert not any("theta" in key or "candidates" in key for key in state)
 
@@ -125,7 +143,9 @@ def test_thetas_start_at_zero_and_are_separate_from_the_weights():
     thetas = supernet.architecture_parameters()
     weights = supernet.weight_parameters()
     assert len(thetas) == 3
-    assert all(torch.equal(theta, torch.zeros(len(CANDIDATES))) for theta in thetas)
+    assert all(
+        torch.equal(theta, torch.zeros(len(CANDIDATES))) for theta in thetas
+    )
     assert {id(p) for p in thetas}.isdisjoint(id(p) for p in weights)
     assert len(thetas) + len(weights) == len(list(supernet.parameters()))
 
@@ -134,7 +154,9 @@ def test_training_step_gives_every_theta_a_gradient():
     torch.manual_seed(0)
     supernet = BASSuperNet(DIM, CLASSES, 3, dropout=0.0, **WIDTHS).train()
     logits = supernet(torch.randn(4, 5, DIM), torch.ones(4))
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    torch.nn.functional.cross_entropy(
+        logits, torch.tensor([0, 1, 2, 3])
+    ).backward()
     for theta in supernet.architecture_parameters():
         assert theta.grad is not None and theta.grad.abs().sum() > 0
 
@@ -150,7 +172,9 @@ def test_temperature_is_saved_in_the_state_dict():
 def test_fbnet_temperature_decays_exponentially_from_epoch_one():
     assert fbnet_temperature(1) == pytest.approx(5.0)
     assert fbnet_temperature(11) == pytest.approx(5.0 * math.exp(-0.45))
-    assert fbnet_temperature(3, initial=2.0, decay=0.5) == pytest.approx(2.0 * math.exp(-1.0))
+    assert fbnet_temperature(3, initial=2.0, decay=0.5) == pytest.approx(
+        2.0 * math.exp(-1.0)
+    )
 
 
 def test_derive_architecture_takes_the_largest_theta_per_layer():
@@ -176,14 +200,20 @@ def test_architecture_probabilities_are_the_softmax_of_theta():
 
 def test_architecture_json_round_trip(tmp_path):
     path = tmp_path / "search" / "architecture.json"
-    probabilities = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]], dtype=torch.float64)
-    save_architecture(path, ["ffn", "msa_ffn"], probabilities, CANDIDATES, ties=[1])
+    probabilities = torch.tensor(
+        [[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]], dtype=torch.float64
+    )
+    save_architecture(
+        path, ["ffn", "msa_ffn"], probabilities, CANDIDATES, ties=[1]
+    )
     loaded = load_architecture(path)
     assert loaded["architecture"] == ["ffn", "msa_ffn"]
     assert loaded["candidates"] == list(CANDIDATES)
     assert loaded["ties"] == [1]
     torch.testing.assert_close(loaded["probabilities"], probabilities)
-    assert [p.name for p in path.parent.iterdir()] == ["architecture.json"]  # no temp file
+    assert [p.name for p in path.parent.iterdir()] == [
+        "architecture.json"
+    ]  # no temp file
 
 
 def test_load_architecture_names_the_file_when_keys_are_missing(tmp_path):
@@ -196,7 +226,9 @@ def test_load_architecture_names_the_file_when_keys_are_missing(tmp_path):
 def test_theta_heatmap_is_a_png_of_the_expected_size(tmp_path):
     path = tmp_path / "theta.png"
     probabilities = torch.softmax(torch.randn(4, 3), dim=1)
-    plot_theta_heatmap(probabilities, CANDIDATES, path, "WavLM Large, IEMOCAP fold 1", dpi=100)
+    plot_theta_heatmap(
+        probabilities, CANDIDATES, path, "WavLM Large, IEMOCAP fold 1", dpi=100
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # (2.5 + 1.5 * 3 candidates) x (1.5 + 0.5 * 4 layers) inches at 100 dpi.
     assert matplotlib.image.imread(path).shape[:2] == (350, 700)
@@ -214,5 +246,10 @@ def test_block_win_counts_rejects_architectures_of_different_depths():
 
 
 def test_format_block_table_prints_one_row_per_layer_under_a_header():
-    text = format_block_table(torch.tensor([[2, 0, 1]]), CANDIDATES, value_format="{:d}")
-    assert text.splitlines() == ["layer  msa_ffn  msa  ffn", "    1        2    0    1"]
+    text = format_block_table(
+        torch.tensor([[2, 0, 1]]), CANDIDATES, value_format="{:d}"
+    )
+    assert text.splitlines() == [
+        "layer  msa_ffn  msa  ffn",
+        "    1        2    0    1",
+    ]

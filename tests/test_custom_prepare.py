@@ -4,7 +4,6 @@ import collections
 import os
 
 import pytest
-
 from prepare_helpers import (
     Interrupted,
     assert_same_files,
@@ -13,6 +12,7 @@ from prepare_helpers import (
     run_script,
     write_tone,
 )
+
 from ser_modules.manifest import read_csv
 
 SCRIPT = "recipes/custom/custom_prepare.py"
@@ -33,12 +33,17 @@ def build_csv_corpus(root):
                 relative = f"{emotion}/{speaker}_F{take}_{emotion[0]}{take}.wav"
                 # One file at 44.1 kHz, as the URDU clips are.
                 rate = 44100 if relative == "Angry/SF1_F1_A1.wav" else 16000
-                write_tone(os.path.join(corpus, relative), 0.05, sample_rate=rate)
+                write_tone(
+                    os.path.join(corpus, relative), 0.05, sample_rate=rate
+                )
                 gender = "female" if speaker.startswith("SF") else "male"
                 lines.append(f"{relative},{speaker},{gender},{emotion}")
     with open(os.path.join(corpus, "Sad", "SM4_F9_S9.wav"), "wb") as handle:
         handle.write(b"not a wav file")
-    lines += ["Sad/SM4_F9_S9.wav,SM4,male,Sad", "Sad/SM4_F8_S8.wav,SM4,male,Sad"]
+    lines += [
+        "Sad/SM4_F9_S9.wav,SM4,male,Sad",
+        "Sad/SM4_F8_S8.wav,SM4,male,Sad",
+    ]
     with open(os.path.join(corpus, "labels.csv"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return corpus
@@ -68,11 +73,23 @@ def build_tree_corpus(root):
 
 
 def rows_of(manifests):
-    return [row for parts in manifests.values() for path in parts.values() for row in read_csv(path)]
+    return [
+        row
+        for parts in manifests.values()
+        for path in parts.values()
+        for row in read_csv(path)
+    ]
 
 
-def test_labels_csv_rows_keep_extra_columns_and_lowercase_labels(tmp_path, csv_corpus):
-    manifests = custom.prepare_custom(csv_corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified")
+def test_labels_csv_rows_keep_extra_columns_and_lowercase_labels(
+    tmp_path, csv_corpus
+):
+    manifests = custom.prepare_custom(
+        csv_corpus,
+        tmp_path / "out",
+        labels_csv="labels.csv",
+        split="stratified",
+    )
     rows = {row["ID"]: row for row in rows_of(manifests)}
     assert len(rows) == 48
     assert rows["Angry-SF1_F1_A1"] == {
@@ -83,11 +100,23 @@ def test_labels_csv_rows_keep_extra_columns_and_lowercase_labels(tmp_path, csv_c
         "spk_id": "SF1",
         "gender": "female",
     }
-    assert {row["emo"] for row in rows.values()} == {"angry", "happy", "neutral", "sad"}
+    assert {row["emo"] for row in rows.values()} == {
+        "angry",
+        "happy",
+        "neutral",
+        "sad",
+    }
 
 
-def test_unreadable_and_missing_files_are_listed_and_skipped(tmp_path, csv_corpus):
-    custom.prepare_custom(csv_corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified")
+def test_unreadable_and_missing_files_are_listed_and_skipped(
+    tmp_path, csv_corpus
+):
+    custom.prepare_custom(
+        csv_corpus,
+        tmp_path / "out",
+        labels_csv="labels.csv",
+        split="stratified",
+    )
     with open(tmp_path / "out" / "skipped_files.txt") as handle:
         assert handle.read().splitlines() == [
             "$data_root/Sad/SM4_F8_S8.wav\tmissing file",
@@ -99,68 +128,113 @@ def test_labels_csv_without_a_required_column_is_an_error_naming_it(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "labels.csv").write_text("path,emotion\na.wav,happy\n")
-    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['speaker'\]"):
+    with pytest.raises(
+        ValueError, match=r"lacks the column\(s\) \['speaker'\]"
+    ):
         custom.prepare_custom(corpus, tmp_path / "out", labels_csv="labels.csv")
 
 
 def test_labels_csv_line_without_emotion_is_an_error_naming_the_line(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "labels.csv").write_text("path,emotion,speaker\na.wav,happy,s1\nb.wav,,s1\n")
-    with pytest.raises(ValueError, match=r"labels.csv, line 3: empty \['emotion'\]"):
+    (corpus / "labels.csv").write_text(
+        "path,emotion,speaker\na.wav,happy,s1\nb.wav,,s1\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"labels.csv, line 3: empty \['emotion'\]"
+    ):
         custom.prepare_custom(corpus, tmp_path / "out", labels_csv="labels.csv")
 
 
-def test_tree_takes_emotion_from_top_folder_and_speaker_from_parent_or_prefix(tmp_path):
+def test_tree_takes_emotion_from_top_folder_and_speaker_from_parent_or_prefix(
+    tmp_path,
+):
     corpus = build_tree_corpus(tmp_path)
     entries, skipped = custom.scan_tree(corpus)
-    found = {os.path.relpath(entry["path"], corpus): (entry["emo"], entry["spk_id"]) for entry in entries}
+    found = {
+        os.path.relpath(entry["path"], corpus): (entry["emo"], entry["spk_id"])
+        for entry in entries
+    }
     assert found == {
         "Sad/spk2_003.flac": ("sad", "spk2"),
         "angry/session1/spk3/spk3_1.wav": ("angry", "spk3"),
         "happy/spk1/take1.wav": ("happy", "spk1"),
         "happy/spk1/take2.wav": ("happy", "spk1"),
     }
-    assert [path for path, _ in skipped] == ["$data_root/loose.wav", "$data_root/neutral/noprefix.wav"]
+    assert [path for path, _ in skipped] == [
+        "$data_root/loose.wav",
+        "$data_root/neutral/noprefix.wav",
+    ]
 
 
 def test_speaker_regex_takes_its_first_group_from_the_file_name(tmp_path):
     corpus = build_tree_corpus(tmp_path)
     entries, skipped = custom.scan_tree(corpus, speaker_regex=r"^(spk\d)_")
-    found = {os.path.relpath(entry["path"], corpus): entry["spk_id"] for entry in entries}
-    assert found == {"Sad/spk2_003.flac": "spk2", "angry/session1/spk3/spk3_1.wav": "spk3"}
+    found = {
+        os.path.relpath(entry["path"], corpus): entry["spk_id"]
+        for entry in entries
+    }
+    assert found == {
+        "Sad/spk2_003.flac": "spk2",
+        "angry/session1/spk3/spk3_1.wav": "spk3",
+    }
     assert "$data_root/happy/spk1/take1.wav" in [path for path, _ in skipped]
 
 
 def test_speaker_kfold_writes_k_speaker_disjoint_folds(tmp_path, csv_corpus):
     manifests = custom.prepare_custom(
-        csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3, valid_fraction=0.25
+        csv_corpus,
+        tmp_path / "out",
+        labels_csv="labels.csv",
+        n_folds=3,
+        valid_fraction=0.25,
     )
     assert sorted(manifests) == ["fold1", "fold2", "fold3"]
     tested = []
     for fold in manifests.values():
-        train, valid, test = (read_csv(fold[part]) for part in ("train", "valid", "test"))
+        train, valid, test = (
+            read_csv(fold[part]) for part in ("train", "valid", "test")
+        )
         test_speakers = {row["spk_id"] for row in test}
         assert len(test_speakers) == 2  # 6 equal speakers over 3 folds
         assert not test_speakers & {row["spk_id"] for row in train + valid}
-        assert len(train) == 24 and len(valid) == 8  # ceil(25 % of 32), label-stratified
+        assert (
+            len(train) == 24 and len(valid) == 8
+        )  # ceil(25 % of 32), label-stratified
         valid_labels = collections.Counter(row["emo"] for row in valid)
-        assert valid_labels == dict.fromkeys(("angry", "happy", "neutral", "sad"), 2)
+        assert valid_labels == dict.fromkeys(
+            ("angry", "happy", "neutral", "sad"), 2
+        )
         tested += [row["ID"] for row in test]
     assert len(tested) == len(set(tested)) == 48
 
 
-def test_stratified_split_writes_one_label_stratified_split(tmp_path, csv_corpus):
+def test_stratified_split_writes_one_label_stratified_split(
+    tmp_path, csv_corpus
+):
     manifests = custom.prepare_custom(
-        csv_corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified", test_fraction=0.25
+        csv_corpus,
+        tmp_path / "out",
+        labels_csv="labels.csv",
+        split="stratified",
+        test_fraction=0.25,
     )
     parts = ("train", "valid", "test")
-    assert manifests == {"main": {part: os.path.join(tmp_path / "out", f"{part}.csv") for part in parts}}
+    assert manifests == {
+        "main": {
+            part: os.path.join(tmp_path / "out", f"{part}.csv")
+            for part in parts
+        }
+    }
     test = read_csv(manifests["main"]["test"])
-    assert collections.Counter(row["emo"] for row in test) == dict.fromkeys(("angry", "happy", "neutral", "sad"), 3)
+    assert collections.Counter(row["emo"] for row in test) == dict.fromkeys(
+        ("angry", "happy", "neutral", "sad"), 3
+    )
 
 
-def test_speaker_holdout_separates_test_validation_and_training_speakers(tmp_path, csv_corpus):
+def test_speaker_holdout_separates_test_validation_and_training_speakers(
+    tmp_path, csv_corpus
+):
     manifests = custom.prepare_custom(
         csv_corpus,
         tmp_path / "out",
@@ -169,41 +243,80 @@ def test_speaker_holdout_separates_test_validation_and_training_speakers(tmp_pat
         test_fraction=0.3,
         valid_fraction=0.25,
     )
-    speakers = {part: {row["spk_id"] for row in read_csv(path)} for part, path in manifests["main"].items()}
+    speakers = {
+        part: {row["spk_id"] for row in read_csv(path)}
+        for part, path in manifests["main"].items()
+    }
     # ceil(30 % of 6) test speakers, ceil(25 % of the 4 others) validation speakers.
-    assert [len(speakers[part]) for part in ("train", "valid", "test")] == [3, 1, 2]
+    assert [len(speakers[part]) for part in ("train", "valid", "test")] == [
+        3,
+        1,
+        2,
+    ]
     assert set().union(*speakers.values()) == set(SPEAKERS)
 
 
 def test_edited_labels_csv_redoes_the_preparation(tmp_path):
     corpus = build_csv_corpus(tmp_path)
-    custom.prepare_custom(corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified")
+    custom.prepare_custom(
+        corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified"
+    )
     labels = os.path.join(corpus, "labels.csv")
     with open(labels) as handle:
         text = handle.read()
     with open(labels, "w") as handle:
-        handle.write(text.replace("Happy/SM1_F1_H1.wav,SM1,male,Happy", "Happy/SM1_F1_H1.wav,SM1,male,Sad"))
-    manifests = custom.prepare_custom(corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified")
+        handle.write(
+            text.replace(
+                "Happy/SM1_F1_H1.wav,SM1,male,Happy",
+                "Happy/SM1_F1_H1.wav,SM1,male,Sad",
+            )
+        )
+    manifests = custom.prepare_custom(
+        corpus, tmp_path / "out", labels_csv="labels.csv", split="stratified"
+    )
     labels_by_id = {row["ID"]: row["emo"] for row in rows_of(manifests)}
     assert labels_by_id["Happy-SM1_F1_H1"] == "sad"
 
 
-def test_rerun_after_a_crash_matches_an_uninterrupted_run(tmp_path, csv_corpus, monkeypatch):
-    custom.prepare_custom(csv_corpus, tmp_path / "clean", labels_csv="labels.csv", n_folds=3)
+def test_rerun_after_a_crash_matches_an_uninterrupted_run(
+    tmp_path, csv_corpus, monkeypatch
+):
+    custom.prepare_custom(
+        csv_corpus, tmp_path / "clean", labels_csv="labels.csv", n_folds=3
+    )
     with monkeypatch.context() as patch:
         interrupt_csv_writes(patch, custom, after=4)
         with pytest.raises(Interrupted):
-            custom.prepare_custom(csv_corpus, tmp_path / "crashed", labels_csv="labels.csv", n_folds=3)
-    custom.prepare_custom(csv_corpus, tmp_path / "crashed", labels_csv="labels.csv", n_folds=3)
+            custom.prepare_custom(
+                csv_corpus,
+                tmp_path / "crashed",
+                labels_csv="labels.csv",
+                n_folds=3,
+            )
+    custom.prepare_custom(
+        csv_corpus, tmp_path / "crashed", labels_csv="labels.csv", n_folds=3
+    )
     assert_same_files(tmp_path / "clean", tmp_path / "crashed")
 
 
-def test_unchanged_options_skip_and_changed_options_redo(tmp_path, csv_corpus, monkeypatch):
-    custom.prepare_custom(csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3)
+def test_unchanged_options_skip_and_changed_options_redo(
+    tmp_path, csv_corpus, monkeypatch
+):
+    custom.prepare_custom(
+        csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3
+    )
     interrupt_csv_writes(monkeypatch, custom, after=0)
-    custom.prepare_custom(csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3)  # skipped
+    custom.prepare_custom(
+        csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3
+    )  # skipped
     with pytest.raises(Interrupted):
-        custom.prepare_custom(csv_corpus, tmp_path / "out", labels_csv="labels.csv", n_folds=3, seed=7)
+        custom.prepare_custom(
+            csv_corpus,
+            tmp_path / "out",
+            labels_csv="labels.csv",
+            n_folds=3,
+            seed=7,
+        )
 
 
 def test_command_line_prepares_and_prints_the_summary(tmp_path, csv_corpus):

@@ -29,12 +29,18 @@ def _hand_attention(block, x):
     attention = block.attention
     batch, frames, dim = x.shape
     head_dim = dim // attention.num_heads
-    q, k, v = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = F.linear(
+        x, attention.in_proj_weight, attention.in_proj_bias
+    ).chunk(3, dim=-1)
 
     def split(t):  # (B, T, D) -> (B, H, T, d_h)
-        return t.reshape(batch, frames, attention.num_heads, head_dim).transpose(1, 2)
+        return t.reshape(
+            batch, frames, attention.num_heads, head_dim
+        ).transpose(1, 2)
 
-    scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)  # (B, H, T, T)
+    scores = (
+        split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)
+    )  # (B, H, T, T)
     heads = torch.softmax(scores, dim=-1) @ split(v)  # (B, H, T, d_h)
     concatenated = heads.transpose(1, 2).reshape(batch, frames, dim)  # eq. (2)
     return attention.out_proj(concatenated)
@@ -59,7 +65,9 @@ def test_msa_ffn_block_equals_torch_post_ln_transformer_encoder_layer():
     reference = torch.nn.TransformerEncoderLayer(
         DIM, HEADS, FFN_DIM, dropout=0.0, batch_first=True, norm_first=False
     ).eval()
-    reference.self_attn.load_state_dict(block.self_attention.attention.state_dict())
+    reference.self_attn.load_state_dict(
+        block.self_attention.attention.state_dict()
+    )
     reference.norm1.load_state_dict(block.self_attention.norm.state_dict())
     reference.linear1.load_state_dict(block.feed_forward.linear1.state_dict())
     reference.linear2.load_state_dict(block.feed_forward.linear2.state_dict())
@@ -108,13 +116,19 @@ def test_attention_blocks_require_heads_that_divide_the_width():
 def test_valid_frame_mask_rounds_relative_lengths():
     mask = valid_frame_mask(torch.tensor([1.0, 0.5, 0.26]), 4)
     expected = torch.tensor(
-        [[True, True, True, True], [True, True, False, False], [True, False, False, False]]
+        [
+            [True, True, True, True],
+            [True, True, False, False],
+            [True, False, False, False],
+        ]
     )
     assert torch.equal(mask, expected)
 
 
 def test_masked_mean_pool_averages_valid_frames_only():
-    x = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])  # (2, 3, 1)
+    x = torch.tensor(
+        [[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]]
+    )  # (2, 3, 1)
     pooled = masked_mean_pool(x, torch.tensor([2 / 3, 1.0]))
     torch.testing.assert_close(pooled, torch.tensor([[2.0], [4.0]]))
 
@@ -135,7 +149,9 @@ def test_layer_combiner_weighted_sum_uses_softmax_of_its_weights():
     layers = torch.randn(2, 3, 4, DIM)
     combiner = LayerCombiner(3)
     with torch.no_grad():
-        combiner.layer_weights.copy_(torch.tensor([0.0, math.log(2.0), math.log(5.0)]))
+        combiner.layer_weights.copy_(
+            torch.tensor([0.0, math.log(2.0), math.log(5.0)])
+        )
     expected = (layers[:, 0] + 2 * layers[:, 1] + 5 * layers[:, 2]) / 8
     torch.testing.assert_close(combiner(layers), expected)
 
@@ -158,21 +174,30 @@ def test_superb_classifier_is_linear_then_mean_pool_then_linear():
     x = torch.randn(2, 5, DIM)
     lens = torch.tensor([1.0, 0.6])
     pooled = torch.stack(
-        [model.projector(x[0]).mean(dim=0), model.projector(x[1, :3]).mean(dim=0)]
+        [
+            model.projector(x[0]).mean(dim=0),
+            model.projector(x[1, :3]).mean(dim=0),
+        ]
     )
     torch.testing.assert_close(model(x, lens), model.classifier(pooled))
 
 
 def test_simple_ffn_baseline_is_one_mlp_and_a_linear_classifier():
-    model = BlockStackClassifier(DIM, CLASSES, ["ffn"], num_heads=HEADS, ffn_dim=FFN_DIM)
+    model = BlockStackClassifier(
+        DIM, CLASSES, ["ffn"], num_heads=HEADS, ffn_dim=FFN_DIM
+    )
     mlp = DIM * FFN_DIM + FFN_DIM + FFN_DIM * DIM + DIM
     classifier = DIM * CLASSES + CLASSES
     assert sum(p.numel() for p in model.parameters()) == mlp + classifier
 
 
 def test_input_projection_exists_only_when_model_dim_differs():
-    same = BlockStackClassifier(DIM, CLASSES, ["msa"], model_dim=DIM, num_heads=HEADS)
-    narrower = BlockStackClassifier(DIM, CLASSES, ["msa"], model_dim=8, num_heads=HEADS)
+    same = BlockStackClassifier(
+        DIM, CLASSES, ["msa"], model_dim=DIM, num_heads=HEADS
+    )
+    narrower = BlockStackClassifier(
+        DIM, CLASSES, ["msa"], model_dim=8, num_heads=HEADS
+    )
     assert isinstance(same.input_projection, torch.nn.Identity)
     assert isinstance(narrower.input_projection, torch.nn.Linear)
     assert narrower.input_projection.weight.shape == (8, DIM)
@@ -186,7 +211,9 @@ def _models():
         "transformer_baseline": lambda: BlockStackClassifier(
             DIM, CLASSES, ["msa_ffn"] * 2, **widths
         ),
-        "simple_ffn": lambda: BlockStackClassifier(DIM, CLASSES, ["ffn"], **widths),
+        "simple_ffn": lambda: BlockStackClassifier(
+            DIM, CLASSES, ["ffn"], **widths
+        ),
         "derived_with_projection": lambda: BlockStackClassifier(
             DIM, CLASSES, ["ffn", "msa", "msa_ffn"], model_dim=8, **widths
         ),
@@ -206,7 +233,9 @@ def test_padding_frames_never_change_the_logits(name):
     padded = torch.cat([x, garbage], dim=1)  # (3, 11, D)
     padded_lens = lens * frames / padded.shape[1]
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, padded_lens), model(x, lens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(padded, padded_lens), model(x, lens), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", list(_models()))

@@ -29,10 +29,18 @@ from transformers import (
 )
 
 from ser_modules.upstreams import HuggingFaceUpstream
-from ser_modules.upstreams.fast_wavlm import FastSSLForward, max_relative_error, unsupported_reason
+from ser_modules.upstreams.fast_wavlm import (
+    FastSSLForward,
+    max_relative_error,
+    unsupported_reason,
+)
 
 FAMILIES = {
-    "wavlm": (WavLMConfig, WavLMModel, {"num_buckets": 16, "max_bucket_distance": 40}),
+    "wavlm": (
+        WavLMConfig,
+        WavLMModel,
+        {"num_buckets": 16, "max_bucket_distance": 40},
+    ),
     "hubert": (HubertConfig, HubertModel, {}),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model, {}),
 }
@@ -62,12 +70,16 @@ def tiny_config(family, norm="layer", conv_bias=True, **options):
 
 def tiny_model(family, norm="layer", conv_bias=True, seed=0, **options):
     torch.manual_seed(seed)
-    model = FAMILIES[family][1](tiny_config(family, norm, conv_bias, **options)).eval()
+    model = FAMILIES[family][1](
+        tiny_config(family, norm, conv_bias, **options)
+    ).eval()
     if family == "wavlm":
         # The default init makes the relative-position bias and its gate tiny; make them
         # matter so that a mistake in either cannot hide under the tolerance.
         with torch.no_grad():
-            model.encoder.layers[0].attention.rel_attn_embed.weight.normal_(0, 2.0)
+            model.encoder.layers[0].attention.rel_attn_embed.weight.normal_(
+                0, 2.0
+            )
             for layer in model.encoder.layers:
                 layer.attention.gru_rel_pos_linear.weight.normal_(0, 0.5)
                 layer.attention.gru_rel_pos_const.uniform_(0.5, 1.5)
@@ -86,7 +98,9 @@ def padded_batch(lengths, seed=1):
 
 def hf_states(model, wavs, mask=None):
     with torch.no_grad():
-        return model(wavs, attention_mask=mask, output_hidden_states=True).hidden_states
+        return model(
+            wavs, attention_mask=mask, output_hidden_states=True
+        ).hidden_states
 
 
 def worst_error(fast_states, reference_states, frame_lengths):
@@ -101,11 +115,17 @@ def worst_error(fast_states, reference_states, frame_lengths):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("conv_bias", [True, False])
-def test_padded_batch_of_unequal_lengths_matches_transformers_in_fp32(family, conv_bias):
+def test_padded_batch_of_unequal_lengths_matches_transformers_in_fp32(
+    family, conv_bias
+):
     model = tiny_model(family, "layer", conv_bias)
     wavs, mask = padded_batch(LENGTHS)
-    frame_lengths = model._get_feat_extract_output_lengths(torch.tensor(LENGTHS))
-    assert len(set(frame_lengths.tolist())) == 3 and max(frame_lengths) > 2 * 8  # past exact buckets
+    frame_lengths = model._get_feat_extract_output_lengths(
+        torch.tensor(LENGTHS)
+    )
+    assert (
+        len(set(frame_lengths.tolist())) == 3 and max(frame_lengths) > 2 * 8
+    )  # past exact buckets
     reference = hf_states(model, wavs, mask)
     fast = FastSSLForward(model)(wavs, frame_lengths)
     assert len(fast) == model.config.num_hidden_layers + 1
@@ -119,7 +139,9 @@ def test_group_norm_post_ln_models_match_transformers_in_fp32(family):
     wavs, _ = padded_batch([1100, 1100])
     reference = hf_states(model, wavs)
     fast = FastSSLForward(model)(wavs)
-    frame_lengths = model._get_feat_extract_output_lengths(torch.tensor([1100, 1100]))
+    frame_lengths = model._get_feat_extract_output_lengths(
+        torch.tensor([1100, 1100])
+    )
     assert worst_error(fast, reference, frame_lengths) <= FP32_TOLERANCE
 
 
@@ -127,7 +149,9 @@ def test_a_wrong_relative_position_bias_would_be_caught():
     """The check is sharp: halving the gate constant of one layer breaks the tolerance 10x over."""
     model = tiny_model("wavlm")
     wavs, mask = padded_batch(LENGTHS)
-    frame_lengths = model._get_feat_extract_output_lengths(torch.tensor(LENGTHS))
+    frame_lengths = model._get_feat_extract_output_lengths(
+        torch.tensor(LENGTHS)
+    )
     reference = hf_states(model, wavs, mask)
     with torch.no_grad():
         model.encoder.layers[1].attention.gru_rel_pos_const.mul_(0.5)
@@ -143,7 +167,10 @@ def test_derived_weights_follow_parameters_changed_in_place():
     other = tiny_model("wavlm", seed=5)
     model.load_state_dict(other.state_dict())
     frame_lengths = model._get_feat_extract_output_lengths(torch.tensor([900]))
-    assert worst_error(fast(wavs), hf_states(other, wavs), frame_lengths) <= FP32_TOLERANCE
+    assert (
+        worst_error(fast(wavs), hf_states(other, wavs), frame_lengths)
+        <= FP32_TOLERANCE
+    )
 
 
 @pytest.mark.parametrize("keep", [[3, 0, 2], [0], [1]])
@@ -154,14 +181,21 @@ def test_keep_returns_the_requested_states_in_order(keep):
     fast = FastSSLForward(model)(wavs, keep=keep)
     assert len(fast) == len(keep)
     for state, index in zip(fast, keep):
-        torch.testing.assert_close(state, reference[index], rtol=0, atol=FP32_TOLERANCE * reference[index].abs().max())
+        torch.testing.assert_close(
+            state,
+            reference[index],
+            rtol=0,
+            atol=FP32_TOLERANCE * reference[index].abs().max(),
+        )
 
 
 @pytest.mark.parametrize("family", ["wavlm", "hubert"])
 def test_bf16_stays_within_the_stated_tolerance(family):
     model = tiny_model(family)
     wavs, mask = padded_batch(LENGTHS)
-    frame_lengths = model._get_feat_extract_output_lengths(torch.tensor(LENGTHS))
+    frame_lengths = model._get_feat_extract_output_lengths(
+        torch.tensor(LENGTHS)
+    )
     reference = hf_states(model, wavs, mask)
     fast = FastSSLForward(model)(wavs, frame_lengths, dtype=torch.bfloat16)
     assert all(state.dtype == torch.float32 for state in fast)
@@ -169,7 +203,9 @@ def test_bf16_stays_within_the_stated_tolerance(family):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = hf_states(model, wavs, mask)
     autocast_error = worst_error(autocast, reference, frame_lengths)
-    assert 1e-4 < fast_error <= BF16_TOLERANCE  # really computed in bf16, and close
+    assert (
+        1e-4 < fast_error <= BF16_TOLERANCE
+    )  # really computed in bf16, and close
     assert fast_error <= 2 * autocast_error
 
 
@@ -183,13 +219,17 @@ def test_unsupported_configurations_are_named():
 
 def save_folder(folder, model):
     model.save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        do_normalize=True, return_attention_mask=True
+    ).save_pretrained(folder)
     return str(folder)
 
 
 @pytest.fixture(scope="module")
 def wavlm_folder(tmp_path_factory):
-    return save_folder(tmp_path_factory.mktemp("fast_wavlm"), tiny_model("wavlm"))
+    return save_folder(
+        tmp_path_factory.mktemp("fast_wavlm"), tiny_model("wavlm")
+    )
 
 
 def test_upstream_fast_path_equals_the_reference_path(wavlm_folder):
@@ -206,7 +246,10 @@ def test_upstream_fast_path_equals_the_reference_path(wavlm_folder):
     # The fast path adds no parameters or saved state: checkpoints are unchanged.
     assert fast.state_dict().keys() == reference.state_dict().keys()
     # ... but a feature cache never mixes features of the two paths.
-    assert fast.identity()["fast_path"] is True and reference.identity()["fast_path"] is False
+    assert (
+        fast.identity()["fast_path"] is True
+        and reference.identity()["fast_path"] is False
+    )
     assert {**fast.identity(), "fast_path": False} == reference.identity()
 
 
@@ -223,8 +266,12 @@ def test_upstream_under_bf16_autocast_runs_the_bf16_fast_path(wavlm_folder):
 
 
 def test_unsupported_model_falls_back_to_transformers(tmp_path, caplog):
-    folder = save_folder(tmp_path / "bn", tiny_model("hubert", conv_pos_batch_norm=True))
-    with caplog.at_level(logging.INFO, logger="ser_modules.upstreams.huggingface"):
+    folder = save_folder(
+        tmp_path / "bn", tiny_model("hubert", conv_pos_batch_norm=True)
+    )
+    with caplog.at_level(
+        logging.INFO, logger="ser_modules.upstreams.huggingface"
+    ):
         upstream = HuggingFaceUpstream(folder)
     assert upstream.fast is None
     assert "batch-norm" in caplog.text

@@ -15,8 +15,8 @@ import re
 import pytest
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
-
 from prepare_helpers import REPO_ROOT
+
 from ser_modules.upstreams.tiny import save_tiny_model
 
 HPARAMS_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "hparams", "*.yaml")))
@@ -40,15 +40,21 @@ def keys_read_by_code():
     """Every hparams key the Python code of the project reads, found in its syntax tree."""
     used = set()
     for folder in CODE_FOLDERS:
-        for path in glob.glob(os.path.join(REPO_ROOT, folder, "**", "*.py"), recursive=True):
+        for path in glob.glob(
+            os.path.join(REPO_ROOT, folder, "**", "*.py"), recursive=True
+        ):
             with open(path, encoding="utf-8") as handle:
                 tree = ast.parse(handle.read(), filename=path)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Subscript) and _is_hparams(node.value):
                     key = node.slice
-                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    if isinstance(key, ast.Constant) and isinstance(
+                        key.value, str
+                    ):
                         used.add(key.value)
-                elif isinstance(node, ast.Attribute) and _is_hparams(node.value):
+                elif isinstance(node, ast.Attribute) and _is_hparams(
+                    node.value
+                ):
                     used.add(node.attr)
                 elif (
                     isinstance(node, ast.Call)
@@ -88,16 +94,29 @@ def unused_keys(yaml_text):
 
 def test_the_scanner_finds_code_keys_and_run_options():
     # The scanner must see the access forms the code uses, or the check below is empty.
-    assert {"crop_seconds", "theta_dataloader_opts", "search", "search_input_norm", "fold"} <= CODE_KEYS
+    assert {
+        "crop_seconds",
+        "theta_dataloader_opts",
+        "search",
+        "search_input_norm",
+        "fold",
+    } <= CODE_KEYS
     assert {"ckpt_interval_steps", "precision"} <= RUN_OPTIONS
 
 
 def test_an_added_unused_key_is_reported():
-    with open(os.path.join(REPO_ROOT, "hparams", "superb_fbank.yaml"), encoding="utf-8") as handle:
+    with open(
+        os.path.join(REPO_ROOT, "hparams", "superb_fbank.yaml"),
+        encoding="utf-8",
+    ) as handle:
         text = handle.read()
     assert unused_keys(text) == []
-    assert unused_keys(text + "\nforgotten_setting: 3  # read by nobody\n") == ["forgotten_setting"]
-    referenced = text + "\nforgotten_setting: 3\nuser: !ref <forgotten_setting>\n"
+    assert unused_keys(text + "\nforgotten_setting: 3  # read by nobody\n") == [
+        "forgotten_setting"
+    ]
+    referenced = (
+        text + "\nforgotten_setting: 3\nuser: !ref <forgotten_setting>\n"
+    )
     assert unused_keys(referenced) == ["user"]
 
 
@@ -114,7 +133,9 @@ def test_every_top_level_key_is_used(path):
 @pytest.fixture(scope="module")
 def tiny_wavlm(tmp_path_factory):
     # 12 layers: enough for the Vesper-12 student drawn from the teacher's layers.
-    return save_tiny_model(tmp_path_factory.mktemp("tiny_wavlm"), kind="wavlm", num_layers=12)
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny_wavlm"), kind="wavlm", num_layers=12
+    )
 
 
 @pytest.mark.parametrize("path", HPARAMS_FILES, ids=os.path.basename)
@@ -122,16 +143,24 @@ def test_file_loads_with_its_placeholders_filled(path, tmp_path, tiny_wavlm):
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     placeholders = re.findall(r"^(\w+):\s*!PLACEHOLDER", text, re.MULTILINE)
-    values = {"data_folder": str(tmp_path / "corpus"), "ssl_source": tiny_wavlm, "teacher_source": tiny_wavlm}
+    values = {
+        "data_folder": str(tmp_path / "corpus"),
+        "ssl_source": tiny_wavlm,
+        "teacher_source": tiny_wavlm,
+    }
     unknown = set(placeholders) - set(values)
-    assert not unknown, f"New placeholders {unknown}: give them a value in this test."
+    assert not unknown, (
+        f"New placeholders {unknown}: give them a value in this test."
+    )
     overrides = {name: values[name] for name in placeholders}
     overrides["output_folder"] = str(tmp_path / "out")
     if "encoder_dim" in text:  # Vesper pretraining: the tiny teacher's width
         overrides["encoder_dim"] = 32
     hparams = load_hyperpyyaml(text, overrides)
     assert hparams["output_folder"] == str(tmp_path / "out")
-    if os.path.basename(path).startswith("svm_"):  # the classic baseline: no network to checkpoint
+    if os.path.basename(path).startswith(
+        "svm_"
+    ):  # the classic baseline: no network to checkpoint
         assert hparams["c_grid"] and hparams["feature_level"] == "functionals"
         return
     assert "checkpointer" in hparams and "modules" in hparams

@@ -4,23 +4,39 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from ser_modules.metrics import aggregate_folds, classification_scores, format_report
+from ser_modules.metrics import (
+    aggregate_folds,
+    classification_scores,
+    format_report,
+)
 
 
 def _random_predictions(seed, num_classes=4, size=60):
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, num_classes, size).tolist()
     # Predictions right about half of the time, so that every metric is far from 0 and 1.
-    y_pred = [t if rng.random() < 0.5 else int(rng.integers(0, num_classes)) for t in y_true]
+    y_pred = [
+        t if rng.random() < 0.5 else int(rng.integers(0, num_classes))
+        for t in y_true
+    ]
     return y_true, y_pred
 
 
 def _assert_matches_sklearn(y_true, y_pred, labels):
     scores = classification_scores(y_true, y_pred, labels)
-    assert scores["WA"] == pytest.approx(sk_metrics.accuracy_score(y_true, y_pred))
-    assert scores["UA"] == pytest.approx(sk_metrics.balanced_accuracy_score(y_true, y_pred))
-    assert scores["WF1"] == pytest.approx(sk_metrics.f1_score(y_true, y_pred, average="weighted"))
-    assert scores["confusion"] == sk_metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    assert scores["WA"] == pytest.approx(
+        sk_metrics.accuracy_score(y_true, y_pred)
+    )
+    assert scores["UA"] == pytest.approx(
+        sk_metrics.balanced_accuracy_score(y_true, y_pred)
+    )
+    assert scores["WF1"] == pytest.approx(
+        sk_metrics.f1_score(y_true, y_pred, average="weighted")
+    )
+    assert (
+        scores["confusion"]
+        == sk_metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -60,21 +76,37 @@ def test_per_class_report_matches_sklearn_precision_recall_f1_support():
     y_true, y_pred = _random_predictions(0)
     labels = [3, 1, 0, 2]
     scores = classification_scores(y_true, y_pred, labels)
-    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels
+    )
     assert list(scores["per_class"]) == ["3", "1", "0", "2"]
     for i, label in enumerate(labels):
         row = scores["per_class"][str(label)]
         assert row == pytest.approx(
-            {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": support[i]}
+            {
+                "precision": precision[i],
+                "recall": recall[i],
+                "f1": f1[i],
+                "support": support[i],
+            }
         )
 
 
 def test_class_absent_from_the_fold_keeps_its_row_in_display_order():
-    scores = classification_scores(["neu", "sad"], ["neu", "neu"], labels=["neu", "hap", "sad"])
+    scores = classification_scores(
+        ["neu", "sad"], ["neu", "neu"], labels=["neu", "hap", "sad"]
+    )
     assert scores["labels"] == ["neu", "hap", "sad"]
     assert scores["confusion"] == [[1, 0, 0], [0, 0, 0], [1, 0, 0]]
-    assert scores["per_class"]["hap"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert scores["UA"] == pytest.approx(0.5)  # mean of neu (1.0) and sad (0.0) recall only
+    assert scores["per_class"]["hap"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+    }
+    assert scores["UA"] == pytest.approx(
+        0.5
+    )  # mean of neu (1.0) and sad (0.0) recall only
 
 
 def test_default_labels_are_the_sorted_union_of_references_and_predictions():
@@ -83,7 +115,9 @@ def test_default_labels_are_the_sorted_union_of_references_and_predictions():
 
 
 def test_format_report_lists_every_class_and_the_summary_scores():
-    report = format_report(classification_scores(["neu", "sad", "sad"], ["neu", "sad", "neu"]))
+    report = format_report(
+        classification_scores(["neu", "sad", "sad"], ["neu", "sad", "neu"])
+    )
     lines = report.splitlines()
     assert lines[1].split() == ["neu", "0.500", "1.000", "0.667", "1"]
     assert lines[2].split() == ["sad", "1.000", "0.500", "0.667", "2"]
@@ -98,32 +132,49 @@ def test_length_mismatch_and_empty_input_are_rejected():
 
 
 def test_aggregate_folds_mean_and_std_are_numpy_over_per_fold_sklearn_scores():
-    folds = {f"fold{seed}": _random_predictions(seed, size=20 + 10 * seed) for seed in range(4)}
+    folds = {
+        f"fold{seed}": _random_predictions(seed, size=20 + 10 * seed)
+        for seed in range(4)
+    }
     aggregated = aggregate_folds(folds, labels=[0, 1, 2, 3])
     by_hand = {
         "WA": [sk_metrics.accuracy_score(t, p) for t, p in folds.values()],
-        "UA": [sk_metrics.balanced_accuracy_score(t, p) for t, p in folds.values()],
-        "WF1": [sk_metrics.f1_score(t, p, average="weighted") for t, p in folds.values()],
+        "UA": [
+            sk_metrics.balanced_accuracy_score(t, p) for t, p in folds.values()
+        ],
+        "WF1": [
+            sk_metrics.f1_score(t, p, average="weighted")
+            for t, p in folds.values()
+        ],
     }
     for metric, values in by_hand.items():
         assert aggregated["mean"][metric] == pytest.approx(np.mean(values))
-        assert aggregated["std"][metric] == pytest.approx(np.std(values, ddof=0))
+        assert aggregated["std"][metric] == pytest.approx(
+            np.std(values, ddof=0)
+        )
     assert list(aggregated["folds"]) == list(folds)
     assert aggregated["folds"]["fold2"]["WA"] == pytest.approx(by_hand["WA"][2])
 
 
 def test_aggregate_folds_hand_computed_mean_and_population_std():
-    aggregated = aggregate_folds({"A": ([0, 0, 1, 1], [0, 1, 1, 1]), "B": ([0, 1], [0, 1])})
+    aggregated = aggregate_folds(
+        {"A": ([0, 0, 1, 1], [0, 1, 1, 1]), "B": ([0, 1], [0, 1])}
+    )
     assert aggregated["mean"]["WA"] == pytest.approx(0.875)
     assert aggregated["std"]["WA"] == pytest.approx(0.125)
 
 
 def test_pooled_scores_equal_the_scores_of_the_concatenated_predictions():
-    folds = {f"fold{seed}": _random_predictions(seed, size=15 + 5 * seed) for seed in range(3)}
+    folds = {
+        f"fold{seed}": _random_predictions(seed, size=15 + 5 * seed)
+        for seed in range(3)
+    }
     aggregated = aggregate_folds(folds, labels=[0, 1, 2, 3])
     all_true = sum((t for t, _ in folds.values()), [])
     all_pred = sum((p for _, p in folds.values()), [])
-    assert aggregated["pooled"] == classification_scores(all_true, all_pred, labels=[0, 1, 2, 3])
+    assert aggregated["pooled"] == classification_scores(
+        all_true, all_pred, labels=[0, 1, 2, 3]
+    )
     # Unequal fold sizes: the pooled WA weights folds by size, the mean does not.
     assert aggregated["pooled"]["WA"] != pytest.approx(aggregated["mean"]["WA"])
 

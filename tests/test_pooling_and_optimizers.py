@@ -23,18 +23,36 @@ def test_stats_pool_is_mean_and_std_of_the_valid_frames():
     for index, frames in enumerate([7, 5, 1]):
         valid = x[index, :frames].double()
         expected_std = valid.std(dim=0, unbiased=False).clamp(min=1e-4)
-        torch.testing.assert_close(pooled[index, :4].double(), valid.mean(dim=0), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(pooled[index, 4:].double(), expected_std, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            pooled[index, :4].double(), valid.mean(dim=0), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            pooled[index, 4:].double(), expected_std, rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("model", ["superb", "ffn", "transformer"])
 def test_models_with_stats_pooling_ignore_padding(model):
     torch.manual_seed(1)
-    net = build_downstream(model, input_dim=8, num_classes=3, num_layers=2, hidden=16, num_heads=2,
-                           ffn_dim=16, dropout=0.0, pooling="stats").eval()
+    net = build_downstream(
+        model,
+        input_dim=8,
+        num_classes=3,
+        num_layers=2,
+        hidden=16,
+        num_heads=2,
+        ffn_dim=16,
+        dropout=0.0,
+        pooling="stats",
+    ).eval()
     alone = torch.randn(1, 5, 8)
     padded = torch.cat([alone, torch.full((1, 4, 8), 3.0)], dim=1)
-    torch.testing.assert_close(net(alone, torch.ones(1)), net(padded, torch.tensor([5 / 9])), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        net(alone, torch.ones(1)),
+        net(padded, torch.tensor([5 / 9])),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert net.classifier.in_features == 2 * (16 if model == "superb" else 8)
 
 
@@ -45,10 +63,19 @@ def test_unknown_pooling_is_rejected():
 
 def test_optimizer_factory_builds_the_named_optimizer_with_its_settings():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    sgd = optimizer_factory("sgd", lr=0.1, momentum=0.8, weight_decay=0.01)(params)
+    sgd = optimizer_factory("sgd", lr=0.1, momentum=0.8, weight_decay=0.01)(
+        params
+    )
     adamw = optimizer_factory("adamw", lr=0.002, weight_decay=0.05)(params)
-    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8 and sgd.defaults["lr"] == 0.1
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.05
+    assert (
+        isinstance(sgd, torch.optim.SGD)
+        and sgd.defaults["momentum"] == 0.8
+        and sgd.defaults["lr"] == 0.1
+    )
+    assert (
+        isinstance(adamw, torch.optim.AdamW)
+        and adamw.defaults["weight_decay"] == 0.05
+    )
     with pytest.raises(ValueError, match="Unknown optimizer"):
         optimizer_factory("lamb", lr=0.1)
 
@@ -59,14 +86,32 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
 
     from prepare_helpers import REPO_ROOT, load_recipe_module
 
-    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes", "custom"))  # train.py imports custom_prepare
+    sys.path.insert(
+        0, os.path.join(REPO_ROOT, "recipes", "custom")
+    )  # train.py imports custom_prepare
     try:
         custom = load_recipe_module("recipes/custom/train.py")
     finally:
         sys.path.pop(0)
-    for name in ("superb_fbank.yaml", "ffn_fbank.yaml", "transformer_fbank.yaml"):
-        defaults = custom.dataset_defaults(os.path.join(REPO_ROOT, "hparams", name))
-        assert defaults == {**custom.DATASET_DEFAULTS, **custom.SMALL_CORPUS_DEFAULTS}
-        assert defaults["optimizer"] == "adamw" and defaults["pooling"] == "stats"
+    for name in (
+        "superb_fbank.yaml",
+        "ffn_fbank.yaml",
+        "transformer_fbank.yaml",
+    ):
+        defaults = custom.dataset_defaults(
+            os.path.join(REPO_ROOT, "hparams", name)
+        )
+        assert defaults == {
+            **custom.DATASET_DEFAULTS,
+            **custom.SMALL_CORPUS_DEFAULTS,
+        }
+        assert (
+            defaults["optimizer"] == "adamw" and defaults["pooling"] == "stats"
+        )
     # SSL files keep their papers' training setup (they have no optimizer switch)
-    assert custom.dataset_defaults(os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml")) == custom.DATASET_DEFAULTS
+    assert (
+        custom.dataset_defaults(
+            os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml")
+        )
+        == custom.DATASET_DEFAULTS
+    )

@@ -11,11 +11,9 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from speechbrain.utils.checkpoints import Checkpointer
-
 import test_cremad_prepare
 import test_iemocap_prepare
+import torch
 from recipe_helpers import (
     has_intra_epoch_checkpoint,
     kill_when,
@@ -25,10 +23,16 @@ from recipe_helpers import (
     run_in_process,
     start_child,
 )
-from ser_modules.mini_corpus import generate_mini_corpus
-from ser_modules.resume import COMPLETION_RECORD, CheckpointCompletion, remove_incomplete_checkpoints
-from ser_modules.upstreams.tiny import save_tiny_model
+from speechbrain.utils.checkpoints import Checkpointer
 from test_meld_prepare import meld_root  # noqa: F401  (fixture: a miniature MELD.Raw)
+
+from ser_modules.mini_corpus import generate_mini_corpus
+from ser_modules.resume import (
+    COMPLETION_RECORD,
+    CheckpointCompletion,
+    remove_incomplete_checkpoints,
+)
+from ser_modules.upstreams.tiny import save_tiny_model
 
 SUPERB_WAVLM = "hparams/superb_wavlm.yaml"
 CUSTOM = "recipes/custom/train.py"
@@ -46,7 +50,12 @@ def tiny_wavlm(tmp_path_factory):
 def mini_corpus(tmp_path_factory):
     """4 emotions x 2 speakers x 3 utterances of about 1 s, in the custom-corpus layout."""
     folder = tmp_path_factory.mktemp("mini") / "corpus"
-    generate_mini_corpus(str(folder), num_speakers=2, utterances_per_class=3, duration_range=(0.8, 1.2))
+    generate_mini_corpus(
+        str(folder),
+        num_speakers=2,
+        utterances_per_class=3,
+        duration_range=(0.8, 1.2),
+    )
     return str(folder)
 
 
@@ -60,9 +69,18 @@ def mini_arguments(mini_corpus, tiny_wavlm, tmp_path_factory):
     """
     cache = tmp_path_factory.mktemp("shared_cache")
     return [
-        SUPERB_WAVLM, f"--data_folder={mini_corpus}", "--labels_csv=labels.csv", "--split=stratified",
-        "--valid_fraction=0.25", f"--ssl_source={tiny_wavlm}", f"--cache_folder={cache}",
-        "--number_of_epochs=2", "--batch_size=4", "--lr=0.1", "--ckpt_interval_steps=1", "--crop_seconds=0.9",
+        SUPERB_WAVLM,
+        f"--data_folder={mini_corpus}",
+        "--labels_csv=labels.csv",
+        "--split=stratified",
+        "--valid_fraction=0.25",
+        f"--ssl_source={tiny_wavlm}",
+        f"--cache_folder={cache}",
+        "--number_of_epochs=2",
+        "--batch_size=4",
+        "--lr=0.1",
+        "--ckpt_interval_steps=1",
+        "--crop_seconds=0.9",
         "--eval_crop_seconds=0.6",
     ]
 
@@ -83,7 +101,12 @@ def reference_runs(cached_run, mini_arguments, tmp_path_factory):
     def get(downstream):
         if downstream not in runs:
             output = str(tmp_path_factory.mktemp(f"{downstream}_run"))
-            run_in_process(CUSTOM, *mini_arguments, f"--output_folder={output}", f"--downstream_model={downstream}")
+            run_in_process(
+                CUSTOM,
+                *mini_arguments,
+                f"--output_folder={output}",
+                f"--downstream_model={downstream}",
+            )
             check_results(output, ["main"])
             runs[downstream] = output
         return runs[downstream]
@@ -110,17 +133,26 @@ def cache_sources(output):
     cache_root = os.path.join(output, "feature_cache")
     sources = set()
     for key in os.listdir(cache_root):
-        with open(os.path.join(cache_root, key, "key.json"), encoding="utf-8") as handle:
+        with open(
+            os.path.join(cache_root, key, "key.json"), encoding="utf-8"
+        ) as handle:
             sources.add(json.load(handle)["upstream"]["source"])
     return sources
 
 
-def test_iemocap_runs_five_session_folds_on_a_tiny_wavlm_through_the_cache(tmp_path, tiny_wavlm):
+def test_iemocap_runs_five_session_folds_on_a_tiny_wavlm_through_the_cache(
+    tmp_path, tiny_wavlm
+):
     release = test_iemocap_prepare.build_release(str(tmp_path))
     output = str(tmp_path / "out")
     run_in_process(
-        "recipes/IEMOCAP/train.py", SUPERB_WAVLM, f"--data_folder={release}", "--allow_partial=True",
-        f"--ssl_source={tiny_wavlm}", f"--output_folder={output}", "--number_of_epochs=1",
+        "recipes/IEMOCAP/train.py",
+        SUPERB_WAVLM,
+        f"--data_folder={release}",
+        "--allow_partial=True",
+        f"--ssl_source={tiny_wavlm}",
+        f"--output_folder={output}",
+        "--number_of_epochs=1",
     )
     results = check_results(output, [f"fold{number}" for number in range(1, 6)])
     assert results["dataset"] == "IEMOCAP"
@@ -128,11 +160,18 @@ def test_iemocap_runs_five_session_folds_on_a_tiny_wavlm_through_the_cache(tmp_p
     assert cache_sources(output) == {os.path.abspath(tiny_wavlm)}
 
 
-def test_meld_runs_the_official_split_on_a_tiny_wavlm_through_the_cache(tmp_path, tiny_wavlm, meld_root):  # noqa: F811
+def test_meld_runs_the_official_split_on_a_tiny_wavlm_through_the_cache(
+    tmp_path, tiny_wavlm, meld_root
+):  # noqa: F811
     output = str(tmp_path / "out")
     run_in_process(
-        "recipes/MELD/train.py", SUPERB_WAVLM, f"--data_folder={meld_root}", f"--ssl_source={tiny_wavlm}",
-        f"--output_folder={output}", "--number_of_epochs=1", "--num_workers=1",
+        "recipes/MELD/train.py",
+        SUPERB_WAVLM,
+        f"--data_folder={meld_root}",
+        f"--ssl_source={tiny_wavlm}",
+        f"--output_folder={output}",
+        "--number_of_epochs=1",
+        "--num_workers=1",
     )
     results = check_results(output, ["main"])
     assert results["selection"]["metric"] == "WF1"
@@ -140,15 +179,29 @@ def test_meld_runs_the_official_split_on_a_tiny_wavlm_through_the_cache(tmp_path
 
 
 @pytest.mark.parametrize("downstream", DOWNSTREAMS)
-def test_cremad_runs_the_random_split_on_a_tiny_wavlm_through_the_cache(tmp_path, tiny_wavlm, downstream):
+def test_cremad_runs_the_random_split_on_a_tiny_wavlm_through_the_cache(
+    tmp_path, tiny_wavlm, downstream
+):
     corpus = test_cremad_prepare.build_corpus(str(tmp_path))
     output = str(tmp_path / "out")
     run_in_process(
-        "recipes/CREMA-D/train.py", SUPERB_WAVLM, f"--data_folder={corpus}", f"--ssl_source={tiny_wavlm}",
-        f"--output_folder={output}", "--number_of_epochs=1", f"--downstream_model={downstream}",
+        "recipes/CREMA-D/train.py",
+        SUPERB_WAVLM,
+        f"--data_folder={corpus}",
+        f"--ssl_source={tiny_wavlm}",
+        f"--output_folder={output}",
+        "--number_of_epochs=1",
+        f"--downstream_model={downstream}",
     )
     results = check_results(output, ["main"])
-    assert results["pooled"]["labels"] == ["ang", "dis", "fea", "hap", "neu", "sad"]
+    assert results["pooled"]["labels"] == [
+        "ang",
+        "dis",
+        "fea",
+        "hap",
+        "neu",
+        "sad",
+    ]
     assert cache_sources(output) == {os.path.abspath(tiny_wavlm)}
 
 
@@ -156,7 +209,12 @@ def test_cached_features_train_to_the_same_probabilities_as_features_computed_on
     cached_run, mini_arguments, tmp_path
 ):
     output = str(tmp_path / "on_the_fly")
-    run_in_process(CUSTOM, *mini_arguments, f"--output_folder={output}", "--use_cache=False")
+    run_in_process(
+        CUSTOM,
+        *mini_arguments,
+        f"--output_folder={output}",
+        "--use_cache=False",
+    )
     assert not os.path.isdir(os.path.join(output, "feature_cache"))
     ids, on_the_fly = read_test_probabilities(output)
     cached_ids, cached = read_test_probabilities(cached_run)
@@ -164,7 +222,9 @@ def test_cached_features_train_to_the_same_probabilities_as_features_computed_on
     # The cache stores float16 (features within 2^-11 relative); here the probabilities
     # agree to about 1e-5.
     np.testing.assert_allclose(on_the_fly, cached, rtol=0, atol=5e-4)
-    assert np.abs(cached - 0.25).max() > 0.05, "the model did not learn: the comparison shows nothing"
+    assert np.abs(cached - 0.25).max() > 0.05, (
+        "the model did not learn: the comparison shows nothing"
+    )
 
 
 @pytest.mark.parametrize("downstream", DOWNSTREAMS)
@@ -173,18 +233,31 @@ def test_run_killed_mid_epoch_resumes_to_the_results_of_an_uninterrupted_run(
 ):
     cached_run = reference_runs(downstream)
     output = str(tmp_path / "killed")
-    arguments = [*mini_arguments, f"--output_folder={output}", f"--downstream_model={downstream}"]
+    arguments = [
+        *mini_arguments,
+        f"--output_folder={output}",
+        f"--downstream_model={downstream}",
+    ]
     save_folder = os.path.join(output, "main", "save")
-    kill_when(start_child(CUSTOM, *arguments), lambda: has_intra_epoch_checkpoint(save_folder, after_epochs=1))
+    kill_when(
+        start_child(CUSTOM, *arguments),
+        lambda: has_intra_epoch_checkpoint(save_folder, after_epochs=1),
+    )
     assert not os.path.isfile(os.path.join(output, "main", "test_outcome.json"))
     run_in_process(CUSTOM, *arguments)
     ids, resumed = read_test_probabilities(output)
     reference_ids, reference = read_test_probabilities(cached_run)
     assert ids == reference_ids
     np.testing.assert_allclose(resumed, reference, rtol=0, atol=1e-6)
-    with open(os.path.join(output, "main", "train_log.txt"), encoding="utf-8") as handle:
-        epochs = [line.split(",")[0] for line in handle if line.startswith("epoch:")]
-    assert epochs == ["epoch: 1", "epoch: 2"], "the resumed run redid or skipped an epoch"
+    with open(
+        os.path.join(output, "main", "train_log.txt"), encoding="utf-8"
+    ) as handle:
+        epochs = [
+            line.split(",")[0] for line in handle if line.startswith("epoch:")
+        ]
+    assert epochs == ["epoch: 1", "epoch: 2"], (
+        "the resumed run redid or skipped an epoch"
+    )
 
 
 def test_checkpoints_cut_short_by_a_kill_are_removed_before_recovery(tmp_path):
@@ -203,23 +276,43 @@ def test_checkpoints_cut_short_by_a_kill_are_removed_before_recovery(tmp_path):
 
     remove_incomplete_checkpoints(checkpointer)
     assert [c.path for c in checkpointer.list_checkpoints()] == [complete.path]
-    assert not os.path.exists(truncated.path) and not os.path.exists(unrecorded.path)
+    assert not os.path.exists(truncated.path) and not os.path.exists(
+        unrecorded.path
+    )
 
 
-@pytest.mark.parametrize("model_arguments", [
-    # BAS covers both Brains (super net search and retraining) under DDP.
-    ("hparams/bas_fbank.yaml", "--search_epochs=1", "--ffn_dim=16"),
-    ("hparams/shiftformer.yaml", "--upstream_kind=fbank"),
-    ("hparams/speechformer.yaml", "--upstream_kind=fbank"),
-], ids=["bas", "shiftformer", "speechformer"])
-def test_two_process_ddp_on_cpu_finishes_and_writes_results(mini_corpus, tmp_path, model_arguments):
+@pytest.mark.parametrize(
+    "model_arguments",
+    [
+        # BAS covers both Brains (super net search and retraining) under DDP.
+        ("hparams/bas_fbank.yaml", "--search_epochs=1", "--ffn_dim=16"),
+        ("hparams/shiftformer.yaml", "--upstream_kind=fbank"),
+        ("hparams/speechformer.yaml", "--upstream_kind=fbank"),
+    ],
+    ids=["bas", "shiftformer", "speechformer"],
+)
+def test_two_process_ddp_on_cpu_finishes_and_writes_results(
+    mini_corpus, tmp_path, model_arguments
+):
     output = str(tmp_path / "ddp")
     run_child(
-        CUSTOM, *model_arguments, f"--data_folder={mini_corpus}", "--labels_csv=labels.csv",
-        "--split=stratified", "--valid_fraction=0.25", f"--output_folder={output}",
-        "--number_of_epochs=1", "--batch_size=4", "--ckpt_interval_steps=1",
+        CUSTOM,
+        *model_arguments,
+        f"--data_folder={mini_corpus}",
+        "--labels_csv=labels.csv",
+        "--split=stratified",
+        "--valid_fraction=0.25",
+        f"--output_folder={output}",
+        "--number_of_epochs=1",
+        "--batch_size=4",
+        "--ckpt_interval_steps=1",
         "--distributed_backend=gloo",
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        launcher=(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+        ),
         timeout=300,
     )
     results = check_results(output, ["main"])
@@ -227,10 +320,16 @@ def test_two_process_ddp_on_cpu_finishes_and_writes_results(mini_corpus, tmp_pat
         assert len(results["search"]["architectures"]["main"]) == 3
 
 
-def test_bf16_training_runs_and_gives_finite_probabilities(mini_arguments, tmp_path):
+def test_bf16_training_runs_and_gives_finite_probabilities(
+    mini_arguments, tmp_path
+):
     output = str(tmp_path / "bf16")
     run_in_process(
-        CUSTOM, *mini_arguments, f"--output_folder={output}", "--precision=bf16", "--use_cache=False",
+        CUSTOM,
+        *mini_arguments,
+        f"--output_folder={output}",
+        "--precision=bf16",
+        "--use_cache=False",
         "--number_of_epochs=1",
     )
     check_results(output, ["main"])

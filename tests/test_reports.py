@@ -33,19 +33,39 @@ def _fold_predictions(seed, num_folds=3, size=40):
     folds = {}
     for fold in range(1, num_folds + 1):
         y_true = rng.integers(0, len(LABELS), size).tolist()
-        y_pred = [t if rng.random() < 0.5 else int(rng.integers(0, len(LABELS))) for t in y_true]
-        folds[f"fold{fold}"] = ([LABELS[t] for t in y_true], [LABELS[p] for p in y_pred])
+        y_pred = [
+            t if rng.random() < 0.5 else int(rng.integers(0, len(LABELS)))
+            for t in y_true
+        ]
+        folds[f"fold{fold}"] = (
+            [LABELS[t] for t in y_true],
+            [LABELS[p] for p in y_pred],
+        )
     return folds
 
 
-def write_run(folder, hparams_file, dataset="IEMOCAP", overrides=None, seed=0, num_folds=3,
-              selection_set="valid", preparation=None, search=None, crop_seconds=6.5):
+def write_run(
+    folder,
+    hparams_file,
+    dataset="IEMOCAP",
+    overrides=None,
+    seed=0,
+    num_folds=3,
+    selection_set="valid",
+    preparation=None,
+    search=None,
+    crop_seconds=6.5,
+):
     """A run folder with a results.json shaped like ser_modules.recipe.summarise writes it."""
     predictions = _fold_predictions(seed, num_folds)
     results = {
         "dataset": dataset,
         "hparams_file": hparams_file,
-        "overrides": {"crop_seconds": crop_seconds, "selection_metric": "UA", **(overrides or {})},
+        "overrides": {
+            "crop_seconds": crop_seconds,
+            "selection_metric": "UA",
+            **(overrides or {}),
+        },
         "preparation": preparation or {},
         "selection": {"metric": "UA", "set": selection_set},
         "selected_epochs": {name: 7 for name in predictions},
@@ -54,7 +74,9 @@ def write_run(folder, hparams_file, dataset="IEMOCAP", overrides=None, seed=0, n
     if search is not None:
         results["search"] = search
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as handle:
+    with open(
+        os.path.join(folder, "results.json"), "w", encoding="utf-8"
+    ) as handle:
         json.dump(results, handle)
     return str(folder), predictions
 
@@ -67,7 +89,9 @@ def _search_record(folder, architectures, heatmap_exists=True):
         if heatmap_exists:
             from ser_modules.downstream import plot_theta_heatmap
 
-            plot_theta_heatmap(np.full((3, 3), 1 / 3), candidates, path, f"{fold}", dpi=50)
+            plot_theta_heatmap(
+                np.full((3, 3), 1 / 3), candidates, path, f"{fold}", dpi=50
+            )
         heatmaps[fold] = path
     wins = np.zeros((3, 3), dtype=int)
     for architecture in architectures.values():
@@ -75,7 +99,10 @@ def _search_record(folder, architectures, heatmap_exists=True):
             wins[layer, candidates.index(block)] += 1
     return {
         "architectures": architectures,
-        "probabilities": {fold: [[0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]] for fold in architectures},
+        "probabilities": {
+            fold: [[0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]]
+            for fold in architectures
+        },
         "ties": {fold: [] for fold in architectures},
         "heatmaps": heatmaps,
         "candidates": candidates,
@@ -107,41 +134,93 @@ def _is_png(path):
         ("ffn_fbank.yaml", {}, "simple-FFN"),
         ("superb_vesper.yaml", {}, "SUPERB classifier"),
         ("superb_wavlm.yaml", {"downstream_model": "ffn"}, "simple-FFN"),
-        ("bas_wavlm.yaml", {"search": False, "architecture": ["ffn", "msa"]}, "blocks ffn-msa"),
+        (
+            "bas_wavlm.yaml",
+            {"search": False, "architecture": ["ffn", "msa"]},
+            "blocks ffn-msa",
+        ),
         ("shiftformer.yaml", {}, "Shiftformer"),
         ("speechformer.yaml", {}, "SpeechFormer-S"),
-        ("speechformer.yaml", {"speechformer_expand": [1, 1, 2]}, "SpeechFormer-B"),
-        ("transformer_wavlm.yaml", {"downstream_model": "shiftformer"}, "Shiftformer"),
+        (
+            "speechformer.yaml",
+            {"speechformer_expand": [1, 1, 2]},
+            "SpeechFormer-B",
+        ),
+        (
+            "transformer_wavlm.yaml",
+            {"downstream_model": "shiftformer"},
+            "Shiftformer",
+        ),
     ],
 )
-def test_model_name_comes_from_hparams_file_and_overrides(hparams_file, overrides, expected):
+def test_model_name_comes_from_hparams_file_and_overrides(
+    hparams_file, overrides, expected
+):
     assert model_name(hparams_file, overrides) == expected
 
 
 def _model_folder(tmp_path, name, layers, width, model_type="wavlm"):
     folder = tmp_path / name
     folder.mkdir()
-    config = {"model_type": model_type, "num_hidden_layers": layers, "hidden_size": width}
+    config = {
+        "model_type": model_type,
+        "num_hidden_layers": layers,
+        "hidden_size": width,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return str(folder)
 
 
 def test_upstream_size_is_read_from_the_model_config(tmp_path):
-    assert upstream_name("bas_wavlm.yaml", {"ssl_source": _model_folder(tmp_path, "m1", 24, 1024)}) == "WavLM Large"
-    assert upstream_name("bas_hubert.yaml", {"ssl_source": _model_folder(tmp_path, "m2", 12, 768)}) == "HuBERT Base"
-    assert upstream_name("superb_vesper.yaml", {"ssl_source": _model_folder(tmp_path, "m3", 12, 1024)}) == "Vesper-12"
+    assert (
+        upstream_name(
+            "bas_wavlm.yaml",
+            {"ssl_source": _model_folder(tmp_path, "m1", 24, 1024)},
+        )
+        == "WavLM Large"
+    )
+    assert (
+        upstream_name(
+            "bas_hubert.yaml",
+            {"ssl_source": _model_folder(tmp_path, "m2", 12, 768)},
+        )
+        == "HuBERT Base"
+    )
+    assert (
+        upstream_name(
+            "superb_vesper.yaml",
+            {"ssl_source": _model_folder(tmp_path, "m3", 12, 1024)},
+        )
+        == "Vesper-12"
+    )
 
 
-def test_upstream_of_another_shape_is_named_by_its_shape_not_a_paper_model(tmp_path):
+def test_upstream_of_another_shape_is_named_by_its_shape_not_a_paper_model(
+    tmp_path,
+):
     source = _model_folder(tmp_path, "wavlm-large", 2, 32)
-    assert upstream_name("superb_wavlm.yaml", {"ssl_source": source}) == "WavLM (2 layers, 32 dims)"
+    assert (
+        upstream_name("superb_wavlm.yaml", {"ssl_source": source})
+        == "WavLM (2 layers, 32 dims)"
+    )
     source = _model_folder(tmp_path, "vesper4", 4, 32)
-    assert upstream_name("superb_vesper.yaml", {"ssl_source": source}) == "Vesper (4 layers, 32 dims)"
+    assert (
+        upstream_name("superb_vesper.yaml", {"ssl_source": source})
+        == "Vesper (4 layers, 32 dims)"
+    )
 
 
 def test_upstream_size_falls_back_to_the_folder_name_when_the_model_is_gone():
-    assert upstream_name("bas_hubert.yaml", {"ssl_source": "/gone/hubert_large_ll60k"}) == "HuBERT Large"
-    assert upstream_name("bas_vesper.yaml", {"ssl_source": "/gone/Vesper-4"}) == "Vesper-4"
+    assert (
+        upstream_name(
+            "bas_hubert.yaml", {"ssl_source": "/gone/hubert_large_ll60k"}
+        )
+        == "HuBERT Large"
+    )
+    assert (
+        upstream_name("bas_vesper.yaml", {"ssl_source": "/gone/Vesper-4"})
+        == "Vesper-4"
+    )
     assert upstream_name("bas_wavlm.yaml", {}) == "WavLM"
     assert upstream_name("transformer_fbank.yaml", {}) == "Fbank"
 
@@ -161,21 +240,42 @@ def test_yaml_defaults_are_read_from_the_run_folder_hyperparams(tmp_path):
 
 
 def test_bas_table_cells_are_the_mean_and_std_over_folds_in_percent(tmp_path):
-    baseline, baseline_predictions = write_run(tmp_path / "t4", "transformer_fbank.yaml", overrides={"num_layers": 4})
-    bas, bas_predictions = write_run(tmp_path / "b4", "bas_fbank.yaml", overrides={"search_layers": 4}, seed=1)
+    baseline, baseline_predictions = write_run(
+        tmp_path / "t4", "transformer_fbank.yaml", overrides={"num_layers": 4}
+    )
+    bas, bas_predictions = write_run(
+        tmp_path / "b4",
+        "bas_fbank.yaml",
+        overrides={"search_layers": 4},
+        seed=1,
+    )
     runs, _ = collect_runs([baseline, bas])
     columns, rows = bas_table(runs)
     assert columns == [("IEMOCAP", "WA"), ("IEMOCAP", "UA")]
-    for label, predictions in (("4L-baseline", baseline_predictions), ("4L-BAS", bas_predictions)):
+    for label, predictions in (
+        ("4L-baseline", baseline_predictions),
+        ("4L-BAS", bas_predictions),
+    ):
         wa = [sk_metrics.accuracy_score(t, p) for t, p in predictions.values()]
-        ua = [sk_metrics.balanced_accuracy_score(t, p) for t, p in predictions.values()]
+        ua = [
+            sk_metrics.balanced_accuracy_score(t, p)
+            for t, p in predictions.values()
+        ]
         cells = _row(rows, "Fbank", label)["cells"]
-        assert cells[("IEMOCAP", "WA")]["mean"] == pytest.approx(100 * np.mean(wa))
-        assert cells[("IEMOCAP", "WA")]["std"] == pytest.approx(100 * np.std(wa))
-        assert cells[("IEMOCAP", "UA")]["mean"] == pytest.approx(100 * np.mean(ua))
+        assert cells[("IEMOCAP", "WA")]["mean"] == pytest.approx(
+            100 * np.mean(wa)
+        )
+        assert cells[("IEMOCAP", "WA")]["std"] == pytest.approx(
+            100 * np.std(wa)
+        )
+        assert cells[("IEMOCAP", "UA")]["mean"] == pytest.approx(
+            100 * np.mean(ua)
+        )
 
 
-def test_bas_table_rows_follow_the_paper_order_whatever_the_argument_order(tmp_path):
+def test_bas_table_rows_follow_the_paper_order_whatever_the_argument_order(
+    tmp_path,
+):
     paths = [
         write_run(tmp_path / "superb", "superb_fbank.yaml")[0],
         write_run(tmp_path / "b3", "bas_fbank.yaml")[0],
@@ -183,86 +283,177 @@ def test_bas_table_rows_follow_the_paper_order_whatever_the_argument_order(tmp_p
         write_run(tmp_path / "t3", "transformer_fbank.yaml")[0],
     ]
     _, rows = bas_table(collect_runs(paths)[0])
-    assert [row["label"][1] for row in rows] == ["3L-baseline", "simple-FFN", "3L-BAS", "SUPERB classifier"]
+    assert [row["label"][1] for row in rows] == [
+        "3L-baseline",
+        "simple-FFN",
+        "3L-BAS",
+        "SUPERB classifier",
+    ]
 
 
 def test_bas_table_shows_wf1_on_meld_and_wa_ua_elsewhere(tmp_path):
     iemocap, _ = write_run(tmp_path / "iemocap", "ffn_fbank.yaml")
-    meld, predictions = write_run(tmp_path / "meld", "ffn_fbank.yaml", dataset="MELD", num_folds=1, crop_seconds=4.5)
+    meld, predictions = write_run(
+        tmp_path / "meld",
+        "ffn_fbank.yaml",
+        dataset="MELD",
+        num_folds=1,
+        crop_seconds=4.5,
+    )
     columns, rows = bas_table(collect_runs([iemocap, meld])[0])
     assert columns == [("IEMOCAP", "WA"), ("IEMOCAP", "UA"), ("MELD", "WF1")]
     y_true, y_pred = predictions["fold1"]
     expected = 100 * sk_metrics.f1_score(y_true, y_pred, average="weighted")
-    assert _row(rows, "Fbank", "simple-FFN")["cells"][("MELD", "WF1")]["mean"] == pytest.approx(expected)
+    assert _row(rows, "Fbank", "simple-FFN")["cells"][("MELD", "WF1")][
+        "mean"
+    ] == pytest.approx(expected)
 
 
 def test_paper_number_stands_next_to_the_matching_row(tmp_path):
     source = _model_folder(tmp_path, "wavlm", 24, 1024)
-    bas, _ = write_run(tmp_path / "b4", "bas_wavlm.yaml", overrides={"search_layers": 4, "ssl_source": source})
+    bas, _ = write_run(
+        tmp_path / "b4",
+        "bas_wavlm.yaml",
+        overrides={"search_layers": 4, "ssl_source": source},
+    )
     ffn, _ = write_run(tmp_path / "ffn", "ffn_fbank.yaml")
     runs, _ = collect_runs([bas, ffn])
     _, rows = bas_table(runs)
-    assert _row(rows, "WavLM Large", "4L-BAS")["cells"][("IEMOCAP", "UA")]["paper"] == 74.95
-    assert _row(rows, "Fbank", "simple-FFN")["cells"][("IEMOCAP", "UA")]["paper"] is None
+    assert (
+        _row(rows, "WavLM Large", "4L-BAS")["cells"][("IEMOCAP", "UA")]["paper"]
+        == 74.95
+    )
+    assert (
+        _row(rows, "Fbank", "simple-FFN")["cells"][("IEMOCAP", "UA")]["paper"]
+        is None
+    )
     report = build_report([bas, ffn], out=str(tmp_path / "report.md"))
     assert "(paper 74.03)" in report and "(paper 74.95)" in report
 
 
-def test_vesper_tables_hold_superb_runs_by_upstream_and_classifier_input(tmp_path):
+def test_vesper_tables_hold_superb_runs_by_upstream_and_classifier_input(
+    tmp_path,
+):
     source = _model_folder(tmp_path, "vesper", 12, 1024)
-    weighted, predictions = write_run(tmp_path / "w", "superb_vesper.yaml", overrides={"ssl_source": source})
-    last, _ = write_run(tmp_path / "l", "superb_vesper.yaml", seed=3,
-                        overrides={"ssl_source": source, "layer_selection": "last"})
-    bas, _ = write_run(tmp_path / "b", "bas_vesper.yaml", overrides={"ssl_source": source})
+    weighted, predictions = write_run(
+        tmp_path / "w", "superb_vesper.yaml", overrides={"ssl_source": source}
+    )
+    last, _ = write_run(
+        tmp_path / "l",
+        "superb_vesper.yaml",
+        seed=3,
+        overrides={"ssl_source": source, "layer_selection": "last"},
+    )
+    bas, _ = write_run(
+        tmp_path / "b", "bas_vesper.yaml", overrides={"ssl_source": source}
+    )
     runs, _ = collect_runs([weighted, last, bas])
 
     columns, rows = vesper_table(runs)
     assert columns == [("IEMOCAP", "WA"), ("IEMOCAP", "UA"), ("IEMOCAP", "WF1")]
     assert [row["label"] for row in rows] == [("Vesper-12",)]
-    wf1 = [sk_metrics.f1_score(t, p, average="weighted") for t, p in predictions.values()]
-    assert rows[0]["cells"][("IEMOCAP", "WF1")]["mean"] == pytest.approx(np.mean(wf1))
+    wf1 = [
+        sk_metrics.f1_score(t, p, average="weighted")
+        for t, p in predictions.values()
+    ]
+    assert rows[0]["cells"][("IEMOCAP", "WF1")]["mean"] == pytest.approx(
+        np.mean(wf1)
+    )
     assert rows[0]["cells"][("IEMOCAP", "WA")]["paper"] == 0.707
 
     _, rows = vesper_table(runs, by_input=True)
-    assert [row["label"] for row in rows] == [("Vesper-12", "weighted"), ("Vesper-12", "last")]
+    assert [row["label"] for row in rows] == [
+        ("Vesper-12", "weighted"),
+        ("Vesper-12", "last"),
+    ]
     assert rows[1]["cells"][("IEMOCAP", "UA")]["paper"] == 0.712
     report = build_report([weighted, last, bas])
     assert "## Vesper Table VIII layout" in report
 
 
-def test_vesper_table4_holds_shiftformer_and_speechformer_by_dataset_and_upstream(tmp_path):
+def test_vesper_table4_holds_shiftformer_and_speechformer_by_dataset_and_upstream(
+    tmp_path,
+):
     vesper = _model_folder(tmp_path, "vesper4", 4, 1024)
     base = _model_folder(tmp_path, "base", 12, 768)
-    shift, predictions = write_run(tmp_path / "s", "shiftformer.yaml", dataset="CREMA-D",
-                                   overrides={"upstream_kind": "auto", "ssl_source": vesper})
-    speech, _ = write_run(tmp_path / "f", "speechformer.yaml", dataset="CREMA-D", seed=2,
-                          overrides={"upstream_kind": "auto", "ssl_source": vesper})
-    switched, _ = write_run(tmp_path / "w", "transformer_wavlm.yaml", dataset="CREMA-D", seed=4,
-                            overrides={"downstream_model": "speechformer", "ssl_source": base})
-    fbank, _ = write_run(tmp_path / "b", "shiftformer.yaml", dataset="CREMA-D", seed=6,
-                         overrides={"upstream_kind": "fbank"})
-    superb, _ = write_run(tmp_path / "p", "superb_fbank.yaml", dataset="CREMA-D", seed=8)
+    shift, predictions = write_run(
+        tmp_path / "s",
+        "shiftformer.yaml",
+        dataset="CREMA-D",
+        overrides={"upstream_kind": "auto", "ssl_source": vesper},
+    )
+    speech, _ = write_run(
+        tmp_path / "f",
+        "speechformer.yaml",
+        dataset="CREMA-D",
+        seed=2,
+        overrides={"upstream_kind": "auto", "ssl_source": vesper},
+    )
+    switched, _ = write_run(
+        tmp_path / "w",
+        "transformer_wavlm.yaml",
+        dataset="CREMA-D",
+        seed=4,
+        overrides={"downstream_model": "speechformer", "ssl_source": base},
+    )
+    fbank, _ = write_run(
+        tmp_path / "b",
+        "shiftformer.yaml",
+        dataset="CREMA-D",
+        seed=6,
+        overrides={"upstream_kind": "fbank"},
+    )
+    superb, _ = write_run(
+        tmp_path / "p", "superb_fbank.yaml", dataset="CREMA-D", seed=8
+    )
     runs, _ = collect_runs([superb, fbank, switched, speech, shift])
 
     columns, rows = vesper_table4(runs)
-    assert columns == [(model, metric) for model in ("Shiftformer", "SpeechFormer-S") for metric in ("WA", "UA", "WF1")]
-    assert [row["label"] for row in rows] == [("CREMA-D", "Fbank"), ("CREMA-D", "WavLM Base"), ("CREMA-D", "Vesper-4")]
+    assert columns == [
+        (model, metric)
+        for model in ("Shiftformer", "SpeechFormer-S")
+        for metric in ("WA", "UA", "WF1")
+    ]
+    assert [row["label"] for row in rows] == [
+        ("CREMA-D", "Fbank"),
+        ("CREMA-D", "WavLM Base"),
+        ("CREMA-D", "Vesper-4"),
+    ]
     vesper_row = _row(rows, "CREMA-D", "Vesper-4")
-    ua = [sk_metrics.recall_score(t, p, average="macro") for t, p in predictions.values()]
-    assert vesper_row["cells"][("Shiftformer", "UA")]["mean"] == pytest.approx(np.mean(ua))
+    ua = [
+        sk_metrics.recall_score(t, p, average="macro")
+        for t, p in predictions.values()
+    ]
+    assert vesper_row["cells"][("Shiftformer", "UA")]["mean"] == pytest.approx(
+        np.mean(ua)
+    )
     assert vesper_row["cells"][("Shiftformer", "WA")]["paper"] == 0.780
     assert vesper_row["cells"][("SpeechFormer-S", "WF1")]["paper"] == 0.760
-    assert _row(rows, "CREMA-D", "WavLM Base")["cells"][("SpeechFormer-S", "UA")]["paper"] == 0.698
-    assert ("SpeechFormer-S", "UA") not in _row(rows, "CREMA-D", "Fbank")["cells"]
+    assert (
+        _row(rows, "CREMA-D", "WavLM Base")["cells"][("SpeechFormer-S", "UA")][
+            "paper"
+        ]
+        == 0.698
+    )
+    assert ("SpeechFormer-S", "UA") not in _row(rows, "CREMA-D", "Fbank")[
+        "cells"
+    ]
     report = build_report([superb, fbank, switched, speech, shift])
     assert "## Vesper Table IV layout" in report and "(paper 0.783)" in report
 
 
 def test_runs_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path):
-    first, _ = write_run(tmp_path / "s1", "ffn_fbank.yaml", overrides={"seed": 1})
-    second, _ = write_run(tmp_path / "s2", "ffn_fbank.yaml", overrides={"seed": 2}, seed=5)
+    first, _ = write_run(
+        tmp_path / "s1", "ffn_fbank.yaml", overrides={"seed": 1}
+    )
+    second, _ = write_run(
+        tmp_path / "s2", "ffn_fbank.yaml", overrides={"seed": 2}, seed=5
+    )
     _, rows = bas_table(collect_runs([first, second])[0])
-    assert [row["label"] for row in rows] == [("Fbank", "simple-FFN [seed=1]"), ("Fbank", "simple-FFN [seed=2]")]
+    assert [row["label"] for row in rows] == [
+        ("Fbank", "simple-FFN [seed=1]"),
+        ("Fbank", "simple-FFN [seed=2]"),
+    ]
 
 
 def test_two_runs_with_identical_settings_are_refused(tmp_path):
@@ -279,14 +470,21 @@ def test_the_same_run_given_twice_counts_once(tmp_path):
     assert len(runs) == 1
 
 
-def test_bas_search_summary_lists_architectures_block_wins_and_heatmaps(tmp_path):
+def test_bas_search_summary_lists_architectures_block_wins_and_heatmaps(
+    tmp_path,
+):
     architectures = {
-        "fold1": ["ffn", "msa", "msa_ffn"], "fold2": ["ffn", "msa", "msa"], "fold3": ["ffn", "msa_ffn", "msa"],
+        "fold1": ["ffn", "msa", "msa_ffn"],
+        "fold2": ["ffn", "msa", "msa"],
+        "fold3": ["ffn", "msa_ffn", "msa"],
     }
     search = _search_record(str(tmp_path / "bas"), architectures)
     folder, _ = write_run(tmp_path / "bas", "bas_fbank.yaml", search=search)
     report = build_report([folder], out=str(tmp_path / "report.md"))
-    assert "| fold2 | ffn -> msa -> msa | [theta](bas/fold2/search/theta_heatmap.png) |" in report
+    assert (
+        "| fold2 | ffn -> msa -> msa | [theta](bas/fold2/search/theta_heatmap.png) |"
+        in report
+    )
     assert "| overall (most wins per layer) | ffn -> msa -> msa |" in report
     assert "| 1 | 0 | 0 | 3 |" in report
     assert "First layer `ffn` in 3 of 3 searches" in report
@@ -295,9 +493,13 @@ def test_bas_search_summary_lists_architectures_block_wins_and_heatmaps(tmp_path
 # --- protocols ---------------------------------------------------------------------------
 
 
-def test_runs_selected_on_different_sets_are_refused_with_the_runs_named(tmp_path):
+def test_runs_selected_on_different_sets_are_refused_with_the_runs_named(
+    tmp_path,
+):
     valid, _ = write_run(tmp_path / "valid", "ffn_fbank.yaml")
-    test, _ = write_run(tmp_path / "test", "bas_fbank.yaml", selection_set="test")
+    test, _ = write_run(
+        tmp_path / "test", "bas_fbank.yaml", selection_set="test"
+    )
     other, _ = write_run(tmp_path / "other", "superb_fbank.yaml")
     with pytest.raises(ReportError) as error:
         collect_runs([valid, test, other])
@@ -308,32 +510,67 @@ def test_runs_selected_on_different_sets_are_refused_with_the_runs_named(tmp_pat
 
 
 def test_runs_of_another_split_or_crop_are_refused(tmp_path):
-    speaker, _ = write_run(tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "speaker"})
-    session, _ = write_run(tmp_path / "b", "bas_fbank.yaml", preparation={"protocol": "session"})
-    cropped, _ = write_run(tmp_path / "c", "superb_fbank.yaml", preparation={"protocol": "session"}, crop_seconds=3.0)
+    speaker, _ = write_run(
+        tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "speaker"}
+    )
+    session, _ = write_run(
+        tmp_path / "b", "bas_fbank.yaml", preparation={"protocol": "session"}
+    )
+    cropped, _ = write_run(
+        tmp_path / "c",
+        "superb_fbank.yaml",
+        preparation={"protocol": "session"},
+        crop_seconds=3.0,
+    )
     with pytest.raises(ReportError) as error:
         collect_runs([speaker, session, cropped])
     message = str(error.value)
-    assert 'preparation protocol: "speaker" (the others of the IEMOCAP runs: "session")' in message
+    assert (
+        'preparation protocol: "speaker" (the others of the IEMOCAP runs: "session")'
+        in message
+    )
     assert "crop_seconds: 3.0" in message
 
 
 def test_preparation_options_on_disk_count_with_their_defaults(tmp_path):
     # The first run gave no option on the command line; its prepare_options.json says random.
-    first, _ = write_run(tmp_path / "a", "ffn_fbank.yaml", dataset="CREMA-D", crop_seconds=3.0)
+    first, _ = write_run(
+        tmp_path / "a", "ffn_fbank.yaml", dataset="CREMA-D", crop_seconds=3.0
+    )
     os.makedirs(tmp_path / "a" / "prepared")
     (tmp_path / "a" / "prepared" / "prepare_options.json").write_text(
-        json.dumps({"options": {"data_folder": "/corpora/CREMA-D", "split": "random", "seed": 2013}})
+        json.dumps(
+            {
+                "options": {
+                    "data_folder": "/corpora/CREMA-D",
+                    "split": "random",
+                    "seed": 2013,
+                }
+            }
+        )
     )
-    second, _ = write_run(tmp_path / "b", "bas_fbank.yaml", dataset="CREMA-D", crop_seconds=3.0,
-                          preparation={"split": "speaker", "seed": 2013})
+    second, _ = write_run(
+        tmp_path / "b",
+        "bas_fbank.yaml",
+        dataset="CREMA-D",
+        crop_seconds=3.0,
+        preparation={"split": "speaker", "seed": 2013},
+    )
     with pytest.raises(ReportError, match="preparation split"):
         collect_runs([first, second])
 
 
 def test_datasets_may_differ_in_crop_and_preparation(tmp_path):
-    iemocap, _ = write_run(tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "session"})
-    meld, _ = write_run(tmp_path / "b", "ffn_fbank.yaml", dataset="MELD", crop_seconds=4.5, num_folds=1)
+    iemocap, _ = write_run(
+        tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "session"}
+    )
+    meld, _ = write_run(
+        tmp_path / "b",
+        "ffn_fbank.yaml",
+        dataset="MELD",
+        crop_seconds=4.5,
+        num_folds=1,
+    )
     runs, differences = collect_runs([iemocap, meld])
     assert len(runs) == 2 and differences == {}
 
@@ -341,11 +578,16 @@ def test_datasets_may_differ_in_crop_and_preparation(tmp_path):
 def test_allow_mixed_keeps_the_runs_and_marks_the_one_that_differs(tmp_path):
     valid, _ = write_run(tmp_path / "valid", "ffn_fbank.yaml")
     valid_too, _ = write_run(tmp_path / "valid2", "superb_fbank.yaml")
-    test, _ = write_run(tmp_path / "test", "bas_fbank.yaml", selection_set="test")
+    test, _ = write_run(
+        tmp_path / "test", "bas_fbank.yaml", selection_set="test"
+    )
     report = build_report([valid, valid_too, test], allow_mixed=True)
     assert "| Fbank | 3L-BAS †1 |" in report
     assert "| Fbank | simple-FFN |" in report
-    assert '- †1 IEMOCAP: Fbank 3L-BAS: selection set: "test" (the others: "valid")' in report
+    assert (
+        '- †1 IEMOCAP: Fbank 3L-BAS: selection set: "test" (the others: "valid")'
+        in report
+    )
 
 
 # --- bad input ---------------------------------------------------------------------------
@@ -383,13 +625,19 @@ def test_fold_without_scores_is_named(tmp_path):
     results = json.load(open(path, encoding="utf-8"))
     del results["folds"]["fold2"]["UA"]
     json.dump(results, open(path, "w", encoding="utf-8"))
-    with pytest.raises(ReportError, match="fold 'fold2' lacks the scores \\['UA'\\]"):
+    with pytest.raises(
+        ReportError, match="fold 'fold2' lacks the scores \\['UA'\\]"
+    ):
         collect_runs([folder])
 
 
 def test_search_entry_without_architectures_is_named(tmp_path):
-    folder, _ = write_run(tmp_path / "bas", "bas_fbank.yaml", search={"heatmaps": {}})
-    with pytest.raises(ReportError, match="'search' entry lacks the architectures"):
+    folder, _ = write_run(
+        tmp_path / "bas", "bas_fbank.yaml", search={"heatmaps": {}}
+    )
+    with pytest.raises(
+        ReportError, match="'search' entry lacks the architectures"
+    ):
         collect_runs([folder])
 
 
@@ -398,18 +646,27 @@ def test_command_line_reports_errors_without_traceback(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("not json")
     assert main([good, str(tmp_path / "bad.json")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "bad.json" in error and "Traceback" not in error
+    assert (
+        error.startswith("error: ")
+        and "bad.json" in error
+        and "Traceback" not in error
+    )
 
 
 # --- output and figures ----------------------------------------------------------------
 
 
 def test_command_line_writes_the_report_and_valid_pngs(tmp_path, capsys):
-    architectures = {"fold1": ["ffn", "msa", "msa"], "fold2": ["ffn", "msa", "msa_ffn"]}
+    architectures = {
+        "fold1": ["ffn", "msa", "msa"],
+        "fold2": ["ffn", "msa", "msa_ffn"],
+    }
     # fold2's heatmap is gone from disk: it is re-plotted from the stored probabilities.
     search = _search_record(str(tmp_path / "bas"), architectures)
     os.remove(search["heatmaps"]["fold2"])
-    bas, _ = write_run(tmp_path / "bas", "bas_fbank.yaml", search=search, num_folds=2)
+    bas, _ = write_run(
+        tmp_path / "bas", "bas_fbank.yaml", search=search, num_folds=2
+    )
     ffn, _ = write_run(tmp_path / "ffn", "ffn_fbank.yaml")
     out, figures = tmp_path / "out" / "report.md", tmp_path / "out" / "figures"
     assert main([bas, ffn, f"--out={out}", f"--figures={figures}"]) == 0
@@ -432,9 +689,10 @@ def test_command_line_writes_the_report_and_valid_pngs(tmp_path, capsys):
 
 def test_results_markdown_of_one_run_is_unchanged(tmp_path):
     folder, _ = write_run(tmp_path / "run", "ffn_fbank.yaml")
-    results = json.load(open(os.path.join(folder, "results.json"), encoding="utf-8"))
+    results = json.load(
+        open(os.path.join(folder, "results.json"), encoding="utf-8")
+    )
     table = results_markdown(results)
     assert table.splitlines()[0] == "### IEMOCAP - ffn_fbank.yaml"
     assert f"| fold1 | {results['folds']['fold1']['WA']:.4f} |" in table
     assert "| mean +/- std |" in table
-

@@ -29,10 +29,14 @@ def test_random_state_round_trips_all_three_generators(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_random_state_file_with_a_pickle_payload_is_refused_without_running_it(tmp_path):
+def test_random_state_file_with_a_pickle_payload_is_refused_without_running_it(
+    tmp_path,
+):
     path = str(tmp_path / "random_state.ckpt")
     marker = tmp_path / "executed"
-    torch.save({"python": PicklePayload(marker), "numpy": None, "torch": None}, path)
+    torch.save(
+        {"python": PicklePayload(marker), "numpy": None, "torch": None}, path
+    )
     try:
         RandomState()._recover(path, end_of_epoch=False)
     except RuntimeError as error:

@@ -23,22 +23,42 @@ def test_a_plain_dataloader_iterator_consumes_the_global_rng():
 
 
 @pytest.mark.parametrize("brain_class", [EmotionBrain, VesperPretrainBrain])
-@pytest.mark.parametrize("stage", [sb.Stage.TRAIN, sb.Stage.VALID, sb.Stage.TEST])
-def test_brain_dataloaders_leave_the_global_rng_alone(brain_class, stage, tmp_path):
-    brain = brain_class(modules={}, hparams={"seed": 7}, run_opts={"device": "cpu"})
-    loader = brain.make_dataloader(list(range(8)), stage, ckpt_prefix=None, batch_size=2, shuffle=stage == sb.Stage.TRAIN)
+@pytest.mark.parametrize(
+    "stage", [sb.Stage.TRAIN, sb.Stage.VALID, sb.Stage.TEST]
+)
+def test_brain_dataloaders_leave_the_global_rng_alone(
+    brain_class, stage, tmp_path
+):
+    brain = brain_class(
+        modules={}, hparams={"seed": 7}, run_opts={"device": "cpu"}
+    )
+    loader = brain.make_dataloader(
+        list(range(8)),
+        stage,
+        ckpt_prefix=None,
+        batch_size=2,
+        shuffle=stage == sb.Stage.TRAIN,
+    )
     torch.manual_seed(0)
     expected = torch.rand(4)
     torch.manual_seed(0)
     batches = [batch.tolist() for batch in loader]
     assert torch.equal(torch.rand(4), expected)
-    assert sorted(value for batch in batches for value in batch) == list(range(8))
+    assert sorted(value for batch in batches for value in batch) == list(
+        range(8)
+    )
 
 
 def test_loader_generators_are_seeded_per_stage():
     def draw(generator):
         return torch.randint(1 << 30, (3,), generator=generator).tolist()
 
-    assert draw(loader_generator(5, sb.Stage.TRAIN)) == draw(loader_generator(5, sb.Stage.TRAIN))
-    assert draw(loader_generator(5, sb.Stage.TRAIN)) != draw(loader_generator(5, sb.Stage.VALID))
-    assert draw(loader_generator(5, sb.Stage.TRAIN)) != draw(loader_generator(6, sb.Stage.TRAIN))
+    assert draw(loader_generator(5, sb.Stage.TRAIN)) == draw(
+        loader_generator(5, sb.Stage.TRAIN)
+    )
+    assert draw(loader_generator(5, sb.Stage.TRAIN)) != draw(
+        loader_generator(5, sb.Stage.VALID)
+    )
+    assert draw(loader_generator(5, sb.Stage.TRAIN)) != draw(
+        loader_generator(6, sb.Stage.TRAIN)
+    )

@@ -6,7 +6,11 @@ import torch.nn.functional as F
 from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
 
 from ser_modules.vesper.encoder import VesperEncoder
-from ser_modules.vesper.export import export_to_huggingface, load_authors_checkpoint, to_authors_state_dict
+from ser_modules.vesper.export import (
+    export_to_huggingface,
+    load_authors_checkpoint,
+    to_authors_state_dict,
+)
 
 TOLERANCE = 1e-5
 
@@ -33,7 +37,9 @@ def tiny_config(num_layers=4):
 def trained_looking_encoder(num_layers=4):
     """A Vesper encoder whose LayerNorms and mask embedding are not at their init values."""
     torch.manual_seed(0)
-    encoder = VesperEncoder(tiny_config(num_layers), normalize_waveform=False).eval()
+    encoder = VesperEncoder(
+        tiny_config(num_layers), normalize_waveform=False
+    ).eval()
     with torch.no_grad():
         for parameter in encoder.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -56,27 +62,41 @@ def test_exported_folder_loads_as_wavlm_with_vesper_layer_outputs(tmp_path):
     wavlm = WavLMModel.from_pretrained(tmp_path).eval()
     wavs, wav_lens, attention_mask = batch()
     with torch.no_grad():
-        hidden_states = wavlm(wavs, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        hidden_states = wavlm(
+            wavs, attention_mask=attention_mask, output_hidden_states=True
+        ).hidden_states
         vesper = encoder(wavs, wav_lens, output_layers=range(4))
     assert wavlm.config.num_hidden_layers == 4
     for layer in range(1, 4):
-        assert (hidden_states[layer] - vesper[layer]).abs().max() < TOLERANCE, f"layer {layer}"
+        assert (hidden_states[layer] - vesper[layer]).abs().max() < TOLERANCE, (
+            f"layer {layer}"
+        )
 
 
-def test_exported_last_hidden_state_is_parameter_free_layer_norm_of_layer_n(tmp_path):
+def test_exported_last_hidden_state_is_parameter_free_layer_norm_of_layer_n(
+    tmp_path,
+):
     encoder = trained_looking_encoder(num_layers=2)
     export_to_huggingface(encoder, tmp_path)
     wavlm = WavLMModel.from_pretrained(tmp_path).eval()
     wavs, wav_lens, attention_mask = batch()
     with torch.no_grad():
-        last_hidden_state = wavlm(wavs, attention_mask=attention_mask).last_hidden_state
+        last_hidden_state = wavlm(
+            wavs, attention_mask=attention_mask
+        ).last_hidden_state
         raw_last = encoder(wavs, wav_lens, output_layers=[2])[2]
-    assert (last_hidden_state - F.layer_norm(raw_last, (32,))).abs().max() < TOLERANCE
+    assert (
+        last_hidden_state - F.layer_norm(raw_last, (32,))
+    ).abs().max() < TOLERANCE
 
 
 @pytest.mark.parametrize("normalize_waveform", [True, False])
-def test_exported_preprocessor_config_is_16_khz_with_the_encoders_normalisation(tmp_path, normalize_waveform):
-    encoder = VesperEncoder(tiny_config(2), normalize_waveform=normalize_waveform)
+def test_exported_preprocessor_config_is_16_khz_with_the_encoders_normalisation(
+    tmp_path, normalize_waveform
+):
+    encoder = VesperEncoder(
+        tiny_config(2), normalize_waveform=normalize_waveform
+    )
     export_to_huggingface(encoder, tmp_path)
     feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(tmp_path)
     assert feature_extractor.sampling_rate == 16000
@@ -89,7 +109,10 @@ def test_export_then_from_wavlm_gives_back_the_same_encoder(tmp_path):
     reloaded = VesperEncoder.from_wavlm(tmp_path)
     assert reloaded.normalize_waveform is False
     original_state = encoder.state_dict()
-    assert all(torch.equal(value, original_state[key]) for key, value in reloaded.state_dict().items())
+    assert all(
+        torch.equal(value, original_state[key])
+        for key, value in reloaded.state_dict().items()
+    )
 
 
 def test_authors_state_dict_uses_original_wavlm_names():
@@ -120,16 +143,22 @@ def test_authors_checkpoint_round_trip_reproduces_outputs_exactly(tmp_path):
     # The authors' checkpoint also holds the predictors, which are not part of the encoder.
     model_state["predictor_low.1.weight"] = torch.randn(16, 32)
     torch.save({"model": model_state, "epoch": 100}, tmp_path / "vesper.pt")
-    loaded = load_authors_checkpoint(tmp_path / "vesper.pt", tiny_config(24), normalize_waveform=False)
+    loaded = load_authors_checkpoint(
+        tmp_path / "vesper.pt", tiny_config(24), normalize_waveform=False
+    )
     wavs, wav_lens, _ = batch()
     with torch.no_grad():
         expected = encoder(wavs, wav_lens, output_layers=[2, 4])
         actual = loaded(wavs, wav_lens, output_layers=[2, 4])
     assert loaded.num_layers == 4
-    assert torch.equal(actual[2], expected[2]) and torch.equal(actual[4], expected[4])
+    assert torch.equal(actual[2], expected[2]) and torch.equal(
+        actual[4], expected[4]
+    )
 
 
 def test_authors_checkpoint_without_vesper_keys_is_rejected(tmp_path):
-    torch.save({"model": {"predictor.weight": torch.zeros(2)}}, tmp_path / "other.pt")
+    torch.save(
+        {"model": {"predictor.weight": torch.zeros(2)}}, tmp_path / "other.pt"
+    )
     with pytest.raises(ValueError, match="other.pt.*vesper"):
         load_authors_checkpoint(tmp_path / "other.pt", tiny_config(24))

@@ -18,11 +18,22 @@ def batch(seed=0):
     generator = torch.Generator().manual_seed(seed)
     features = {
         name: torch.randn(2, 6, DIM, generator=generator)
-        for name in ("student_mid", "student_final", "teacher_mid", "teacher_final")
+        for name in (
+            "student_mid",
+            "student_final",
+            "teacher_mid",
+            "teacher_final",
+        )
     }
-    valid_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
-    phoneme_mask = torch.tensor([[1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    word_mask = torch.tensor([[0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    valid_mask = torch.tensor(
+        [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool
+    )
+    phoneme_mask = torch.tensor(
+        [[1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 0, 0]], dtype=torch.bool
+    )
+    word_mask = torch.tensor(
+        [[0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
     return features, phoneme_mask, word_mask, valid_mask
 
 
@@ -46,7 +57,11 @@ def reference_mse(predictor, inputs, targets, frames):
 def test_predictor_is_affine_free_layernorm_linear_gelu_linear_with_half_width():
     predictor = Predictor(1024)
     norm, first, activation, second = predictor
-    assert isinstance(norm, torch.nn.LayerNorm) and norm.weight is None and norm.bias is None
+    assert (
+        isinstance(norm, torch.nn.LayerNorm)
+        and norm.weight is None
+        and norm.bias is None
+    )
     assert (first.in_features, first.out_features) == (1024, 512)
     assert isinstance(activation, torch.nn.GELU)
     assert (second.in_features, second.out_features) == (512, 1024)
@@ -55,7 +70,9 @@ def test_predictor_is_affine_free_layernorm_linear_gelu_linear_with_half_width()
 
 def test_three_predictors_add_the_papers_3_15_million_parameters():
     loss_fn = VesperPretrainingLoss(1024)
-    assert sum(p.numel() for p in loss_fn.parameters()) == 3 * (1024 * 512 + 512 + 512 * 1024 + 1024)
+    assert sum(p.numel() for p in loss_fn.parameters()) == 3 * (
+        1024 * 512 + 512 + 512 * 1024 + 1024
+    )
     assert round(sum(p.numel() for p in loss_fn.parameters()) / 1e6, 2) == 3.15
 
 
@@ -65,26 +82,42 @@ def test_terms_are_mse_of_predictions_on_their_frames_and_the_total_uses_paper_w
     features, phoneme_mask, word_mask, valid_mask = batch()
     losses = call(loss_fn, features, phoneme_mask, word_mask, valid_mask)
     expected_low = reference_mse(
-        loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], phoneme_mask
+        loss_fn.predictors["low"],
+        features["student_mid"],
+        features["teacher_mid"],
+        phoneme_mask,
     )
     expected_high = reference_mse(
-        loss_fn.predictors["high"], features["student_final"], features["teacher_final"], word_mask
+        loss_fn.predictors["high"],
+        features["student_final"],
+        features["teacher_final"],
+        word_mask,
     )
     expected_cross = reference_mse(
-        loss_fn.predictors["cross"], features["student_final"], features["teacher_mid"], valid_mask
+        loss_fn.predictors["cross"],
+        features["student_final"],
+        features["teacher_mid"],
+        valid_mask,
     )
     torch.testing.assert_close(losses["loss_low"], expected_low)
     torch.testing.assert_close(losses["loss_high"], expected_high)
     torch.testing.assert_close(losses["loss_cross"], expected_cross)
-    torch.testing.assert_close(losses["loss"], expected_low + 0.1 * expected_high + expected_cross)
+    torch.testing.assert_close(
+        losses["loss"], expected_low + 0.1 * expected_high + expected_cross
+    )
 
 
 def test_weights_scale_their_terms():
     torch.manual_seed(0)
-    loss_fn = VesperPretrainingLoss(DIM, weight_low=2.0, weight_high=0.5, weight_cross=3.0)
+    loss_fn = VesperPretrainingLoss(
+        DIM, weight_low=2.0, weight_high=0.5, weight_cross=3.0
+    )
     losses = call(loss_fn, *batch())
     torch.testing.assert_close(
-        losses["loss"], 2.0 * losses["loss_low"] + 0.5 * losses["loss_high"] + 3.0 * losses["loss_cross"]
+        losses["loss"],
+        2.0 * losses["loss_low"]
+        + 0.5 * losses["loss_high"]
+        + 3.0 * losses["loss_cross"],
     )
 
 
@@ -115,7 +148,9 @@ def test_disabled_term_is_not_computed_and_has_no_predictor():
     assert set(loss_fn.predictors) == {"low", "cross"}
     losses = call(loss_fn, *batch())
     assert losses["loss_high"] == 0 and losses["loss_high"].grad_fn is None
-    torch.testing.assert_close(losses["loss"], losses["loss_low"] + losses["loss_cross"])
+    torch.testing.assert_close(
+        losses["loss"], losses["loss_low"] + losses["loss_cross"]
+    )
     losses["loss"].backward()
     assert all(p.grad is not None for p in loss_fn.parameters())
 
@@ -141,15 +176,23 @@ def test_distill_objective_matches_layers_on_all_valid_frames_without_cross_term
     features, _, _, valid_mask = batch()
     losses = call(loss_fn, features, None, None, valid_mask)
     expected_mid = reference_mse(
-        loss_fn.predictors["low"], features["student_mid"], features["teacher_mid"], valid_mask
+        loss_fn.predictors["low"],
+        features["student_mid"],
+        features["teacher_mid"],
+        valid_mask,
     )
     expected_final = reference_mse(
-        loss_fn.predictors["high"], features["student_final"], features["teacher_final"], valid_mask
+        loss_fn.predictors["high"],
+        features["student_final"],
+        features["teacher_final"],
+        valid_mask,
     )
     torch.testing.assert_close(losses["loss_low"], expected_mid)
     torch.testing.assert_close(losses["loss_high"], expected_final)
     assert losses["loss_cross"] == 0
-    torch.testing.assert_close(losses["loss"], expected_mid + 0.1 * expected_final)
+    torch.testing.assert_close(
+        losses["loss"], expected_mid + 0.1 * expected_final
+    )
 
 
 def test_teacher_targets_from_inference_mode_train_the_student():
@@ -160,7 +203,9 @@ def test_teacher_targets_from_inference_mode_train_the_student():
         features["teacher_mid"] = features["teacher_mid"].clone()
         features["teacher_final"] = features["teacher_final"].clone()
     features["student_final"].requires_grad_(True)
-    call(loss_fn, features, phoneme_mask, word_mask, valid_mask)["loss"].backward()
+    call(loss_fn, features, phoneme_mask, word_mask, valid_mask)[
+        "loss"
+    ].backward()
     assert features["student_final"].grad.abs().sum() > 0
 
 
@@ -174,6 +219,10 @@ def test_invalid_configurations_are_rejected():
     with pytest.raises(ValueError, match="'kd'"):
         VesperPretrainingLoss(DIM, objective="kd")
     with pytest.raises(ValueError, match="enable at least one"):
-        VesperPretrainingLoss(DIM, use_low=False, use_high=False, use_cross=False)
+        VesperPretrainingLoss(
+            DIM, use_low=False, use_high=False, use_cross=False
+        )
     with pytest.raises(ValueError, match="enable at least one"):
-        VesperPretrainingLoss(DIM, use_low=False, use_high=False, objective="distill")
+        VesperPretrainingLoss(
+            DIM, use_low=False, use_high=False, objective="distill"
+        )

@@ -11,11 +11,11 @@ import re
 
 import pytest
 import torch
+from recipe_helpers import checkpoint_metas, run_child, run_in_process
 from safetensors.torch import load_file
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from transformers import WavLMModel
 
-from recipe_helpers import checkpoint_metas, run_child, run_in_process
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
 from ser_modules.feature_cache import FeatureCache
 from ser_modules.manifest import read_csv
@@ -39,7 +39,9 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("vesper_pretraining")
     corpus = str(root / "corpus")
     generate_mini_corpus(corpus, num_speakers=2, utterances_per_class=4)
-    teacher = save_tiny_model(root / "teacher", kind="wavlm", num_layers=4, hidden_size=32)
+    teacher = save_tiny_model(
+        root / "teacher", kind="wavlm", num_layers=4, hidden_size=32
+    )
     return {"root": root, "corpus": corpus, "teacher": teacher}
 
 
@@ -60,13 +62,22 @@ def pretrain_arguments(workspace, output_folder, *extra):
 
 def train_losses(output_folder):
     """``{epoch: train loss}`` from the run's train_log.txt."""
-    with open(os.path.join(output_folder, "train_log.txt"), encoding="utf-8") as handle:
-        return {int(epoch): float(loss) for epoch, loss in TRAIN_LOSS.findall(handle.read())}
+    with open(
+        os.path.join(output_folder, "train_log.txt"), encoding="utf-8"
+    ) as handle:
+        return {
+            int(epoch): float(loss)
+            for epoch, loss in TRAIN_LOSS.findall(handle.read())
+        }
 
 
 def last_epoch_meta(output_folder):
     """Meta of the run's end-of-epoch checkpoint: full-precision losses of the last epoch."""
-    metas = [meta for meta in checkpoint_metas(os.path.join(output_folder, "save")) if "train_loss" in meta]
+    metas = [
+        meta
+        for meta in checkpoint_metas(os.path.join(output_folder, "save"))
+        if "train_loss" in meta
+    ]
     return max(metas, key=lambda meta: meta["epoch"])
 
 
@@ -86,11 +97,17 @@ def test_pretraining_lowers_the_training_loss(reference_run):
 
 def test_pretraining_exports_the_student_as_a_wavlm_folder(reference_run):
     model = WavLMModel.from_pretrained(reference_run / "hf_export")
-    assert model.config.num_hidden_layers == 2  # the tiny student: half of the 4-layer teacher
-    assert os.path.isfile(reference_run / "hf_export" / "preprocessor_config.json")
+    assert (
+        model.config.num_hidden_layers == 2
+    )  # the tiny student: half of the 4-layer teacher
+    assert os.path.isfile(
+        reference_run / "hf_export" / "preprocessor_config.json"
+    )
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(workspace, reference_run, monkeypatch):
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
+    workspace, reference_run, monkeypatch
+):
     output_folder = workspace["root"] / "interrupted"
     save_folder = output_folder / "save"
     fit_batch = VesperPretrainBrain.fit_batch
@@ -105,15 +122,27 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(workspace, reference
     with pytest.raises(Interrupted):
         run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
     monkeypatch.undo()
-    intra_epoch = [meta for meta in checkpoint_metas(save_folder) if meta.get(INTRA_EPOCH_CKPT_FLAG)]
-    assert intra_epoch, "the interrupted run left no intra-epoch checkpoint to resume from"
+    intra_epoch = [
+        meta
+        for meta in checkpoint_metas(save_folder)
+        if meta.get(INTRA_EPOCH_CKPT_FLAG)
+    ]
+    assert intra_epoch, (
+        "the interrupted run left no intra-epoch checkpoint to resume from"
+    )
     assert not os.path.isdir(output_folder / "hf_export")
 
     run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
 
     assert train_losses(output_folder) == train_losses(reference_run)
-    resumed_meta, reference_meta = last_epoch_meta(output_folder), last_epoch_meta(reference_run)
-    assert (resumed_meta["train_loss"], resumed_meta["loss"]) == (reference_meta["train_loss"], reference_meta["loss"])
+    resumed_meta, reference_meta = (
+        last_epoch_meta(output_folder),
+        last_epoch_meta(reference_run),
+    )
+    assert (resumed_meta["train_loss"], resumed_meta["loss"]) == (
+        reference_meta["train_loss"],
+        reference_meta["loss"],
+    )
     resumed = load_file(output_folder / "hf_export" / "model.safetensors")
     reference = load_file(reference_run / "hf_export" / "model.safetensors")
     assert resumed.keys() == reference.keys()
@@ -121,7 +150,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(workspace, reference
         assert torch.equal(resumed[name], reference[name]), name
 
 
-def test_a_run_killed_while_saving_a_checkpoint_resumes_with_a_plain_rerun(workspace, reference_run, monkeypatch):
+def test_a_run_killed_while_saving_a_checkpoint_resumes_with_a_plain_rerun(
+    workspace, reference_run, monkeypatch
+):
     # The kill hits while SpeechBrain writes the second intra-epoch checkpoint of epoch 2:
     # CKPT.yaml was created but is still empty, the brain state was never written.
     from speechbrain.utils import checkpoints
@@ -135,12 +166,17 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_with_a_plain_rerun(works
             raise Interrupted
         return saver(brain, path)
 
-    monkeypatch.setitem(checkpoints.DEFAULT_SAVE_HOOKS, VesperPretrainBrain, save_then_die)
+    monkeypatch.setitem(
+        checkpoints.DEFAULT_SAVE_HOOKS, VesperPretrainBrain, save_then_die
+    )
     with pytest.raises(Interrupted):
         run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
     monkeypatch.undo()
-    cut = [name for name in os.listdir(output_folder / "save")
-           if os.path.getsize(output_folder / "save" / name / "CKPT.yaml") == 0]
+    cut = [
+        name
+        for name in os.listdir(output_folder / "save")
+        if os.path.getsize(output_folder / "save" / name / "CKPT.yaml") == 0
+    ]
     assert cut, "the simulated kill left no cut checkpoint"
 
     run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder))
@@ -153,62 +189,121 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_with_a_plain_rerun(works
         assert torch.equal(resumed[name], reference[name]), name
 
 
-def test_distributed_pretraining_on_cpu_with_gloo_exports_the_student(workspace):
+def test_distributed_pretraining_on_cpu_with_gloo_exports_the_student(
+    workspace,
+):
     output_folder = workspace["root"] / "ddp"
     output = run_child(
-        PRETRAIN, *pretrain_arguments(workspace, output_folder, "--number_of_epochs=1", "--distributed_backend=gloo"),
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        PRETRAIN,
+        *pretrain_arguments(
+            workspace,
+            output_folder,
+            "--number_of_epochs=1",
+            "--distributed_backend=gloo",
+        ),
+        launcher=(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+        ),
     )
     assert f"to {output_folder / 'hf_export'}" in output
-    assert WavLMModel.from_pretrained(output_folder / "hf_export").config.num_hidden_layers == 2
+    assert (
+        WavLMModel.from_pretrained(
+            output_folder / "hf_export"
+        ).config.num_hidden_layers
+        == 2
+    )
     assert list(train_losses(output_folder)) == [1]
 
 
 def test_bf16_autocast_pretraining_runs_on_cpu(workspace):
     output_folder = workspace["root"] / "bf16"
-    run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder, "--number_of_epochs=1", "--precision=bf16"))
+    run_in_process(
+        PRETRAIN,
+        *pretrain_arguments(
+            workspace, output_folder, "--number_of_epochs=1", "--precision=bf16"
+        ),
+    )
     losses = train_losses(output_folder)
     assert list(losses) == [1] and 0 < losses[1] < float("inf")
     assert os.path.isfile(output_folder / "hf_export" / "model.safetensors")
 
 
 def test_cached_teacher_targets_equal_the_online_targets(workspace, tmp_path):
-    teacher = TeacherTargets(VesperEncoder.from_wavlm(workspace["teacher"]), source=workspace["teacher"])
+    teacher = TeacherTargets(
+        VesperEncoder.from_wavlm(workspace["teacher"]),
+        source=workspace["teacher"],
+    )
     rows = read_csv(os.path.join(workspace["corpus"], "labels.csv"))[:3]
-    rows = [{"ID": f"utt{i}", "wav": os.path.join(workspace["corpus"], row["path"])} for i, row in enumerate(rows)]
-    cache = FeatureCache(tmp_path, teacher, crop_seconds=3.0, dtype=torch.float32)
+    rows = [
+        {"ID": f"utt{i}", "wav": os.path.join(workspace["corpus"], row["path"])}
+        for i, row in enumerate(rows)
+    ]
+    cache = FeatureCache(
+        tmp_path, teacher, crop_seconds=3.0, dtype=torch.float32
+    )
     cache.build(rows, batch_size=2, progressbar=False)
     for row in rows:
-        wav = crop_or_pad(load_audio(row["wav"]), seconds_to_samples(3.0), mode="first").unsqueeze(0)  # (1, S)
+        wav = crop_or_pad(
+            load_audio(row["wav"]), seconds_to_samples(3.0), mode="first"
+        ).unsqueeze(0)  # (1, S)
         online, _ = teacher(wav, torch.ones(1))  # (1, 2, T, D)
         cached = cache.load(row["ID"])  # (T, 2, D)
         assert cached.shape == online[0].transpose(0, 1).shape
-        assert (cached - online[0].transpose(0, 1)).abs().max() < 1e-5, row["ID"]
+        assert (cached - online[0].transpose(0, 1)).abs().max() < 1e-5, row[
+            "ID"
+        ]
 
 
 def test_pretraining_on_cached_targets_matches_online_targets(workspace):
     first_crop = ("--number_of_epochs=1", "--train_crop_mode=first")
     online = workspace["root"] / "online_first_crop"
     cached = workspace["root"] / "cached_targets"
-    run_in_process(PRETRAIN, *pretrain_arguments(workspace, online, *first_crop))
-    run_in_process(PRETRAIN, *pretrain_arguments(
-        workspace, cached, *first_crop, "--precompute_teacher_targets=True", "--target_cache_dtype=float32"))
+    run_in_process(
+        PRETRAIN, *pretrain_arguments(workspace, online, *first_crop)
+    )
+    run_in_process(
+        PRETRAIN,
+        *pretrain_arguments(
+            workspace,
+            cached,
+            *first_crop,
+            "--precompute_teacher_targets=True",
+            "--target_cache_dtype=float32",
+        ),
+    )
     assert os.listdir(cached / "teacher_targets")
-    assert last_epoch_meta(cached)["train_loss"] == pytest.approx(last_epoch_meta(online)["train_loss"], rel=1e-5)
+    assert last_epoch_meta(cached)["train_loss"] == pytest.approx(
+        last_epoch_meta(online)["train_loss"], rel=1e-5
+    )
 
 
 def test_precomputed_targets_refuse_random_crops(workspace):
     output_folder = workspace["root"] / "random_crop_cache"
     with pytest.raises(ValueError, match="train_crop_mode=first"):
-        run_in_process(PRETRAIN, *pretrain_arguments(workspace, output_folder, "--precompute_teacher_targets=True"))
+        run_in_process(
+            PRETRAIN,
+            *pretrain_arguments(
+                workspace, output_folder, "--precompute_teacher_targets=True"
+            ),
+        )
 
 
-def test_the_exported_student_trains_the_emotion_classifier(workspace, reference_run):
+def test_the_exported_student_trains_the_emotion_classifier(
+    workspace, reference_run
+):
     output_folder = workspace["root"] / "classifier"
     run_in_process(
-        "recipes/custom/train.py", "hparams/superb_vesper.yaml",
-        f"--data_folder={workspace['corpus']}", "--labels_csv=labels.csv", "--split=stratified", "--valid_fraction=0.2",
-        f"--ssl_source={reference_run / 'hf_export'}", "--number_of_epochs=1", f"--output_folder={output_folder}",
+        "recipes/custom/train.py",
+        "hparams/superb_vesper.yaml",
+        f"--data_folder={workspace['corpus']}",
+        "--labels_csv=labels.csv",
+        "--split=stratified",
+        "--valid_fraction=0.2",
+        f"--ssl_source={reference_run / 'hf_export'}",
+        "--number_of_epochs=1",
+        f"--output_folder={output_folder}",
     )
     assert os.path.isfile(output_folder / "results.json")
-

@@ -38,13 +38,37 @@ from ser_modules.manifest import (
     to_data_root_path,
     write_csv,
 )
-from ser_modules.splits import draw_validation, speaker_holdout_split, stratified_split
+from ser_modules.splits import (
+    draw_validation,
+    speaker_holdout_split,
+    stratified_split,
+)
 
 logger = logging.getLogger(__name__)
 
 FULL_RELEASE_CLIPS = 7442
-EMOTIONS = {"ANG": "ang", "DIS": "dis", "FEA": "fea", "HAP": "hap", "NEU": "neu", "SAD": "sad"}
-SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
+EMOTIONS = {
+    "ANG": "ang",
+    "DIS": "dis",
+    "FEA": "fea",
+    "HAP": "hap",
+    "NEU": "neu",
+    "SAD": "sad",
+}
+SENTENCES = (
+    "IEO",
+    "TIE",
+    "IOM",
+    "IWW",
+    "TAI",
+    "MTI",
+    "IWL",
+    "ITH",
+    "DFA",
+    "ITS",
+    "TSI",
+    "WSI",
+)
 LEVELS = ("LO", "MD", "HI", "XX")
 CLIP_NAME = re.compile(
     rf"^(?P<actor>\d{{4}})_(?P<sentence>{'|'.join(SENTENCES)})_"
@@ -64,7 +88,9 @@ def find_audio_folder(data_folder):
     nested = os.path.join(data_folder, "AudioWAV")
     if os.path.isdir(nested):
         return nested
-    if os.path.isdir(data_folder) and any(CLIP_NAME.match(name) for name in os.listdir(data_folder)):
+    if os.path.isdir(data_folder) and any(
+        CLIP_NAME.match(name) for name in os.listdir(data_folder)
+    ):
         return data_folder
     raise FileNotFoundError(
         f"No AudioWAV folder (nor CREMA-D clips such as 1001_DFA_ANG_XX.wav) in {data_folder}: "
@@ -95,14 +121,27 @@ def collect_clips(data_folder):
             continue
         match = CLIP_NAME.match(name)
         if match is None:
-            logger.warning("Skipping %s: not an <actor>_<sentence>_<EMOTION>_<level>.wav name.", path)
-            skipped.append((to_data_root_path(path, data_folder), "name does not follow the CREMA-D pattern"))
+            logger.warning(
+                "Skipping %s: not an <actor>_<sentence>_<EMOTION>_<level>.wav name.",
+                path,
+            )
+            skipped.append(
+                (
+                    to_data_root_path(path, data_folder),
+                    "name does not follow the CREMA-D pattern",
+                )
+            )
             continue
         try:
             duration = audio_info(path)[0]
         except AudioError as error:
             logger.warning("Skipping an unreadable clip: %s", error)
-            skipped.append((to_data_root_path(path, data_folder), "unreadable or empty audio"))
+            skipped.append(
+                (
+                    to_data_root_path(path, data_folder),
+                    "unreadable or empty audio",
+                )
+            )
             continue
         rows.append(
             {
@@ -115,7 +154,9 @@ def collect_clips(data_folder):
                 "level": match["level"],
             }
         )
-    clips = len(rows) + sum(reason.startswith("unreadable") for _, reason in skipped)
+    clips = len(rows) + sum(
+        reason.startswith("unreadable") for _, reason in skipped
+    )
     log = logger.info if clips == FULL_RELEASE_CLIPS else logger.warning
     log(
         "CREMA-D: %d clips named like the release, %d usable, %d files skipped (listed in %s). "
@@ -166,9 +207,15 @@ def prepare_cremad(
         ``{"main": {"train": csv, "valid": csv, "test": csv}}``.
     """
     if split not in PROTOCOLS:
-        raise ValueError(f"Unknown CREMA-D split {split!r}: use one of {sorted(PROTOCOLS)}.")
+        raise ValueError(
+            f"Unknown CREMA-D split {split!r}: use one of {sorted(PROTOCOLS)}."
+        )
     data_folder = os.path.abspath(data_folder)
-    manifests = {"main": {name: os.path.join(save_folder, f"{name}.csv") for name in SPLITS}}
+    manifests = {
+        "main": {
+            name: os.path.join(save_folder, f"{name}.csv") for name in SPLITS
+        }
+    }
     skipped_path = os.path.join(save_folder, SKIPPED_FILE)
     outputs = list(manifests["main"].values()) + [skipped_path]
     options = {
@@ -178,11 +225,16 @@ def prepare_cremad(
         "valid_fraction": valid_fraction,
         "seed": seed,
     }
-    logger.info("CREMA-D protocol: %s (%s), seed %d.", split, PROTOCOLS[split], seed)
+    logger.info(
+        "CREMA-D protocol: %s (%s), seed %d.", split, PROTOCOLS[split], seed
+    )
     if skip_prep:
         return manifests
     if skip_preparation(save_folder, options, outputs):
-        logger.info("CREMA-D manifests in %s are up to date: skipping preparation.", save_folder)
+        logger.info(
+            "CREMA-D manifests in %s are up to date: skipping preparation.",
+            save_folder,
+        )
         return manifests
     invalidate_preparation(save_folder)
 
@@ -194,10 +246,14 @@ def prepare_cremad(
         train, valid = draw_validation(train, labels, valid_fraction, seed)
     else:
         train, test = speaker_holdout_split(speakers, test_fraction, seed)
-        train, valid = draw_validation(train, labels, valid_fraction, seed, speakers=speakers)
+        train, valid = draw_validation(
+            train, labels, valid_fraction, seed, speakers=speakers
+        )
     for name, positions in (("train", train), ("valid", valid), ("test", test)):
         write_csv(manifests["main"][name], [rows[i] for i in positions], FIELDS)
-    atomic_write_text(skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    atomic_write_text(
+        skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+    )
     mark_preparation_done(save_folder, options, outputs)
     return manifests
 

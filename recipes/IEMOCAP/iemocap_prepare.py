@@ -45,12 +45,34 @@ from ser_modules.splits import draw_validation, leave_one_group_out
 logger = logging.getLogger(__name__)
 
 # Utterances of the standard 4-class set in each session of the full release.
-EXPECTED_SESSION_COUNTS = {"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241}
+EXPECTED_SESSION_COUNTS = {
+    "Ses01": 1085,
+    "Ses02": 1023,
+    "Ses03": 1151,
+    "Ses04": 1031,
+    "Ses05": 1241,
+}
 # Evaluation label -> class; the other labels (fru, sur, fea, dis, oth, xxx) are dropped.
-LABEL_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
+LABEL_MAP = {
+    "neu": "neu",
+    "hap": "hap",
+    "exc": "hap",
+    "sad": "sad",
+    "ang": "ang",
+}
 PROTOCOLS = ("session", "speaker")
 SPLITS = ("train", "valid", "test")
-FIELDS = ["ID", "duration", "wav", "emo", "spk_id", "gender", "session", "dialog", "original_emo"]
+FIELDS = [
+    "ID",
+    "duration",
+    "wav",
+    "emo",
+    "spk_id",
+    "gender",
+    "session",
+    "dialog",
+    "original_emo",
+]
 SKIPPED_FILE = "skipped_files.txt"
 
 # "[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]"
@@ -59,7 +81,9 @@ LABEL_LINE = re.compile(
     r"(?P<utterance>\S+)\t(?P<label>[a-z]+)\t\["
 )
 # The speaker is the session plus the letter before the 3 digits, whatever the dialog name says.
-UTTERANCE_NAME = re.compile(r"^(?P<session>Ses0[1-5])[FM]_.+_(?P<letter>[FM])\d{3}$")
+UTTERANCE_NAME = re.compile(
+    r"^(?P<session>Ses0[1-5])[FM]_.+_(?P<letter>[FM])\d{3}$"
+)
 GENDERS = {"F": "female", "M": "male"}
 
 
@@ -135,7 +159,9 @@ def collect_utterances(data_folder, allow_partial=False):
     for session, session_folder in sessions.items():
         # Only the top-level .txt files hold final labels; glob's "*" skips hidden
         # "._" files that macOS archivers add.
-        pattern = os.path.join(session_folder, "dialog", "EmoEvaluation", "*.txt")
+        pattern = os.path.join(
+            session_folder, "dialog", "EmoEvaluation", "*.txt"
+        )
         for evaluation_file in sorted(glob.glob(pattern)):
             dialog = os.path.splitext(os.path.basename(evaluation_file))[0]
             for utterance, label in read_evaluation_file(evaluation_file):
@@ -143,7 +169,11 @@ def collect_utterances(data_folder, allow_partial=False):
                     dropped[label] += 1
                     continue
                 name = UTTERANCE_NAME.match(utterance)
-                if name is None or name["session"] != session or not utterance.startswith(dialog + "_"):
+                if (
+                    name is None
+                    or name["session"] != session
+                    or not utterance.startswith(dialog + "_")
+                ):
                     raise ValueError(
                         f"{evaluation_file}: unexpected utterance name {utterance!r} (expected "
                         f"{dialog}_F000 or {dialog}_M012 style names of {session}). "
@@ -155,19 +185,33 @@ def collect_utterances(data_folder, allow_partial=False):
                         f"{evaluation_file}: remove the stray copy."
                     )
                 seen[utterance] = evaluation_file
-                wav = os.path.join(session_folder, "sentences", "wav", dialog, utterance + ".wav")
+                wav = os.path.join(
+                    session_folder,
+                    "sentences",
+                    "wav",
+                    dialog,
+                    utterance + ".wav",
+                )
                 try:
                     duration = audio_info(wav)[0]
                 except AudioError as error:
-                    reason = "missing wav" if not os.path.exists(wav) else "unreadable wav"
+                    reason = (
+                        "missing wav"
+                        if not os.path.exists(wav)
+                        else "unreadable wav"
+                    )
                     if not allow_partial:
                         raise FileNotFoundError(
                             f"Labelled utterance {utterance} has a {reason}: {wav} ({error}). "
                             "Restore it from the release, or pass --allow_partial=True to "
                             "skip such utterances."
                         ) from error
-                    logger.warning("Skipping %s: %s (%s)", utterance, reason, wav)
-                    skipped.append((to_data_root_path(wav, data_folder), reason))
+                    logger.warning(
+                        "Skipping %s: %s (%s)", utterance, reason, wav
+                    )
+                    skipped.append(
+                        (to_data_root_path(wav, data_folder), reason)
+                    )
                     continue
                 letter = name["letter"]
                 rows.append(
@@ -183,7 +227,10 @@ def collect_utterances(data_folder, allow_partial=False):
                         "original_emo": label,
                     }
                 )
-    logger.info("Dropped utterances by label (not in the 4-class set): %s", dict(sorted(dropped.items())))
+    logger.info(
+        "Dropped utterances by label (not in the 4-class set): %s",
+        dict(sorted(dropped.items())),
+    )
     rows.sort(key=lambda row: row["ID"])
     skipped.sort()
     return rows, skipped
@@ -204,7 +251,10 @@ def check_release_counts(session_counts, allow_partial=False):
     ValueError
         Counts differ from 1085/1023/1151/1031/1241 and ``allow_partial`` is False.
     """
-    found = {session: session_counts.get(session, 0) for session in EXPECTED_SESSION_COUNTS}
+    found = {
+        session: session_counts.get(session, 0)
+        for session in EXPECTED_SESSION_COUNTS
+    }
     table = ", ".join(
         f"{session}: {found[session]} (expected {expected})"
         for session, expected in EXPECTED_SESSION_COUNTS.items()
@@ -214,9 +264,7 @@ def check_release_counts(session_counts, allow_partial=False):
         logger.info("Full IEMOCAP release: %d utterances (%s).", total, table)
         return
     expected_total = sum(EXPECTED_SESSION_COUNTS.values())
-    message = (
-        f"IEMOCAP 4-class utterances found: {total} instead of {expected_total} ({table})."
-    )
+    message = f"IEMOCAP 4-class utterances found: {total} instead of {expected_total} ({table})."
     if allow_partial:
         logger.warning("%s Continuing because allow_partial=True.", message)
         return
@@ -235,9 +283,15 @@ def session_folds(rows, valid_fraction, seed):
     """
     labels = [row["emo"] for row in rows]
     folds = {}
-    for session, train, test in leave_one_group_out([row["session"] for row in rows]):
+    for session, train, test in leave_one_group_out(
+        [row["session"] for row in rows]
+    ):
         train, valid = draw_validation(train, labels, valid_fraction, seed)
-        folds[f"fold{int(session[3:])}"] = {"train": train, "valid": valid, "test": test}
+        folds[f"fold{int(session[3:])}"] = {
+            "train": train,
+            "valid": valid,
+            "test": test,
+        }
     return folds
 
 
@@ -257,7 +311,11 @@ def speaker_folds(rows):
                 "validation speaker: the speaker protocol needs both speakers of every session."
             )
         number = 2 * int(speaker[3:5]) - (1 if speaker[5] == "F" else 0)
-        folds[f"fold{number}"] = {"train": train[~in_partner], "valid": train[in_partner], "test": test}
+        folds[f"fold{number}"] = {
+            "train": train[~in_partner],
+            "valid": train[in_partner],
+            "test": test,
+        }
     return folds
 
 
@@ -272,7 +330,10 @@ def expected_fold_names(data_folder, protocol):
 def manifest_paths(save_folder, fold_names):
     """``{fold: {split: <save_folder>/<fold>/<split>.csv}}``."""
     return {
-        fold: {split: os.path.join(save_folder, fold, f"{split}.csv") for split in SPLITS}
+        fold: {
+            split: os.path.join(save_folder, fold, f"{split}.csv")
+            for split in SPLITS
+        }
         for fold in fold_names
     }
 
@@ -314,9 +375,13 @@ def prepare_iemocap(
         ``{"fold1": {"train": csv, "valid": csv, "test": csv}, ...}``.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown IEMOCAP protocol {protocol!r}: use one of {PROTOCOLS}.")
+        raise ValueError(
+            f"Unknown IEMOCAP protocol {protocol!r}: use one of {PROTOCOLS}."
+        )
     data_folder = os.path.abspath(data_folder)
-    manifests = manifest_paths(save_folder, expected_fold_names(data_folder, protocol))
+    manifests = manifest_paths(
+        save_folder, expected_fold_names(data_folder, protocol)
+    )
     skipped_path = os.path.join(save_folder, SKIPPED_FILE)
     options = {
         "data_folder": data_folder,
@@ -325,16 +390,23 @@ def prepare_iemocap(
         "seed": seed,
         "allow_partial": allow_partial,
     }
-    outputs = [path for fold in manifests.values() for path in fold.values()] + [skipped_path]
+    outputs = [
+        path for fold in manifests.values() for path in fold.values()
+    ] + [skipped_path]
     if skip_prep:
         return manifests
     if skip_preparation(save_folder, options, outputs):
-        logger.info("IEMOCAP manifests in %s are up to date: skipping preparation.", save_folder)
+        logger.info(
+            "IEMOCAP manifests in %s are up to date: skipping preparation.",
+            save_folder,
+        )
         return manifests
     invalidate_preparation(save_folder)
 
     rows, skipped = collect_utterances(data_folder, allow_partial)
-    check_release_counts(collections.Counter(row["session"] for row in rows), allow_partial)
+    check_release_counts(
+        collections.Counter(row["session"] for row in rows), allow_partial
+    )
     if protocol == "session":
         folds = session_folds(rows, valid_fraction, seed)
     else:
@@ -342,12 +414,27 @@ def prepare_iemocap(
     manifests = manifest_paths(save_folder, folds)
     for fold, positions in folds.items():
         for split in SPLITS:
-            write_csv(manifests[fold][split], [rows[i] for i in positions[split]], FIELDS)
-    atomic_write_text(skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+            write_csv(
+                manifests[fold][split],
+                [rows[i] for i in positions[split]],
+                FIELDS,
+            )
+    atomic_write_text(
+        skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+    )
     if skipped:
-        logger.warning("Skipped %d utterances, listed in %s.", len(skipped), skipped_path)
-    logger.info("IEMOCAP %s protocol: %d folds written to %s.", protocol, len(folds), save_folder)
-    outputs = [path for fold in manifests.values() for path in fold.values()] + [skipped_path]
+        logger.warning(
+            "Skipped %d utterances, listed in %s.", len(skipped), skipped_path
+        )
+    logger.info(
+        "IEMOCAP %s protocol: %d folds written to %s.",
+        protocol,
+        len(folds),
+        save_folder,
+    )
+    outputs = [
+        path for fold in manifests.values() for path in fold.values()
+    ] + [skipped_path]
     mark_preparation_done(save_folder, options, outputs)
     return manifests
 

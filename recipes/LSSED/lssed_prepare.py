@@ -117,27 +117,45 @@ def prepare_lssed(
     dict
         ``{"main": {"train": csv, "valid": csv}}``.
     """
-    manifests = {name: os.path.join(save_folder, f"{name}.csv") for name in ("train", "valid")}
+    manifests = {
+        name: os.path.join(save_folder, f"{name}.csv")
+        for name in ("train", "valid")
+    }
     result = {"main": manifests}
     if skip_prep:
         return result
     if valid_count < 1:
         raise ValueError(f"valid_count must be at least 1, got {valid_count}.")
     if not os.path.isdir(data_folder):
-        raise FileNotFoundError(f"The data folder {data_folder} does not exist: check --data_folder.")
+        raise FileNotFoundError(
+            f"The data folder {data_folder} does not exist: check --data_folder."
+        )
     suffixes = parse_extensions(extensions)
     skipped = {}  # relative path (or list line) -> reason
     if file_list:
-        list_path = file_list if os.path.isfile(file_list) else os.path.join(data_folder, file_list)
+        list_path = (
+            file_list
+            if os.path.isfile(file_list)
+            else os.path.join(data_folder, file_list)
+        )
         if not os.path.isfile(list_path):
-            raise FileNotFoundError(f"The file list {file_list} exists neither as given nor in {data_folder}.")
+            raise FileNotFoundError(
+                f"The file list {file_list} exists neither as given nor in {data_folder}."
+            )
         paths, skipped = read_file_list(list_path, data_folder, suffixes)
         with open(list_path, "rb") as handle:
             listing_digest = hashlib.sha256(handle.read()).hexdigest()
-        listing = {"file_list": os.path.abspath(list_path), "file_list_sha256": listing_digest}
+        listing = {
+            "file_list": os.path.abspath(list_path),
+            "file_list_sha256": listing_digest,
+        }
     else:
         paths = find_audio_files(data_folder, suffixes)
-        digest = hashlib.sha256("\n".join(os.path.relpath(path, data_folder) for path in paths).encode())
+        digest = hashlib.sha256(
+            "\n".join(
+                os.path.relpath(path, data_folder) for path in paths
+            ).encode()
+        )
         listing = {"files_sha256": digest.hexdigest()}
     check_mp3_support(paths)
 
@@ -154,8 +172,10 @@ def prepare_lssed(
         "seed": seed,
     }
     if skip_preparation(save_folder, options, outputs):
-        logger.info("Pretraining data already prepared in %s with the same files and options: skipping.",
-                    save_folder)
+        logger.info(
+            "Pretraining data already prepared in %s with the same files and options: skipping.",
+            save_folder,
+        )
         return result
     invalidate_preparation(save_folder)
 
@@ -169,23 +189,42 @@ def prepare_lssed(
         if reason is None and 0 < max_duration < duration:
             reason = f"longer than max_duration ({duration:.3f} s > {max_duration} s)"
         if reason is not None:
-            skipped[os.path.relpath(path, data_folder).replace(os.sep, "/")] = reason
+            skipped[os.path.relpath(path, data_folder).replace(os.sep, "/")] = (
+                reason
+            )
             continue
         wav = to_data_root_path(path, data_folder)
-        rows.append({"ID": utterance_id, "duration": round(duration, 5), "wav": wav})
+        rows.append(
+            {"ID": utterance_id, "duration": round(duration, 5), "wav": wav}
+        )
     rows.sort(key=lambda row: row["ID"])
-    logger.info("%d usable audio files (%.2f h), %d skipped.", len(rows),
-                sum(row["duration"] for row in rows) / 3600, len(skipped))
+    logger.info(
+        "%d usable audio files (%.2f h), %d skipped.",
+        len(rows),
+        sum(row["duration"] for row in rows) / 3600,
+        len(skipped),
+    )
 
-    atomic_write_text(skipped_path, "".join(f"{name}\t{reason}\n" for name, reason in sorted(skipped.items())))
+    atomic_write_text(
+        skipped_path,
+        "".join(
+            f"{name}\t{reason}\n" for name, reason in sorted(skipped.items())
+        ),
+    )
     if skipped:
-        logger.warning("%d files were skipped (listed with the reason in %s).", len(skipped), skipped_path)
+        logger.warning(
+            "%d files were skipped (listed with the reason in %s).",
+            len(skipped),
+            skipped_path,
+        )
     if len(rows) < 2:
         raise RuntimeError(
             f"Only {len(rows)} usable audio file(s) in {data_folder}: at least 2 are needed (train + valid). "
             f"See {skipped_path} for the skipped ones and check --extensions / --file_list."
         )
-    train_rows, valid_rows = sample_validation(rows, valid_count, valid_fraction, seed)
+    train_rows, valid_rows = sample_validation(
+        rows, valid_count, valid_fraction, seed
+    )
     write_csv(manifests["train"], train_rows, MANIFEST_COLUMNS)
     write_csv(manifests["valid"], valid_rows, MANIFEST_COLUMNS)
     mark_preparation_done(save_folder, options, outputs)
@@ -200,7 +239,9 @@ def parse_extensions(extensions):
         if extension and "." + extension not in suffixes:
             suffixes.append("." + extension)
     if not suffixes:
-        raise ValueError(f"No audio extension in extensions={extensions!r}: give e.g. 'wav,flac'.")
+        raise ValueError(
+            f"No audio extension in extensions={extensions!r}: give e.g. 'wav,flac'."
+        )
     return tuple(suffixes)
 
 
@@ -214,11 +255,14 @@ def find_audio_files(data_folder, suffixes):
     """
     found = []
     for folder, subfolders, names in os.walk(data_folder):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        subfolders[:] = sorted(
+            name for name in subfolders if not name.startswith(".")
+        )
         found.extend(
             os.path.join(folder, name)
             for name in names
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes
+            if not name.startswith(".")
+            and os.path.splitext(name)[1].lower() in suffixes
         )
     return sorted(found)
 
@@ -242,25 +286,50 @@ def read_file_list(list_path, data_folder, suffixes):
         reader = csv.DictReader(handle)
         columns = [name.strip() for name in reader.fieldnames or []]
         reader.fieldnames = columns
-        column = next((name for name in PATH_COLUMNS + (NAME_COLUMN,) if name in columns), None)
+        column = next(
+            (name for name in PATH_COLUMNS + (NAME_COLUMN,) if name in columns),
+            None,
+        )
         if column is None:
             raise ValueError(
                 f"{list_path} has no column named path, wav or name (found {columns}): add a header "
                 "line naming the column that holds the audio paths."
             )
-        entries = [(reader.line_num, (row[column] or "").strip()) for row in reader]
+        entries = [
+            (reader.line_num, (row[column] or "").strip()) for row in reader
+        ]
     paths, skipped, first_line = [], {}, {}
     for line, entry in entries:
         if not entry:
-            raise ValueError(f"{list_path}, line {line}: empty {column!r} entry; remove the line or fill it.")
+            raise ValueError(
+                f"{list_path}, line {line}: empty {column!r} entry; remove the line or fill it."
+            )
         if column == NAME_COLUMN:
-            candidates = [os.path.join(data_folder, entry + suffix) for suffix in suffixes]
+            candidates = [
+                os.path.join(data_folder, entry + suffix) for suffix in suffixes
+            ]
         else:
-            relative = entry[len(DATA_ROOT):].lstrip("/") if entry.startswith(DATA_ROOT) else entry
-            candidates = [os.path.join(data_folder, relative)]  # join keeps absolute paths as they are
-        path = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+            relative = (
+                entry[len(DATA_ROOT) :].lstrip("/")
+                if entry.startswith(DATA_ROOT)
+                else entry
+            )
+            candidates = [
+                os.path.join(data_folder, relative)
+            ]  # join keeps absolute paths as they are
+        path = next(
+            (
+                candidate
+                for candidate in candidates
+                if os.path.isfile(candidate)
+            ),
+            None,
+        )
         if path is None:
-            tried = ", ".join(os.path.relpath(candidate, data_folder) for candidate in candidates)
+            tried = ", ".join(
+                os.path.relpath(candidate, data_folder)
+                for candidate in candidates
+            )
             skipped[entry] = f"missing (line {line}; looked for {tried})"
             continue
         try:
@@ -269,7 +338,9 @@ def read_file_list(list_path, data_folder, suffixes):
             raise ValueError(f"{list_path}, line {line}: {error}") from error
         key = os.path.normpath(os.path.abspath(path))
         if key in first_line:
-            skipped[f"{entry} (line {line})"] = f"listed twice (first on line {first_line[key]})"
+            skipped[f"{entry} (line {line})"] = (
+                f"listed twice (first on line {first_line[key]})"
+            )
             continue
         first_line[key] = line
         paths.append(path)
@@ -320,14 +391,24 @@ def read_durations(paths, num_workers=8):
     dict
         ``{path: (duration_s, None)}`` or ``{path: (None, reason)}`` for unusable files.
     """
+
     def probe(path):
         try:
             return audio_info(path)[0], None
         except AudioError as error:
             return None, str(error)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers)) as executor:
-        results = list(tqdm(executor.map(probe, paths), total=len(paths), desc="audio headers", disable=None))
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, num_workers)
+    ) as executor:
+        results = list(
+            tqdm(
+                executor.map(probe, paths),
+                total=len(paths),
+                desc="audio headers",
+                disable=None,
+            )
+        )
     return dict(zip(paths, results))
 
 
@@ -340,8 +421,14 @@ def sample_validation(rows, valid_count, valid_fraction, seed):
         Disjoint, each sorted by ID; the validation set has
         ``min(valid_count, max(1, round(valid_fraction * len(rows))))`` rows (and train at least one).
     """
-    size = min(valid_count, max(1, round(valid_fraction * len(rows))), len(rows) - 1)
-    chosen = set(np.random.default_rng(seed).choice(len(rows), size=size, replace=False).tolist())
+    size = min(
+        valid_count, max(1, round(valid_fraction * len(rows))), len(rows) - 1
+    )
+    chosen = set(
+        np.random.default_rng(seed)
+        .choice(len(rows), size=size, replace=False)
+        .tolist()
+    )
     train_rows = [row for index, row in enumerate(rows) if index not in chosen]
     valid_rows = [row for index, row in enumerate(rows) if index in chosen]
     return train_rows, valid_rows

@@ -40,7 +40,11 @@ from ser_modules.fingerprint import (
     plain_hparams,
     text_sha256,
 )
-from ser_modules.recipe import check_override_types, parse_overrides, split_preparation_arguments
+from ser_modules.recipe import (
+    check_override_types,
+    parse_overrides,
+    split_preparation_arguments,
+)
 from ser_modules.vesper.export import export_to_huggingface
 from ser_modules.vesper.pretraining import VesperPretrainBrain, crop_seed
 
@@ -56,7 +60,9 @@ def build_datasets(hparams, csv_paths, target_cache=None):
     seed, the epoch and the utterance, see :func:`crop_seed`); validation always takes
     the first ``crop_seconds``.
     """
-    num_samples = seconds_to_samples(hparams["crop_seconds"], hparams["sample_rate"])
+    num_samples = seconds_to_samples(
+        hparams["crop_seconds"], hparams["sample_rate"]
+    )
     epoch_counter = hparams["epoch_counter"]
     datasets = {}
     for name in ("train", "valid"):
@@ -70,9 +76,16 @@ def build_datasets(hparams, csv_paths, target_cache=None):
         def audio_pipeline(utterance_id, path, mode=mode):
             generator = None
             if mode == "random":
-                seed = crop_seed(hparams["seed"], epoch_counter.current, utterance_id)
+                seed = crop_seed(
+                    hparams["seed"], epoch_counter.current, utterance_id
+                )
                 generator = torch.Generator().manual_seed(seed)
-            return crop_or_pad(load_audio(path, hparams["sample_rate"]), num_samples, mode=mode, generator=generator)
+            return crop_or_pad(
+                load_audio(path, hparams["sample_rate"]),
+                num_samples,
+                mode=mode,
+                generator=generator,
+            )
 
         dataset.add_dynamic_item(audio_pipeline)
         keys = ["id", "sig"]
@@ -105,22 +118,33 @@ def build_target_cache(hparams, run_opts, csv_paths):
             "one fixed crop, and a random crop would change them every epoch."
         )
     if hparams["target_cache_dtype"] not in CACHE_DTYPES:
-        raise ValueError(f"target_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {hparams['target_cache_dtype']!r}.")
+        raise ValueError(
+            f"target_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {hparams['target_cache_dtype']!r}."
+        )
     target_cache = FeatureCache(
-        hparams["target_cache_folder"], hparams["modules"]["teacher"],
-        crop_seconds=hparams["crop_seconds"], crop_mode="first",
-        dtype=CACHE_DTYPES[hparams["target_cache_dtype"]], precision=run_opts.get("precision") or "fp32",
+        hparams["target_cache_folder"],
+        hparams["modules"]["teacher"],
+        crop_seconds=hparams["crop_seconds"],
+        crop_mode="first",
+        dtype=CACHE_DTYPES[hparams["target_cache_dtype"]],
+        precision=run_opts.get("precision") or "fp32",
     )
-    rows = [row for name in ("train", "valid") for row in read_csv(csv_paths[name])]
+    rows = [
+        row for name in ("train", "valid") for row in read_csv(csv_paths[name])
+    ]
     # Forked: building the cache leaves the random state of training (masks, dropout) as
     # it is, so training on cached targets draws what training on online targets draws.
     with torch.random.fork_rng(devices=[]):
         sb.utils.distributed.run_on_main(
             target_cache.build,
-            kwargs={"rows": rows, "replacements": {"data_root": hparams["data_folder"]},
-                    "batch_size": hparams["batch_size"],
-                    "device": run_opts.get("device") or sb.utils.distributed.infer_device(),
-                    "num_workers": hparams["num_workers"]},
+            kwargs={
+                "rows": rows,
+                "replacements": {"data_root": hparams["data_folder"]},
+                "batch_size": hparams["batch_size"],
+                "device": run_opts.get("device")
+                or sb.utils.distributed.infer_device(),
+                "num_workers": hparams["num_workers"],
+            },
         )
     # Every process reads the cache, keyed by audio content: bind the IDs to their files
     # (the main process already did, in build).
@@ -150,12 +174,25 @@ def main(argv):
     hparams = load_hyperpyyaml(yaml_text, overrides)
     check_dimensions(hparams)
     main_process = sb.utils.distributed.if_main_process()
-    lock = FolderLock(hparams["output_folder"], what="this output folder") if main_process else contextlib.nullcontext()
+    lock = (
+        FolderLock(hparams["output_folder"], what="this output folder")
+        if main_process
+        else contextlib.nullcontext()
+    )
     with lock:
-        return pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwargs)
+        return pretrain(
+            hparams,
+            yaml_text,
+            overrides,
+            run_opts,
+            hparams_file,
+            prepare_kwargs,
+        )
 
 
-def pretraining_fingerprint(hparams, yaml_text, overrides, prepare_kwargs, csv_paths):
+def pretraining_fingerprint(
+    hparams, yaml_text, overrides, prepare_kwargs, csv_paths
+):
     """What produces the checkpoints and the export of a pretraining output folder."""
     output_folder = hparams["output_folder"]
     return {
@@ -163,7 +200,9 @@ def pretraining_fingerprint(hparams, yaml_text, overrides, prepare_kwargs, csv_p
         "hparams": plain_hparams(hparams, exclude_prefixes=[output_folder]),
         "overrides": plain_hparams(overrides, exclude_prefixes=[output_folder]),
         "preparation": prepare_kwargs,
-        "manifests": {name: file_sha256(path) for name, path in sorted(csv_paths.items())},
+        "manifests": {
+            name: file_sha256(path) for name, path in sorted(csv_paths.items())
+        },
         "teacher": hparams["modules"]["teacher"].identity(),
         "code": code_version(),
     }
@@ -175,28 +214,43 @@ def pretraining_has_results(hparams):
     def has_results(folder):
         del folder
         save, export = hparams["save_folder"], hparams["export_folder"]
-        return os.path.isdir(export) or (os.path.isdir(save) and any(n.startswith("CKPT") for n in os.listdir(save)))
+        return os.path.isdir(export) or (
+            os.path.isdir(save)
+            and any(n.startswith("CKPT") for n in os.listdir(save))
+        )
 
     return has_results
 
 
-def pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwargs):
+def pretrain(
+    hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwargs
+):
     """Prepare, pretrain and export while the output folder is locked."""
     sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
     )
 
     # 1. Manifests of the unlabeled audio (written once, skipped when unchanged).
     splits = sb.utils.distributed.run_on_main(
         prepare_lssed,
-        kwargs={"data_folder": hparams["data_folder"], "save_folder": hparams["prepare_folder"],
-                "skip_prep": hparams["skip_prep"], **prepare_kwargs},
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["prepare_folder"],
+            "skip_prep": hparams["skip_prep"],
+            **prepare_kwargs,
+        },
     )
     csv_paths = splits["main"]
     if sb.utils.distributed.if_main_process():
         check_fingerprint(
-            hparams["output_folder"], pretraining_fingerprint(hparams, yaml_text, overrides, prepare_kwargs, csv_paths),
-            f"The Vesper pretraining in {hparams['output_folder']}", has_results=pretraining_has_results(hparams),
+            hparams["output_folder"],
+            pretraining_fingerprint(
+                hparams, yaml_text, overrides, prepare_kwargs, csv_paths
+            ),
+            f"The Vesper pretraining in {hparams['output_folder']}",
+            has_results=pretraining_has_results(hparams),
         )
     sb.utils.distributed.ddp_barrier()
 
@@ -205,16 +259,23 @@ def pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwar
     target_cache = None
     if hparams["precompute_teacher_targets"]:
         target_cache = build_target_cache(hparams, run_opts, csv_paths)
-        del modules["teacher"]  # never runs during training: keep it off the device
+        del modules[
+            "teacher"
+        ]  # never runs during training: keep it off the device
     datasets = build_datasets(hparams, csv_paths, target_cache)
 
     # 3. Pretraining (resumes from the latest checkpoint in save_folder).
     brain = VesperPretrainBrain(
-        modules=modules, opt_class=hparams["opt_class"], hparams=hparams,
-        run_opts=run_opts, checkpointer=hparams["checkpointer"],
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
     )
     brain.fit(
-        hparams["epoch_counter"], datasets["train"], datasets["valid"],
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
@@ -228,12 +289,22 @@ def pretrain(hparams, yaml_text, overrides, run_opts, hparams_file, prepare_kwar
         elif selection == "last":
             brain.checkpointer.recover_if_possible()
         else:
-            raise ValueError(f"export_checkpoint must be 'best' or 'last', got {selection!r}.")
-        checkpoint = brain.checkpointer.find_checkpoint(min_key="loss" if selection == "best" else None)
+            raise ValueError(
+                f"export_checkpoint must be 'best' or 'last', got {selection!r}."
+            )
+        checkpoint = brain.checkpointer.find_checkpoint(
+            min_key="loss" if selection == "best" else None
+        )
         encoder = hparams["student_encoder"]
         export_to_huggingface(encoder, export_folder)
-        epoch = int(checkpoint.meta["epoch"]) if checkpoint is not None and "epoch" in checkpoint.meta else None
-        print(f"Exported Vesper-{encoder.num_layers} ({selection} checkpoint, epoch {epoch}) to {export_folder}")
+        epoch = (
+            int(checkpoint.meta["epoch"])
+            if checkpoint is not None and "epoch" in checkpoint.meta
+            else None
+        )
+        print(
+            f"Exported Vesper-{encoder.num_layers} ({selection} checkpoint, epoch {epoch}) to {export_folder}"
+        )
     sb.utils.distributed.ddp_barrier()
     return export_folder
 

@@ -82,8 +82,25 @@ logger = logging.getLogger(__name__)
 PREP_ROOT = "$prep_root"
 EMOTIONS = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
 CHANNEL_POLICIES = ("downmix", "mean")
-ANNOTATION_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")
-MANIFEST_COLUMNS = ["ID", "duration", "wav", "emo", "spk_id", "sentiment", "dialogue", "turn", "text"]
+ANNOTATION_COLUMNS = (
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+)
+MANIFEST_COLUMNS = [
+    "ID",
+    "duration",
+    "wav",
+    "emo",
+    "spk_id",
+    "sentiment",
+    "dialogue",
+    "turn",
+    "text",
+]
 # MELD split -> (annotation file, media folder, utterances in the official release, manifest name)
 SPLITS = {
     "train": ("train_sent_emo.csv", "train_splits", 9989, "train"),
@@ -99,7 +116,13 @@ class ClipError(ValueError):
     """A clip whose audio cannot be used; the message is the reason written to the report."""
 
 
-def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers=4, skip_prep=False):
+def prepare_meld(
+    data_folder,
+    save_folder,
+    channel_policy="downmix",
+    num_workers=4,
+    skip_prep=False,
+):
     """Prepare MELD: decode every clip to 16 kHz mono wav and write the official split.
 
     Arguments
@@ -122,12 +145,17 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
     dict
         ``{"main": {"train": csv, "valid": csv, "test": csv}}``.
     """
-    manifests = {name: os.path.join(save_folder, f"{name}.csv") for _, _, _, name in SPLITS.values()}
+    manifests = {
+        name: os.path.join(save_folder, f"{name}.csv")
+        for _, _, _, name in SPLITS.values()
+    }
     result = {"main": manifests}
     if skip_prep:
         return result
     if channel_policy not in CHANNEL_POLICIES:
-        raise ValueError(f"Unknown channel_policy {channel_policy!r}: use one of {CHANNEL_POLICIES}.")
+        raise ValueError(
+            f"Unknown channel_policy {channel_policy!r}: use one of {CHANNEL_POLICIES}."
+        )
     skipped_path = os.path.join(save_folder, SKIPPED_FILE)
     outputs = list(manifests.values()) + [skipped_path]
     options = {
@@ -136,14 +164,19 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
         "sample_rate": SAMPLE_RATE,
     }
     if skip_preparation(save_folder, options, outputs):
-        logger.info("MELD already prepared in %s with the same options: skipping.", save_folder)
+        logger.info(
+            "MELD already prepared in %s with the same options: skipping.",
+            save_folder,
+        )
         return result
     invalidate_preparation(save_folder)
 
     # Read and check every annotation before the (long) conversion starts.
     annotations = {}
     for split, (csv_name, media_name, expected, _) in SPLITS.items():
-        annotations[split] = read_meld_annotations(os.path.join(data_folder, csv_name))
+        annotations[split] = read_meld_annotations(
+            os.path.join(data_folder, csv_name)
+        )
         media_folder = os.path.join(data_folder, media_name)
         if not os.path.isdir(media_folder):
             raise FileNotFoundError(
@@ -152,7 +185,12 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
             )
         found = len(annotations[split])
         log = logger.info if found == expected else logger.warning
-        log("%s: %d utterances annotated (the official release has %d).", csv_name, found, expected)
+        log(
+            "%s: %d utterances annotated (the official release has %d).",
+            csv_name,
+            found,
+            expected,
+        )
 
     wav_folder = prepare_wav_folder(save_folder, channel_policy)
     jobs = []
@@ -161,7 +199,9 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
         for row in rows:
             name = clip_name(row)
             mp4_path = os.path.join(media_folder, name + ".mp4")
-            jobs.append((mp4_path, os.path.join(wav_folder, split, name + ".wav")))
+            jobs.append(
+                (mp4_path, os.path.join(wav_folder, split, name + ".wav"))
+            )
     outcomes = convert_clips(jobs, channel_policy, num_workers)
 
     skipped_lines = []
@@ -171,28 +211,41 @@ def prepare_meld(data_folder, save_folder, channel_policy="downmix", num_workers
         manifest_rows[split] = []
         for row in rows:
             name = clip_name(row)
-            duration, reason = outcomes[os.path.join(wav_folder, split, name + ".wav")]
+            duration, reason = outcomes[
+                os.path.join(wav_folder, split, name + ".wav")
+            ]
             if reason is not None:
                 skipped_lines.append(f"{media_name}/{name}.mp4\t{reason}")
                 continue
-            manifest_rows[split].append({
-                "ID": f"{split}_{name}",
-                "duration": duration,
-                "wav": f"{PREP_ROOT}/wav/{split}/{name}.wav",
-                "emo": row["emotion"],
-                "spk_id": row["speaker"],
-                "sentiment": row["sentiment"],
-                "dialogue": f"{split}_dia{row['dialogue_id']}",
-                "turn": row["utterance_id"],
-                "text": row["text"],
-            })
-        logger.info("MELD %s: %d clips kept, %d skipped.", split, len(manifest_rows[split]),
-                    len(rows) - len(manifest_rows[split]))
+            manifest_rows[split].append(
+                {
+                    "ID": f"{split}_{name}",
+                    "duration": duration,
+                    "wav": f"{PREP_ROOT}/wav/{split}/{name}.wav",
+                    "emo": row["emotion"],
+                    "spk_id": row["speaker"],
+                    "sentiment": row["sentiment"],
+                    "dialogue": f"{split}_dia{row['dialogue_id']}",
+                    "turn": row["utterance_id"],
+                    "text": row["text"],
+                }
+            )
+        logger.info(
+            "MELD %s: %d clips kept, %d skipped.",
+            split,
+            len(manifest_rows[split]),
+            len(rows) - len(manifest_rows[split]),
+        )
     skipped_lines.sort()
-    atomic_write_text(skipped_path, "".join(line + "\n" for line in skipped_lines))
+    atomic_write_text(
+        skipped_path, "".join(line + "\n" for line in skipped_lines)
+    )
     if skipped_lines:
-        logger.warning("%d MELD clips were skipped (listed with the reason in %s).",
-                       len(skipped_lines), skipped_path)
+        logger.warning(
+            "%d MELD clips were skipped (listed with the reason in %s).",
+            len(skipped_lines),
+            skipped_path,
+        )
 
     for split, rows in manifest_rows.items():
         if not rows:
@@ -242,7 +295,7 @@ def read_meld_annotations(csv_path):
     with open(csv_path, "rb") as handle:
         raw = handle.read()
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     for encoding in ("utf-8", "cp1252", "latin-1"):
         try:
             text = raw.decode(encoding)
@@ -250,12 +303,19 @@ def read_meld_annotations(csv_path):
         except UnicodeDecodeError:
             continue
     if encoding != "utf-8":
-        logger.warning("%s is not valid UTF-8: read it as %s (only the transcripts are affected).",
-                       csv_path, encoding)
+        logger.warning(
+            "%s is not valid UTF-8: read it as %s (only the transcripts are affected).",
+            csv_path,
+            encoding,
+        )
 
     reader = csv.DictReader(io.StringIO(text, newline=""))
     reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-    missing = [column for column in ANNOTATION_COLUMNS if column not in reader.fieldnames]
+    missing = [
+        column
+        for column in ANNOTATION_COLUMNS
+        if column not in reader.fieldnames
+    ]
     if missing:
         raise ValueError(
             f"{csv_path} lacks the columns {missing} (found {reader.fieldnames}): is it a MELD annotation file?"
@@ -270,7 +330,10 @@ def read_meld_annotations(csv_path):
                 f"{csv_path}, line {line}: unknown emotion {row['Emotion']!r} (expected one of {EMOTIONS})."
             )
         try:
-            dialogue_id, utterance_id = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+            dialogue_id, utterance_id = (
+                int(row["Dialogue_ID"]),
+                int(row["Utterance_ID"]),
+            )
         except ValueError as error:
             raise ValueError(
                 f"{csv_path}, line {line}: Dialogue_ID and Utterance_ID must be integers, got "
@@ -283,14 +346,16 @@ def read_meld_annotations(csv_path):
                 f"(lines {seen[key]} and {line}); remove one of the two lines."
             )
         seen[key] = line
-        rows.append({
-            "dialogue_id": dialogue_id,
-            "utterance_id": utterance_id,
-            "emotion": emotion,
-            "sentiment": row["Sentiment"].strip().lower(),
-            "speaker": row["Speaker"].strip(),
-            "text": row["Utterance"].strip(),
-        })
+        rows.append(
+            {
+                "dialogue_id": dialogue_id,
+                "utterance_id": utterance_id,
+                "emotion": emotion,
+                "sentiment": row["Sentiment"].strip().lower(),
+                "speaker": row["Speaker"].strip(),
+                "text": row["Utterance"].strip(),
+            }
+        )
     return rows
 
 
@@ -307,13 +372,22 @@ def prepare_wav_folder(save_folder, channel_policy):
     """
     wav_folder = os.path.join(save_folder, "wav")
     record_path = os.path.join(wav_folder, CONVERSION_RECORD)
-    record = {"channel_policy": channel_policy, "sample_rate": SAMPLE_RATE, "subtype": "PCM_16"}
+    record = {
+        "channel_policy": channel_policy,
+        "sample_rate": SAMPLE_RATE,
+        "subtype": "PCM_16",
+    }
     stored = None
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as handle:
             stored = json.load(handle)
     if stored != record and os.path.isdir(wav_folder):
-        logger.info("Removing the wavs in %s (converted with %s, now %s).", wav_folder, stored, record)
+        logger.info(
+            "Removing the wavs in %s (converted with %s, now %s).",
+            wav_folder,
+            stored,
+            record,
+        )
         shutil.rmtree(wav_folder)
     for split in SPLITS:
         os.makedirs(os.path.join(wav_folder, split), exist_ok=True)
@@ -343,6 +417,7 @@ def convert_clips(jobs, channel_policy, num_workers=1):
         ``{wav_path: (duration_s, None)}`` for usable clips and ``{wav_path: (None, reason)}``
         for skipped ones.
     """
+
     def convert(job):
         return job[1], convert_clip(job[0], job[1], channel_policy)
 
@@ -353,7 +428,9 @@ def convert_clips(jobs, channel_policy, num_workers=1):
         results = map(convert, jobs)
         executor = None
     else:
-        executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_workers)
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=num_workers
+        )
         results = executor.map(convert, jobs)
     try:
         for wav_path, (duration, reason, action) in results:
@@ -365,8 +442,12 @@ def convert_clips(jobs, channel_policy, num_workers=1):
         if executor is not None:
             # Do not start the queued clips when one failed (e.g. disk full, Ctrl-C).
             executor.shutdown(wait=True, cancel_futures=True)
-    logger.info("MELD clips: %d converted, %d reused from an earlier run, %d skipped.",
-                actions["converted"], actions["reused"], actions["skipped"])
+    logger.info(
+        "MELD clips: %d converted, %d reused from an earlier run, %d skipped.",
+        actions["converted"],
+        actions["reused"],
+        actions["skipped"],
+    )
     return outcomes
 
 
@@ -425,15 +506,24 @@ def decode_audio(media_path, channel_policy="downmix", sample_rate=SAMPLE_RATE):
                 raise ClipError("no audio stream")
             stream = container.streams.audio[0]
             if channel_policy == "downmix":
-                resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+                resampler = av.AudioResampler(
+                    format="s16", layout="mono", rate=sample_rate
+                )
             elif channel_policy == "mean":
                 # Keep the channels (planar float) and average them below.
                 resampler = av.AudioResampler(format="fltp", rate=sample_rate)
             else:
-                raise ValueError(f"Unknown channel_policy {channel_policy!r}: use one of {CHANNEL_POLICIES}.")
+                raise ValueError(
+                    f"Unknown channel_policy {channel_policy!r}: use one of {CHANNEL_POLICIES}."
+                )
             for frame in container.decode(stream):
-                chunks.extend(resampled.to_ndarray() for resampled in resampler.resample(frame))
-            chunks.extend(resampled.to_ndarray() for resampled in resampler.resample(None))  # flush
+                chunks.extend(
+                    resampled.to_ndarray()
+                    for resampled in resampler.resample(frame)
+                )
+            chunks.extend(
+                resampled.to_ndarray() for resampled in resampler.resample(None)
+            )  # flush
     except av.FFmpegError as error:
         # strerror leaves out the path, so the report does not depend on where the corpus is.
         raise ClipError(f"undecodable ({error.strerror or error})") from error
@@ -449,10 +539,14 @@ def decode_audio(media_path, channel_policy="downmix", sample_rate=SAMPLE_RATE):
 
 def write_wav_atomically(wav_path, samples, sample_rate=SAMPLE_RATE):
     """Write ``(T,)`` int16 samples as a 16-bit wav: temporary file, then atomic rename."""
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(wav_path), prefix=TMP_PREFIX, suffix=".wav")
+    fd, tmp_path = tempfile.mkstemp(
+        dir=os.path.dirname(wav_path), prefix=TMP_PREFIX, suffix=".wav"
+    )
     os.close(fd)
     try:
-        soundfile.write(tmp_path, samples, sample_rate, subtype="PCM_16", format="WAV")
+        soundfile.write(
+            tmp_path, samples, sample_rate, subtype="PCM_16", format="WAV"
+        )
         os.replace(tmp_path, wav_path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -48,7 +48,12 @@ from ser_modules.manifest import (
     to_data_root_path,
     write_csv,
 )
-from ser_modules.splits import draw_validation, speaker_holdout_split, speaker_kfold, stratified_split
+from ser_modules.splits import (
+    draw_validation,
+    speaker_holdout_split,
+    speaker_kfold,
+    stratified_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +82,26 @@ def read_labels_csv(data_folder, labels_csv):
     extra_columns : list of str
         The CSV's other columns, in file order.
     """
-    check_utf8(labels_csv)  # a latin-1 file: an error naming it, not a bare UnicodeDecodeError
+    check_utf8(
+        labels_csv
+    )  # a latin-1 file: an error naming it, not a bare UnicodeDecodeError
     with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+        missing = [
+            column for column in REQUIRED_COLUMNS if column not in columns
+        ]
         if missing:
             raise ValueError(
                 f"{labels_csv} lacks the column(s) {missing} (found {columns}): a labels CSV needs "
                 "path (relative to --data_folder), emotion and speaker."
             )
-        extra_columns = [column for column in columns if column not in REQUIRED_COLUMNS]
-        clashing = [column for column in extra_columns if column in MANIFEST_COLUMNS]
+        extra_columns = [
+            column for column in columns if column not in REQUIRED_COLUMNS
+        ]
+        clashing = [
+            column for column in extra_columns if column in MANIFEST_COLUMNS
+        ]
         if clashing:
             raise ValueError(
                 f"{labels_csv} has column(s) {clashing} that the manifest computes itself: "
@@ -96,10 +109,15 @@ def read_labels_csv(data_folder, labels_csv):
             )
         entries, first_line = [], {}
         for line, row in enumerate(reader, start=2):
-            values = {column: (row[column] or "").strip() for column in REQUIRED_COLUMNS}
+            values = {
+                column: (row[column] or "").strip()
+                for column in REQUIRED_COLUMNS
+            }
             empty = [column for column, value in values.items() if not value]
             if empty:
-                raise ValueError(f"{labels_csv}, line {line}: empty {empty}; fill or remove the line.")
+                raise ValueError(
+                    f"{labels_csv}, line {line}: empty {empty}; fill or remove the line."
+                )
             path = os.path.normpath(os.path.join(data_folder, values["path"]))
             if path in first_line:
                 raise ValueError(
@@ -107,7 +125,11 @@ def read_labels_csv(data_folder, labels_csv):
                     f"{first_line[path]}; keep one line per file."
                 )
             first_line[path] = line
-            entry = {"path": path, "emo": values["emotion"].lower(), "spk_id": values["speaker"]}
+            entry = {
+                "path": path,
+                "emo": values["emotion"].lower(),
+                "spk_id": values["speaker"],
+            }
             entry.update({column: row[column] for column in extra_columns})
             entries.append(entry)
     return entries, extra_columns
@@ -138,30 +160,45 @@ def scan_tree(data_folder, speaker_regex=""):
     if speaker_regex:
         pattern = re.compile(speaker_regex)
         if pattern.groups < 1:
-            raise ValueError(f"--speaker_regex {speaker_regex!r} needs a group, e.g. '^(spk\\d+)_'.")
+            raise ValueError(
+                f"--speaker_regex {speaker_regex!r} needs a group, e.g. '^(spk\\d+)_'."
+            )
     entries, skipped = [], []
     for root, folders, files in os.walk(data_folder):
-        folders[:] = sorted(folder for folder in folders if not folder.startswith("."))
+        folders[:] = sorted(
+            folder for folder in folders if not folder.startswith(".")
+        )
         for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
+            if name.startswith(".") or not name.lower().endswith(
+                AUDIO_EXTENSIONS
+            ):
                 continue
             path = os.path.join(root, name)
             relative = os.path.relpath(path, data_folder).replace(os.sep, "/")
             emotion, _, within_emotion = relative.partition("/")
             if not within_emotion:
-                skipped.append((to_data_root_path(path, data_folder), "not inside an <emotion>/ folder"))
+                skipped.append(
+                    (
+                        to_data_root_path(path, data_folder),
+                        "not inside an <emotion>/ folder",
+                    )
+                )
                 continue
             if pattern is not None:
                 match = pattern.search(name)
                 speaker = match.group(1) if match else None
-                reason = f"--speaker_regex {speaker_regex!r} does not match the name"
+                reason = (
+                    f"--speaker_regex {speaker_regex!r} does not match the name"
+                )
             else:
                 speaker = default_speaker(within_emotion)
                 reason = "no speaker: the name has no '_' prefix (use --speaker_regex)"
             if not speaker:
                 skipped.append((to_data_root_path(path, data_folder), reason))
                 continue
-            entries.append({"path": path, "emo": emotion.lower(), "spk_id": speaker})
+            entries.append(
+                {"path": path, "emo": emotion.lower(), "spk_id": speaker}
+            )
     return entries, skipped
 
 
@@ -182,10 +219,16 @@ def to_manifest_rows(entries, data_folder):
             duration = audio_info(entry["path"])[0]
         except AudioError as error:
             logger.warning("Skipping an unreadable file: %s", error)
-            reason = "missing file" if not os.path.exists(entry["path"]) else "unreadable or empty audio"
+            reason = (
+                "missing file"
+                if not os.path.exists(entry["path"])
+                else "unreadable or empty audio"
+            )
             skipped.append((wav, reason))
             continue
-        identifier = os.path.splitext(wav[len("$data_root/") :])[0].replace("/", "-")
+        identifier = os.path.splitext(wav[len("$data_root/") :])[0].replace(
+            "/", "-"
+        )
         if identifier in ids:
             raise ValueError(
                 f"{ids[identifier]} and {wav} both give the utterance ID {identifier}: "
@@ -204,27 +247,40 @@ def split_positions(rows, split, n_folds, test_fraction, valid_fraction, seed):
     speakers = [row["spk_id"] for row in rows]
     if split == "speaker_kfold":
         folds = {}
-        for number, (train, test) in enumerate(speaker_kfold(labels, speakers, n_folds, seed), start=1):
+        for number, (train, test) in enumerate(
+            speaker_kfold(labels, speakers, n_folds, seed), start=1
+        ):
             train, valid = draw_validation(train, labels, valid_fraction, seed)
-            folds[f"fold{number}"] = {"train": train, "valid": valid, "test": test}
+            folds[f"fold{number}"] = {
+                "train": train,
+                "valid": valid,
+                "test": test,
+            }
         return folds
     if split == "stratified":
         train, test = stratified_split(labels, test_fraction, seed)
         train, valid = draw_validation(train, labels, valid_fraction, seed)
     else:
         train, test = speaker_holdout_split(speakers, test_fraction, seed)
-        train, valid = draw_validation(train, labels, valid_fraction, seed, speakers=speakers)
+        train, valid = draw_validation(
+            train, labels, valid_fraction, seed, speakers=speakers
+        )
     return {"main": {"train": train, "valid": valid, "test": test}}
 
 
 def manifest_paths(save_folder, split, n_folds):
     """``{fold or "main": {split: csv path}}``: ``foldK/`` sub-folders for k-fold only."""
     if split == "speaker_kfold":
-        folders = {f"fold{number}": f"fold{number}" for number in range(1, n_folds + 1)}
+        folders = {
+            f"fold{number}": f"fold{number}" for number in range(1, n_folds + 1)
+        }
     else:
         folders = {"main": ""}
     return {
-        name: {part: os.path.join(save_folder, folder, f"{part}.csv") for part in SPLITS}
+        name: {
+            part: os.path.join(save_folder, folder, f"{part}.csv")
+            for part in SPLITS
+        }
         for name, folder in folders.items()
     }
 
@@ -282,7 +338,9 @@ def prepare_custom(
         raise ValueError(f"Unknown split {split!r}: use one of {PROTOCOLS}.")
     data_folder = os.path.abspath(data_folder)
     if labels_csv:
-        labels_csv = os.path.join(data_folder, labels_csv)  # unchanged when already absolute
+        labels_csv = os.path.join(
+            data_folder, labels_csv
+        )  # unchanged when already absolute
         if not os.path.isfile(labels_csv):
             raise FileNotFoundError(
                 f"Labels CSV {labels_csv} not found: give a path relative to --data_folder or an "
@@ -290,7 +348,9 @@ def prepare_custom(
             )
     manifests = manifest_paths(save_folder, split, n_folds)
     skipped_path = os.path.join(save_folder, SKIPPED_FILE)
-    outputs = [path for parts in manifests.values() for path in parts.values()] + [skipped_path]
+    outputs = [
+        path for parts in manifests.values() for path in parts.values()
+    ] + [skipped_path]
     options = {
         "data_folder": data_folder,
         "labels_csv": labels_csv,
@@ -305,7 +365,9 @@ def prepare_custom(
     if skip_prep:
         return manifests
     if skip_preparation(save_folder, options, outputs):
-        logger.info("Manifests in %s are up to date: skipping preparation.", save_folder)
+        logger.info(
+            "Manifests in %s are up to date: skipping preparation.", save_folder
+        )
         return manifests
     invalidate_preparation(save_folder)
 
@@ -328,10 +390,18 @@ def prepare_custom(
         dict(sorted(collections.Counter(row["emo"] for row in rows).items())),
         len(skipped),
     )
-    atomic_write_text(skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
-    for name, positions in split_positions(rows, split, n_folds, test_fraction, valid_fraction, seed).items():
+    atomic_write_text(
+        skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+    )
+    for name, positions in split_positions(
+        rows, split, n_folds, test_fraction, valid_fraction, seed
+    ).items():
         for part in SPLITS:
-            write_csv(manifests[name][part], [rows[i] for i in positions[part]], MANIFEST_COLUMNS + extra_columns)
+            write_csv(
+                manifests[name][part],
+                [rows[i] for i in positions[part]],
+                MANIFEST_COLUMNS + extra_columns,
+            )
     mark_preparation_done(save_folder, options, outputs)
     return manifests
 

@@ -14,7 +14,10 @@ from custom_prepare import prepare_custom
 
 from ser_modules.architecture_ranking import main
 
-DATASET_DEFAULTS = {"crop_seconds": 6.5, "selection_metric": "UA"}  # as train.py: the same recipe
+DATASET_DEFAULTS = {
+    "crop_seconds": 6.5,
+    "selection_metric": "UA",
+}  # as train.py: the same recipe
 
 if __name__ == "__main__":
     main(prepare_custom, DATASET_DEFAULTS, "custom")

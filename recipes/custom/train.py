@@ -40,7 +40,11 @@ SMALL_CORPUS_DEFAULTS = {
 def top_level_keys(hparams_file):
     """Top-level keys of a YAML file (without loading it: it may hold !PLACEHOLDER)."""
     with open(hparams_file, encoding="utf-8") as handle:
-        return {line.split(":", 1)[0] for line in handle if line[:1].isalpha() and ":" in line}
+        return {
+            line.split(":", 1)[0]
+            for line in handle
+            if line[:1].isalpha() and ":" in line
+        }
 
 
 def dataset_defaults(hparams_file):
@@ -53,5 +57,13 @@ def dataset_defaults(hparams_file):
 
 
 if __name__ == "__main__":
-    first = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
-    main(prepare_custom, dataset_defaults(first) if first else DATASET_DEFAULTS, "custom")
+    first = (
+        sys.argv[1]
+        if len(sys.argv) > 1 and not sys.argv[1].startswith("-")
+        else None
+    )
+    main(
+        prepare_custom,
+        dataset_defaults(first) if first else DATASET_DEFAULTS,
+        "custom",
+    )

@@ -57,7 +57,9 @@ def derive_architecture(source, candidates=None):
     # torch.argmax returns the first maximal index, which is the documented tie-break.
     chosen = torch.argmax(theta, dim=1)  # (L,)
     is_max = theta == theta.max(dim=1, keepdim=True).values  # (L, K)
-    ties = [layer for layer in range(theta.shape[0]) if int(is_max[layer].sum()) > 1]
+    ties = [
+        layer for layer in range(theta.shape[0]) if int(is_max[layer].sum()) > 1
+    ]
     return [candidates[int(index)] for index in chosen], ties
 
 
@@ -135,17 +137,23 @@ def load_architecture(path):
     """
     with open(path, encoding="utf-8") as handle:
         record = json.load(handle)
-    missing = {"architecture", "candidates", "probabilities", "ties"} - set(record)
+    missing = {"architecture", "candidates", "probabilities", "ties"} - set(
+        record
+    )
     if missing:
         raise ValueError(
             f"{path} lacks the keys {sorted(missing)}: it was not written by "
             "save_architecture; rerun the search or rewrite the file."
         )
-    record["probabilities"] = torch.tensor(record["probabilities"], dtype=torch.float64)
+    record["probabilities"] = torch.tensor(
+        record["probabilities"], dtype=torch.float64
+    )
     return record
 
 
-def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajectory=None):
+def plot_theta_heatmap(
+    probabilities, candidates, path, title, dpi=100, trajectory=None
+):
     """Saves the ``softmax(theta)`` table as an annotated heatmap PNG, with its trajectory.
 
     Layers run down the rows (layer 1 at the top), candidates across the columns; every
@@ -185,7 +193,9 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajecto
     table_width = 2.5 + 1.5 * num_candidates
     height = 1.5 + 0.5 * num_layers
     if trajectory is not None:
-        history = torch.as_tensor(trajectory["probabilities"], dtype=torch.float64).numpy()
+        history = torch.as_tensor(
+            trajectory["probabilities"], dtype=torch.float64
+        ).numpy()
         if history.ndim != 3 or history.shape[1:] != values.shape:
             raise ValueError(
                 f"The trajectory has shape {history.shape}, expected (epochs, {num_layers}, {num_candidates})."
@@ -193,15 +203,27 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajecto
         height = max(height, 2.2 * num_layers)
     # A bare Figure (no pyplot) renders PNGs with the Agg canvas, needs no display and
     # touches no global backend state.
-    figure = Figure(figsize=(table_width + (6.0 if trajectory is not None else 0.0), height), dpi=dpi)
+    figure = Figure(
+        figsize=(
+            table_width + (6.0 if trajectory is not None else 0.0),
+            height,
+        ),
+        dpi=dpi,
+    )
     if trajectory is None:
         axes = figure.add_subplot()
     else:
-        grid = figure.add_gridspec(num_layers, 2, width_ratios=[table_width, 6.0])
+        grid = figure.add_gridspec(
+            num_layers, 2, width_ratios=[table_width, 6.0]
+        )
         axes = figure.add_subplot(grid[:, 0])
-    image = axes.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    image = axes.imshow(
+        values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto"
+    )
     axes.set_xticks(range(num_candidates), labels=list(candidates))
-    axes.set_yticks(range(num_layers), labels=[f"layer {l + 1}" for l in range(num_layers)])
+    axes.set_yticks(
+        range(num_layers), labels=[f"layer {l + 1}" for l in range(num_layers)]
+    )
     axes.set_xlabel("candidate block")
     axes.set_title(title)
     for layer in range(num_layers):
@@ -209,7 +231,14 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajecto
             value = values[layer, column]
             # Dark text on the bright end of viridis, light text elsewhere.
             colour = "black" if value > 0.6 else "white"
-            axes.text(column, layer, f"{value:.2f}", ha="center", va="center", color=colour)
+            axes.text(
+                column,
+                layer,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                color=colour,
+            )
     figure.colorbar(image, ax=axes, label="softmax(theta)")
     if trajectory is not None:
         epochs = list(trajectory["epochs"])
@@ -222,7 +251,12 @@ def plot_theta_heatmap(probabilities, candidates, path, title, dpi=100, trajecto
             panel.set_ylabel(f"layer {layer + 1}")
             if temperatures is not None:
                 twin = panel.twinx()
-                twin.plot(epochs, torch.as_tensor(temperatures).numpy(), "k--", linewidth=0.8)
+                twin.plot(
+                    epochs,
+                    torch.as_tensor(temperatures).numpy(),
+                    "k--",
+                    linewidth=0.8,
+                )
                 twin.set_ylabel("tau (dashed)", fontsize=8)
             if layer == 0:
                 panel.set_title("softmax(theta) per search epoch")
@@ -290,8 +324,13 @@ def format_block_table(table, candidates, value_format="{:.3f}"):
     """
     rows = [["layer", *candidates]]
     for layer, values in enumerate(table.tolist()):
-        rows.append([str(layer + 1), *(value_format.format(value) for value in values)])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        rows.append(
+            [str(layer + 1), *(value_format.format(value) for value in values)]
+        )
+    widths = [
+        max(len(row[column]) for row in rows) for column in range(len(rows[0]))
+    ]
     return "\n".join(
-        "  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows
+        "  ".join(cell.rjust(width) for cell, width in zip(row, widths))
+        for row in rows
     )

@@ -191,11 +191,15 @@ class TransformerEncoderBlock(torch.nn.Module):
         torch.Tensor
             ``(B, T, D)``.
         """
-        attended = self.self_attention(x, padding_mask)  # (B, T, D) = Norm1(X + MSA(X))
+        attended = self.self_attention(
+            x, padding_mask
+        )  # (B, T, D) = Norm1(X + MSA(X))
         return self.norm(attended + self.feed_forward(attended))
 
 
-def temporal_shift(x, padding_mask=None, shift_div=4, stride=1, bidirectional=True):
+def temporal_shift(
+    x, padding_mask=None, shift_div=4, stride=1, bidirectional=True
+):
     """Shifts a share of the channels along time, filling the vacated frames with zeros.
 
     With ``fold = D // shift_div``: channels ``[0, fold)`` move ``stride`` frames forward
@@ -231,10 +235,14 @@ def temporal_shift(x, padding_mask=None, shift_div=4, stride=1, bidirectional=Tr
         x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
     num_frames, dim = x.shape[1], x.shape[2]
     fold = dim // shift_div
-    forward = F.pad(x[..., :fold], (0, 0, stride, 0))[:, :num_frames]  # (B, T, fold)
+    forward = F.pad(x[..., :fold], (0, 0, stride, 0))[
+        :, :num_frames
+    ]  # (B, T, fold)
     if not bidirectional:
         return torch.cat([forward, x[..., fold:]], dim=-1)
-    backward = F.pad(x[..., fold : 2 * fold], (0, 0, 0, stride))[:, stride : stride + num_frames]
+    backward = F.pad(x[..., fold : 2 * fold], (0, 0, 0, stride))[
+        :, stride : stride + num_frames
+    ]
     return torch.cat([forward, backward, x[..., 2 * fold :]], dim=-1)
 
 
@@ -259,9 +267,21 @@ class ShiftBlock(torch.nn.Module):
         See :func:`temporal_shift` (Shiftformer: 4, 1, True).
     """
 
-    def __init__(self, dim, ffn_dim, dropout=0.0, shift_div=4, stride=1, bidirectional=True):
+    def __init__(
+        self,
+        dim,
+        ffn_dim,
+        dropout=0.0,
+        shift_div=4,
+        stride=1,
+        bidirectional=True,
+    ):
         super().__init__()
-        if shift_div < (2 if bidirectional else 1) or dim // shift_div < 1 or stride < 1:
+        if (
+            shift_div < (2 if bidirectional else 1)
+            or dim // shift_div < 1
+            or stride < 1
+        ):
             raise ValueError(
                 f"Cannot shift 1/{shift_div} of {dim} channels by {stride} frames "
                 f"(bidirectional={bidirectional}): use shift_div <= {dim}, at least 2 when "
@@ -296,8 +316,12 @@ class ShiftBlock(torch.nn.Module):
         torch.Tensor
             ``(B, T, D)``.
         """
-        shifted = temporal_shift(x, padding_mask, self.shift_div, self.stride, self.bidirectional)
-        hidden = self.linear2(self.activation(self.linear1(shifted)))  # (B, T, D)
+        shifted = temporal_shift(
+            x, padding_mask, self.shift_div, self.stride, self.bidirectional
+        )
+        hidden = self.linear2(
+            self.activation(self.linear1(shifted))
+        )  # (B, T, D)
         return self.norm(shifted + self.dropout(hidden))
 
 
@@ -323,13 +347,19 @@ def window_attention_mask(padding_mask, num_frames, window, device=None):
     """
     device = padding_mask.device if padding_mask is not None else device
     positions = torch.arange(num_frames, device=device)
-    allowed = torch.ones(num_frames, num_frames, dtype=torch.bool, device=device)
+    allowed = torch.ones(
+        num_frames, num_frames, dtype=torch.bool, device=device
+    )
     if window is not None:
-        allowed = (positions[:, None] - positions[None, :]).abs() <= window // 2  # (T, T)
+        allowed = (
+            positions[:, None] - positions[None, :]
+        ).abs() <= window // 2  # (T, T)
     allowed = allowed.unsqueeze(0)  # (1, T, T)
     if padding_mask is not None:
         allowed = allowed & ~padding_mask[:, None, :]  # (B, T, T)
-        allowed = allowed | torch.eye(num_frames, dtype=torch.bool, device=device)
+        allowed = allowed | torch.eye(
+            num_frames, dtype=torch.bool, device=device
+        )
     return allowed.unsqueeze(1)
 
 
@@ -365,7 +395,9 @@ class WindowedSelfAttention(torch.nn.Module):
                 "count that divides it."
             )
         if window is not None and (window < 1 or window % 2 == 0):
-            raise ValueError(f"The attention window must be an odd number of frames, got {window}.")
+            raise ValueError(
+                f"The attention window must be an odd number of frames, got {window}."
+            )
         self.num_heads = num_heads
         self.window = window
         self.attention_dropout = attention_dropout
@@ -389,17 +421,25 @@ class WindowedSelfAttention(torch.nn.Module):
         """
         batch, num_frames, dim = x.shape
         head_dim = dim // self.num_heads
-        qkv = self.project_qkv(x).view(batch, num_frames, 3, self.num_heads, head_dim)
+        qkv = self.project_qkv(x).view(
+            batch, num_frames, 3, self.num_heads, head_dim
+        )
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, d)
         dropout = self.attention_dropout if self.training else 0.0
         if self.window is None or self.window >= 2 * num_frames - 1:
-            allowed = window_attention_mask(padding_mask, num_frames, None, device=x.device)
+            allowed = window_attention_mask(
+                padding_mask, num_frames, None, device=x.device
+            )
             attended = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=allowed, dropout_p=dropout
             )  # (B, H, T, d)
         else:
-            attended = self.banded_attention(query, key, value, padding_mask, dropout)
-        return self.project_out(attended.transpose(1, 2).reshape(batch, num_frames, dim))
+            attended = self.banded_attention(
+                query, key, value, padding_mask, dropout
+            )
+        return self.project_out(
+            attended.transpose(1, 2).reshape(batch, num_frames, dim)
+        )
 
     def banded_attention(self, query, key, value, padding_mask, dropout):
         """Attention over the ``window`` keys around each query, without a T x T matrix.
@@ -418,22 +458,40 @@ class WindowedSelfAttention(torch.nn.Module):
         half = self.window // 2
         padded_keys = F.pad(key, (0, 0, half, half))  # (B, H, T + 2 half, d)
         padded_values = F.pad(value, (0, 0, half, half))
-        valid = torch.ones(batch, num_frames, dtype=torch.bool, device=query.device)
+        valid = torch.ones(
+            batch, num_frames, dtype=torch.bool, device=query.device
+        )
         if padding_mask is not None:
             valid = ~padding_mask
-        padded_valid = F.pad(valid, (half, half), value=False)  # (B, T + 2 half)
+        padded_valid = F.pad(
+            valid, (half, half), value=False
+        )  # (B, T + 2 half)
         query = query * head_dim**-0.5
         scores, allowed = [], []
-        for offset in range(self.window):  # key of frame t at offset: frame t + offset - half
-            scores.append((query * padded_keys[:, :, offset : offset + num_frames]).sum(dim=-1))
-            allowed.append(padded_valid[:, offset : offset + num_frames] | (offset == half))
+        for offset in range(
+            self.window
+        ):  # key of frame t at offset: frame t + offset - half
+            scores.append(
+                (query * padded_keys[:, :, offset : offset + num_frames]).sum(
+                    dim=-1
+                )
+            )
+            allowed.append(
+                padded_valid[:, offset : offset + num_frames] | (offset == half)
+            )
         scores = torch.stack(scores, dim=-1)  # (B, H, T, w)
         allowed = torch.stack(allowed, dim=-1).unsqueeze(1)  # (B, 1, T, w)
-        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        weights = torch.softmax(
+            scores.masked_fill(~allowed, float("-inf")), dim=-1
+        )
         weights = F.dropout(weights, p=dropout, training=dropout > 0)
         attended = 0.0
         for offset in range(self.window):
-            attended = attended + weights[..., offset : offset + 1] * padded_values[:, :, offset : offset + num_frames]
+            attended = (
+                attended
+                + weights[..., offset : offset + 1]
+                * padded_values[:, :, offset : offset + num_frames]
+            )
         return attended
 
 
@@ -461,10 +519,20 @@ class SpeechFormerLayer(torch.nn.Module):
         Dropout on the attention probabilities (0.1).
     """
 
-    def __init__(self, dim, num_heads, ffn_dim, window=None, dropout=0.1, attention_dropout=0.1):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        ffn_dim,
+        window=None,
+        dropout=0.1,
+        attention_dropout=0.1,
+    ):
         super().__init__()
         self.window = window
-        self.attention = WindowedSelfAttention(dim, num_heads, window, attention_dropout)
+        self.attention = WindowedSelfAttention(
+            dim, num_heads, window, attention_dropout
+        )
         self.attention_norm = torch.nn.LayerNorm(dim)
         self.linear1 = torch.nn.Linear(dim, ffn_dim)
         self.linear2 = torch.nn.Linear(ffn_dim, dim)
@@ -474,7 +542,14 @@ class SpeechFormerLayer(torch.nn.Module):
     @classmethod
     def from_widths(cls, dim, num_heads, ffn_dim, dropout):
         """The candidate: a window of ``SPEECHFORMER_CANDIDATE_WINDOW`` frames."""
-        return cls(dim, num_heads, ffn_dim, SPEECHFORMER_CANDIDATE_WINDOW, dropout, dropout)
+        return cls(
+            dim,
+            num_heads,
+            ffn_dim,
+            SPEECHFORMER_CANDIDATE_WINDOW,
+            dropout,
+            dropout,
+        )
 
     def forward(self, x, padding_mask=None, position=None):
         """Windowed attention, then the FFN, each with residual and post-LayerNorm.
@@ -494,7 +569,9 @@ class SpeechFormerLayer(torch.nn.Module):
             ``(B, T, D)``.
         """
         attention_input = x if position is None else x + position
-        x = self.attention_norm(x + self.dropout(self.attention(attention_input, padding_mask)))
+        x = self.attention_norm(
+            x + self.dropout(self.attention(attention_input, padding_mask))
+        )
         hidden = self.dropout(F.relu(self.linear1(x)))  # (B, T, F)
         return self.final_norm(x + self.dropout(self.linear2(hidden)))
 

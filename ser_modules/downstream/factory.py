@@ -20,7 +20,14 @@ from ser_modules.downstream.models import BlockStackClassifier, SuperbClassifier
 from ser_modules.downstream.shiftformer import ShiftformerClassifier
 from ser_modules.downstream.speechformer import SpeechFormerClassifier
 
-DOWNSTREAM_MODELS = ("superb", "transformer", "ffn", "blocks", "shiftformer", "speechformer")
+DOWNSTREAM_MODELS = (
+    "superb",
+    "transformer",
+    "ffn",
+    "blocks",
+    "shiftformer",
+    "speechformer",
+)
 
 
 def downstream_architecture(model, num_layers=None, architecture=None):
@@ -29,22 +36,45 @@ def downstream_architecture(model, num_layers=None, architecture=None):
         return None
     if model == "transformer":
         if not num_layers or int(num_layers) < 1:
-            raise ValueError("downstream_model=transformer needs num_layers >= 1.")
+            raise ValueError(
+                "downstream_model=transformer needs num_layers >= 1."
+            )
         return ["msa_ffn"] * int(num_layers)
     if model == "ffn":
         return ["ffn"]
     if model == "blocks":
         if not architecture:
-            raise ValueError("downstream_model=blocks needs an architecture, e.g. [ffn, msa, msa_ffn].")
+            raise ValueError(
+                "downstream_model=blocks needs an architecture, e.g. [ffn, msa, msa_ffn]."
+            )
         return list(architecture)
-    raise ValueError(f"Unknown downstream_model {model!r}: choose one of {DOWNSTREAM_MODELS}.")
+    raise ValueError(
+        f"Unknown downstream_model {model!r}: choose one of {DOWNSTREAM_MODELS}."
+    )
 
 
-def build_downstream(model, input_dim, num_classes, num_layers=None, architecture=None,
-                     hidden=256, model_dim=None, num_heads=8, ffn_dim=2048, dropout=0.1, pooling="mean",
-                     shift_layers=2, shift_mlp_ratio=4, shift_div=4, shift_stride=1,
-                     shift_bidirectional=True, spec_augment=True, frame_hop_ms=20,
-                     speechformer_layers=(2, 2, 4, 4), speechformer_expand=(1, 1, 1)):
+def build_downstream(
+    model,
+    input_dim,
+    num_classes,
+    num_layers=None,
+    architecture=None,
+    hidden=256,
+    model_dim=None,
+    num_heads=8,
+    ffn_dim=2048,
+    dropout=0.1,
+    pooling="mean",
+    shift_layers=2,
+    shift_mlp_ratio=4,
+    shift_div=4,
+    shift_stride=1,
+    shift_bidirectional=True,
+    spec_augment=True,
+    frame_hop_ms=20,
+    speechformer_layers=(2, 2, 4, 4),
+    speechformer_expand=(1, 1, 1),
+):
     """Build the downstream model named ``model`` (see the module docstring).
 
     Arguments
@@ -66,10 +96,16 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
     """
     if model == "shiftformer":
         return ShiftformerClassifier(
-            input_dim, num_classes, num_layers=int(shift_layers), mlp_ratio=int(shift_mlp_ratio),
-            shift_div=int(shift_div), shift_stride=int(shift_stride),
-            bidirectional=bool(shift_bidirectional), dropout=dropout,
-            spec_augment=bool(spec_augment), model_dim=model_dim,
+            input_dim,
+            num_classes,
+            num_layers=int(shift_layers),
+            mlp_ratio=int(shift_mlp_ratio),
+            shift_div=int(shift_div),
+            shift_stride=int(shift_stride),
+            bidirectional=bool(shift_bidirectional),
+            dropout=dropout,
+            spec_augment=bool(spec_augment),
+            model_dim=model_dim,
         )
     if model == "speechformer":
         if model_dim is not None:
@@ -78,13 +114,27 @@ def build_downstream(model, input_dim, num_classes, num_layers=None, architectur
                 f"the widths after it): leave block_dim / model_dim empty, got {model_dim}."
             )
         return SpeechFormerClassifier(
-            input_dim, num_classes, frame_hop_ms=frame_hop_ms, stage_layers=speechformer_layers,
-            expand=speechformer_expand, num_heads=num_heads, dropout=dropout, attention_dropout=dropout,
+            input_dim,
+            num_classes,
+            frame_hop_ms=frame_hop_ms,
+            stage_layers=speechformer_layers,
+            expand=speechformer_expand,
+            num_heads=num_heads,
+            dropout=dropout,
+            attention_dropout=dropout,
         )
     blocks = downstream_architecture(model, num_layers, architecture)
     if blocks is None:
-        return SuperbClassifier(input_dim, num_classes, hidden=hidden, pooling=pooling)
+        return SuperbClassifier(
+            input_dim, num_classes, hidden=hidden, pooling=pooling
+        )
     return BlockStackClassifier(
-        input_dim, num_classes, blocks, model_dim=model_dim, num_heads=num_heads,
-        ffn_dim=ffn_dim, dropout=dropout, pooling=pooling,
+        input_dim,
+        num_classes,
+        blocks,
+        model_dim=model_dim,
+        num_heads=num_heads,
+        ffn_dim=ffn_dim,
+        dropout=dropout,
+        pooling=pooling,
     )

@@ -87,9 +87,15 @@ def masked_stats_pool(x, lens):
     """
     valid = valid_frame_mask(lens, x.shape[1]).unsqueeze(-1)  # (B, T, 1)
     mean = masked_mean_pool(x, lens)  # (B, D)
-    centred = torch.where(valid, x - mean.unsqueeze(1), torch.zeros_like(x))  # (B, T, D)
-    variance = centred.pow(2).sum(dim=1) / valid.sum(dim=1).to(x.dtype)  # (B, D)
-    return torch.cat([mean, torch.sqrt(variance.clamp(min=1e-8))], dim=-1)  # (B, 2 D)
+    centred = torch.where(
+        valid, x - mean.unsqueeze(1), torch.zeros_like(x)
+    )  # (B, T, D)
+    variance = centred.pow(2).sum(dim=1) / valid.sum(dim=1).to(
+        x.dtype
+    )  # (B, D)
+    return torch.cat(
+        [mean, torch.sqrt(variance.clamp(min=1e-8))], dim=-1
+    )  # (B, 2 D)
 
 
 POOLINGS = {"mean": (masked_mean_pool, 1), "stats": (masked_stats_pool, 2)}
@@ -98,7 +104,9 @@ POOLINGS = {"mean": (masked_mean_pool, 1), "stats": (masked_stats_pool, 2)}
 def pooling_function(pooling):
     """``(pool(x (B, T, D), lens) -> (B, k D), k)`` of a pooling name (``mean`` or ``stats``)."""
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}: use one of {sorted(POOLINGS)}.")
+        raise ValueError(
+            f"Unknown pooling {pooling!r}: use one of {sorted(POOLINGS)}."
+        )
     return POOLINGS[pooling]
 
 
@@ -243,7 +251,9 @@ class LayerStackClassifier(torch.nn.Module):
         ``"mean"`` (the paper) or ``"stats"`` (mean and standard deviation).
     """
 
-    def __init__(self, input_dim, num_classes, model_dim, layers, pooling="mean"):
+    def __init__(
+        self, input_dim, num_classes, model_dim, layers, pooling="mean"
+    ):
         super().__init__()
         self.pooling = pooling
         self.pool, factor = pooling_function(pooling)
@@ -274,7 +284,9 @@ class LayerStackClassifier(torch.nn.Module):
         torch.Tensor
             ``(B, C)`` logits.
         """
-        padding_mask = ~valid_frame_mask(lens, feats.shape[1])  # (B, T), True = padded
+        padding_mask = ~valid_frame_mask(
+            lens, feats.shape[1]
+        )  # (B, T), True = padded
         # Zero the padding first: attention gives masked keys weight 0, but 0 * NaN or
         # 0 * inf from garbage padding would still be NaN.
         x = feats.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # (B, T, D)
@@ -328,10 +340,15 @@ class BlockStackClassifier(LayerStackClassifier):
         pooling="mean",
     ):
         if len(architecture) == 0:
-            raise ValueError("The architecture needs at least one block, got an empty list.")
+            raise ValueError(
+                "The architecture needs at least one block, got an empty list."
+            )
         width = input_dim if model_dim is None else model_dim
         layers = [
-            build_block(name, width, num_heads, ffn_dim, dropout) for name in architecture
+            build_block(name, width, num_heads, ffn_dim, dropout)
+            for name in architecture
         ]
-        super().__init__(input_dim, num_classes, model_dim, layers, pooling=pooling)
+        super().__init__(
+            input_dim, num_classes, model_dim, layers, pooling=pooling
+        )
         self.architecture = list(architecture)

@@ -30,7 +30,9 @@ class GlobalFrameNormalization(InputNormalization):
     """
 
     def __init__(self, update_until_epoch=2):
-        super().__init__(norm_type="global", update_until_epoch=update_until_epoch)
+        super().__init__(
+            norm_type="global", update_until_epoch=update_until_epoch
+        )
 
     def _update_global_stats(self, x, mask):
         # A NaN would stay in the running statistics for good (and be exported with them).

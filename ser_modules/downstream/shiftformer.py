@@ -52,8 +52,15 @@ class SpecAugment(torch.nn.Module):
         False: the module is the identity (its parameter is kept, so checkpoints match).
     """
 
-    def __init__(self, dim, time_mask_length=15, time_mask_prob=0.08, feature_mask_length=64,
-                 feature_mask_prob=0.05, enabled=True):
+    def __init__(
+        self,
+        dim,
+        time_mask_length=15,
+        time_mask_prob=0.08,
+        feature_mask_length=64,
+        feature_mask_prob=0.05,
+        enabled=True,
+    ):
         super().__init__()
         self.masked_spec_embed = torch.nn.Parameter(torch.empty(dim).uniform_())
         self.time_mask_length = time_mask_length
@@ -82,26 +89,38 @@ class SpecAugment(torch.nn.Module):
         if not (self.training and self.enabled):
             return x
         batch, num_frames, dim = x.shape
-        spans = torch.zeros(batch, num_frames, dtype=torch.bool, device=x.device)
+        spans = torch.zeros(
+            batch, num_frames, dtype=torch.bool, device=x.device
+        )
         if self.time_mask_prob > 0 and num_frames >= self.time_mask_length:
             lengths = (~padding_mask).long()
             # Utterances shorter than one span keep all their frames; transformers would
             # otherwise refuse the batch.
             too_short = lengths.sum(dim=1) < self.time_mask_length
             drawn = _compute_mask_indices(
-                (batch, num_frames), self.time_mask_prob, self.time_mask_length,
-                attention_mask=lengths.masked_fill(too_short[:, None], 1), min_masks=2,
+                (batch, num_frames),
+                self.time_mask_prob,
+                self.time_mask_length,
+                attention_mask=lengths.masked_fill(too_short[:, None], 1),
+                min_masks=2,
             )
             spans = torch.from_numpy(np.asarray(drawn, dtype=bool)).to(x.device)
             spans &= ~padding_mask & ~too_short[:, None]
         # Always in the graph (even with no span drawn), so DistributedDataParallel finds a
         # gradient for the embedding on every rank.
-        x = torch.where(spans.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        x = torch.where(
+            spans.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x
+        )
         if self.feature_mask_prob > 0:
             channels = _compute_mask_indices(
-                (batch, dim), self.feature_mask_prob, self.feature_mask_length, min_masks=1
+                (batch, dim),
+                self.feature_mask_prob,
+                self.feature_mask_length,
+                min_masks=1,
             )
-            channels = torch.from_numpy(np.asarray(channels, dtype=bool)).to(x.device)
+            channels = torch.from_numpy(np.asarray(channels, dtype=bool)).to(
+                x.device
+            )
             x = x.masked_fill(channels.unsqueeze(1), 0.0)
         return x
 
@@ -137,13 +156,33 @@ class ShiftformerClassifier(LayerStackClassifier):
         Project the features to this width first (None: work at D, as the authors).
     """
 
-    def __init__(self, input_dim, num_classes, num_layers=2, mlp_ratio=4, shift_div=4, shift_stride=1,
-                 bidirectional=True, dropout=0.0, spec_augment=True, model_dim=None):
+    def __init__(
+        self,
+        input_dim,
+        num_classes,
+        num_layers=2,
+        mlp_ratio=4,
+        shift_div=4,
+        shift_stride=1,
+        bidirectional=True,
+        dropout=0.0,
+        spec_augment=True,
+        model_dim=None,
+    ):
         if num_layers < 1:
-            raise ValueError(f"Shiftformer needs at least one block, got num_layers={num_layers}.")
+            raise ValueError(
+                f"Shiftformer needs at least one block, got num_layers={num_layers}."
+            )
         width = input_dim if model_dim is None else model_dim
         layers = [
-            ShiftBlock(width, mlp_ratio * width, dropout, shift_div, shift_stride, bidirectional)
+            ShiftBlock(
+                width,
+                mlp_ratio * width,
+                dropout,
+                shift_div,
+                shift_stride,
+                bidirectional,
+            )
             for _ in range(num_layers)
         ]
         super().__init__(input_dim, num_classes, model_dim, layers)

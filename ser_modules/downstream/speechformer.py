@@ -86,10 +86,18 @@ def sinusoidal_encoding(num_frames, dim, device=None, dtype=torch.float32):
 
     ``PE[t, j] = sin / cos(t / 10000^(2 (j // 2) / D))``, as the authors' table.
     """
-    positions = torch.arange(num_frames, device=device, dtype=torch.float64)[:, None]
-    rates = torch.pow(10000.0, -2.0 * (torch.arange(dim, device=device) // 2).double() / dim)
+    positions = torch.arange(num_frames, device=device, dtype=torch.float64)[
+        :, None
+    ]
+    rates = torch.pow(
+        10000.0, -2.0 * (torch.arange(dim, device=device) // 2).double() / dim
+    )
     angles = positions * rates[None, :]  # (T, D)
-    encoding = torch.where(torch.arange(dim, device=device) % 2 == 0, torch.sin(angles), torch.cos(angles))
+    encoding = torch.where(
+        torch.arange(dim, device=device) % 2 == 0,
+        torch.sin(angles),
+        torch.cos(angles),
+    )
     return encoding.to(dtype)
 
 
@@ -119,9 +127,13 @@ def merge_frames(x, padding_mask, merge):
     batch, num_frames, dim = x.shape
     num_chunks = math.ceil(num_frames / merge)
     pad = num_chunks * merge - num_frames
-    x = torch.nn.functional.pad(x.masked_fill(padding_mask.unsqueeze(-1), 0.0), (0, 0, 0, pad))
+    x = torch.nn.functional.pad(
+        x.masked_fill(padding_mask.unsqueeze(-1), 0.0), (0, 0, 0, pad)
+    )
     valid = torch.nn.functional.pad(~padding_mask, (0, pad), value=False)
-    merged = x.view(batch, num_chunks, merge, dim).sum(dim=2) / merge  # (B, T', D)
+    merged = (
+        x.view(batch, num_chunks, merge, dim).sum(dim=2) / merge
+    )  # (B, T', D)
     merged_mask = ~valid.view(batch, num_chunks, merge).any(dim=2)  # (B, T')
     return merged, merged_mask
 
@@ -164,13 +176,24 @@ class SpeechFormerStage(torch.nn.Module):
         Add the sinusoidal positional encoding to every layer's attention input.
     """
 
-    def __init__(self, num_layers, dim, num_heads, ffn_dim, window, dropout, attention_dropout,
-                 use_position=False):
+    def __init__(
+        self,
+        num_layers,
+        dim,
+        num_heads,
+        ffn_dim,
+        window,
+        dropout,
+        attention_dropout,
+        use_position=False,
+    ):
         super().__init__()
         self.use_position = use_position
         self.input_norm = torch.nn.LayerNorm(dim)
         self.layers = torch.nn.ModuleList(
-            SpeechFormerLayer(dim, num_heads, ffn_dim, window, dropout, attention_dropout)
+            SpeechFormerLayer(
+                dim, num_heads, ffn_dim, window, dropout, attention_dropout
+            )
             for _ in range(num_layers)
         )
         for parameter in self.parameters():
@@ -181,7 +204,9 @@ class SpeechFormerStage(torch.nn.Module):
         """``(B, T, D)`` -> ``(B, T, D)``; padded frames never reach a valid frame."""
         position = None
         if self.use_position:
-            position = sinusoidal_encoding(x.shape[1], x.shape[2], x.device, x.dtype)
+            position = sinusoidal_encoding(
+                x.shape[1], x.shape[2], x.device, x.dtype
+            )
         x = self.input_norm(x)
         for layer in self.layers:
             x = layer(x, padding_mask, position)
@@ -218,9 +243,19 @@ class SpeechFormerClassifier(torch.nn.Module):
         Dropout in the classifier MLP (0.5).
     """
 
-    def __init__(self, input_dim, num_classes, frame_hop_ms=20, stage_layers=(2, 2, 4, 4),
-                 expand=(1, 1, 1), num_heads=8, ffn_ratio=0.5, dropout=0.1, attention_dropout=0.1,
-                 classifier_dropout=0.5):
+    def __init__(
+        self,
+        input_dim,
+        num_classes,
+        frame_hop_ms=20,
+        stage_layers=(2, 2, 4, 4),
+        expand=(1, 1, 1),
+        num_heads=8,
+        ffn_ratio=0.5,
+        dropout=0.1,
+        attention_dropout=0.1,
+        classifier_dropout=0.5,
+    ):
         super().__init__()
         stage_layers, expand = list(stage_layers), list(expand)
         if len(stage_layers) != 4 or len(expand) != 3:
@@ -230,7 +265,9 @@ class SpeechFormerClassifier(torch.nn.Module):
             )
         width = (input_dim // num_heads) * num_heads
         if width < 1:
-            raise ValueError(f"{input_dim}-dim features cannot feed {num_heads} heads.")
+            raise ValueError(
+                f"{input_dim}-dim features cannot feed {num_heads} heads."
+            )
         self.input_dim = input_dim
         self.num_classes = num_classes
         self.frame_hop_ms = frame_hop_ms
@@ -247,14 +284,26 @@ class SpeechFormerClassifier(torch.nn.Module):
         self.stages = torch.nn.ModuleList()
         self.merge_blocks = torch.nn.ModuleList()
         dim = width
-        for index, (num_layers, window) in enumerate(zip(stage_layers, self.windows)):
+        for index, (num_layers, window) in enumerate(
+            zip(stage_layers, self.windows)
+        ):
             ffn_dim = int(dim * ffn_ratio)
-            self.stages.append(SpeechFormerStage(
-                num_layers, dim, num_heads, ffn_dim, window, dropout, attention_dropout,
-                use_position=index == 0,
-            ))
+            self.stages.append(
+                SpeechFormerStage(
+                    num_layers,
+                    dim,
+                    num_heads,
+                    ffn_dim,
+                    window,
+                    dropout,
+                    attention_dropout,
+                    use_position=index == 0,
+                )
+            )
             if index < len(self.merges):
-                self.merge_blocks.append(MergeBlock(dim, self.merges[index], expand[index]))
+                self.merge_blocks.append(
+                    MergeBlock(dim, self.merges[index], expand[index])
+                )
                 dim *= expand[index]
         self.classifier = torch.nn.Sequential(
             torch.nn.Linear(dim, dim // 2),
@@ -277,7 +326,9 @@ class SpeechFormerClassifier(torch.nn.Module):
             ``(B, T'')``, True on padded frames.
         """
         padding_mask = ~valid_frame_mask(lens, feats.shape[1])  # (B, T)
-        x = feats[..., : self.width].masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = feats[..., : self.width].masked_fill(
+            padding_mask.unsqueeze(-1), 0.0
+        )
         for index, stage in enumerate(self.stages):
             x = stage(x, padding_mask)
             if index < len(self.merge_blocks):
@@ -301,7 +352,9 @@ class SpeechFormerClassifier(torch.nn.Module):
         """
         x, padding_mask = self.frame_features(feats, lens)
         valid = (~padding_mask).unsqueeze(-1)  # (B, T'', 1)
-        pooled = torch.where(valid, x, torch.zeros_like(x)).sum(dim=1) / valid.sum(dim=1).to(x.dtype)
+        pooled = torch.where(valid, x, torch.zeros_like(x)).sum(
+            dim=1
+        ) / valid.sum(dim=1).to(x.dtype)
         return self.classifier(pooled)
 
 
@@ -317,9 +370,16 @@ def upstream_frame_hop_ms(upstream_kind, fbank_hop_ms=None):
     from ser_modules.upstreams.fbank import FbankUpstream
     from ser_modules.upstreams.opensmile import FEATURE_SETS, OpenSmileUpstream
 
-    feature_upstreams = {"fbank": FbankUpstream, **{name: OpenSmileUpstream for name in FEATURE_SETS}}
+    feature_upstreams = {
+        "fbank": FbankUpstream,
+        **{name: OpenSmileUpstream for name in FEATURE_SETS},
+    }
     if upstream_kind not in feature_upstreams:
         return 20
     if fbank_hop_ms is not None:
         return fbank_hop_ms
-    return inspect.signature(feature_upstreams[upstream_kind].__init__).parameters["hop_length"].default
+    return (
+        inspect.signature(feature_upstreams[upstream_kind].__init__)
+        .parameters["hop_length"]
+        .default
+    )

@@ -68,10 +68,15 @@ class SearchableLayer(torch.nn.Module):
     def __init__(self, dim, num_heads, ffn_dim, dropout, candidates=CANDIDATES):
         super().__init__()
         if len(set(candidates)) != len(candidates) or len(candidates) == 0:
-            raise ValueError(f"Candidates must be distinct and non-empty, got {candidates}.")
+            raise ValueError(
+                f"Candidates must be distinct and non-empty, got {candidates}."
+            )
         self.candidate_names = tuple(candidates)
         self.candidates = torch.nn.ModuleDict(
-            {name: build_block(name, dim, num_heads, ffn_dim, dropout) for name in candidates}
+            {
+                name: build_block(name, dim, num_heads, ffn_dim, dropout)
+                for name in candidates
+            }
         )
         self.theta = torch.nn.Parameter(torch.zeros(len(candidates)))  # (K,)
 
@@ -88,7 +93,9 @@ class SearchableLayer(torch.nn.Module):
         torch.Tensor
             ``(K,)`` non-negative weights summing to 1, differentiable w.r.t. ``theta``.
         """
-        return torch.nn.functional.gumbel_softmax(self.theta, tau=float(temperature), hard=False)
+        return torch.nn.functional.gumbel_softmax(
+            self.theta, tau=float(temperature), hard=False
+        )
 
     def chosen_index(self):
         """Index of the largest theta; ties go to the first candidate (``torch.argmax``)."""
@@ -166,7 +173,9 @@ class BASSuperNet(LayerStackClassifier):
         initial_temperature=5.0,
     ):
         if num_layers < 1:
-            raise ValueError(f"The super net needs at least one layer, got {num_layers}.")
+            raise ValueError(
+                f"The super net needs at least one layer, got {num_layers}."
+            )
         width = input_dim if model_dim is None else model_dim
         layers = [
             SearchableLayer(width, num_heads, ffn_dim, dropout, candidates)
@@ -185,7 +194,9 @@ class BASSuperNet(LayerStackClassifier):
     def set_temperature(self, temperature):
         """Sets the Gumbel-softmax temperature tau (> 0) used by every layer."""
         if not temperature > 0:
-            raise ValueError(f"The Gumbel-softmax temperature must be > 0, got {temperature}.")
+            raise ValueError(
+                f"The Gumbel-softmax temperature must be > 0, got {temperature}."
+            )
         self.temperature.fill_(float(temperature))
 
     def apply_layer(self, layer, x, padding_mask):
@@ -203,7 +214,9 @@ class BASSuperNet(LayerStackClassifier):
 
     def architecture_logits(self):
         """The thetas of all layers as one detached ``(L, K)`` tensor."""
-        return torch.stack([theta.detach() for theta in self.architecture_parameters()])
+        return torch.stack(
+            [theta.detach() for theta in self.architecture_parameters()]
+        )
 
 
 def derived_state_dict(supernet, architecture):

@@ -11,9 +11,15 @@ Every upstream answers the call described in :mod:`ser_modules.upstreams.base`.
 
 from ser_modules.upstreams.base import Upstream
 from ser_modules.upstreams.fbank import FbankUpstream
+from ser_modules.upstreams.feature_switch import (
+    FEATURE_UPSTREAMS,
+    FeatureUpstream,
+    build_feature_upstream,
+)
 from ser_modules.upstreams.huggingface import LOBES, HuggingFaceUpstream
-from ser_modules.upstreams.feature_switch import FEATURE_UPSTREAMS, FeatureUpstream, build_feature_upstream
-from ser_modules.upstreams.opensmile import FEATURE_SETS as OPENSMILE_FEATURE_SETS
+from ser_modules.upstreams.opensmile import (
+    FEATURE_SETS as OPENSMILE_FEATURE_SETS,
+)
 from ser_modules.upstreams.opensmile import OpenSmileUpstream
 
 __all__ = [
@@ -52,13 +58,19 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
     """
     if kind == "fbank":
         if source is not None:
-            raise ValueError("The fbank upstream has no model folder: leave source empty.")
+            raise ValueError(
+                "The fbank upstream has no model folder: leave source empty."
+            )
         if layers not in ("all", "last", [0], (0,)):
-            raise ValueError(f"The fbank upstream has one layer (index 0); got layers={layers!r}.")
+            raise ValueError(
+                f"The fbank upstream has one layer (index 0); got layers={layers!r}."
+            )
         return FbankUpstream(**kwargs)
     if kind in OPENSMILE_FEATURE_SETS:
         if source is not None or layers not in ("all", "last", [0], (0,)):
-            raise ValueError(f"The {kind} upstream has no model folder and one layer (index 0).")
+            raise ValueError(
+                f"The {kind} upstream has no model folder and one layer (index 0)."
+            )
         if kwargs.pop("normalize", None):
             raise ValueError(
                 f"The {kind} upstream has no per-utterance normalisation (it would erase level "
@@ -67,7 +79,9 @@ def build_upstream(kind, source=None, layers="all", **kwargs):
         return OpenSmileUpstream(kind, **kwargs)
     if kind == "auto" or kind in LOBES:
         if source is None:
-            raise ValueError(f"The {kind} upstream needs source: a local Hugging Face model folder.")
+            raise ValueError(
+                f"The {kind} upstream needs source: a local Hugging Face model folder."
+            )
         return HuggingFaceUpstream(source, kind=kind, layers=layers, **kwargs)
     raise ValueError(
         f"Unknown upstream kind {kind!r}: use 'fbank', 'egemaps', 'compare', 'auto' or one of "

@@ -16,7 +16,6 @@ into its key so that stale features are never reused.
 """
 
 import abc
-import os
 
 import torch
 from speechbrain.dataio.dataio import length_to_mask
@@ -25,6 +24,7 @@ from speechbrain.dataio.dataio import length_to_mask
 # options, so that caches built by older code are not reused.
 FEATURE_VERSION = 1
 
+
 def relative_to_absolute(lengths, max_length):
     """SpeechBrain relative lengths ``(B,)`` -> absolute ``(B,)`` int64: ``round(rel * T)``."""
     return torch.round(lengths * max_length).long()
@@ -32,7 +32,9 @@ def relative_to_absolute(lengths, max_length):
 
 def padding_mask(lengths, max_length):
     """``(B, T)`` bool mask, True on valid positions, from absolute ``lengths`` ``(B,)``."""
-    return length_to_mask(lengths, max_len=max_length, dtype=torch.bool, device=lengths.device)
+    return length_to_mask(
+        lengths, max_len=max_length, dtype=torch.bool, device=lengths.device
+    )
 
 
 def resolve_layers(layers, num_hidden_states):
@@ -55,19 +57,29 @@ def resolve_layers(layers, num_hidden_states):
         return list(range(num_hidden_states))
     if layers == "last":
         return [num_hidden_states - 1]
-    if isinstance(layers, str) or not all(isinstance(index, int) for index in layers):
+    if isinstance(layers, str) or not all(
+        isinstance(index, int) for index in layers
+    ):
         raise ValueError(
             f"layers must be 'all', 'last' or a list of ints, got {layers!r}."
         )
     if not layers:
-        raise ValueError("layers is an empty list: select at least one hidden state.")
-    out_of_range = [index for index in layers if not -num_hidden_states <= index < num_hidden_states]
+        raise ValueError(
+            "layers is an empty list: select at least one hidden state."
+        )
+    out_of_range = [
+        index
+        for index in layers
+        if not -num_hidden_states <= index < num_hidden_states
+    ]
     if out_of_range:
         raise ValueError(
             f"Layer indices {out_of_range} do not exist: this model has hidden states "
             f"0..{num_hidden_states - 1} (0 = CNN/projection output, k = layer k)."
         )
-    resolved = [index + num_hidden_states if index < 0 else index for index in layers]
+    resolved = [
+        index + num_hidden_states if index < 0 else index for index in layers
+    ]
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers {layers!r} selects a hidden state twice.")
     return resolved

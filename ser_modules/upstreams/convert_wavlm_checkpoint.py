@@ -56,50 +56,96 @@ ORIGINAL_CONFIG_DEFAULTS = {
 # (original name, Hugging Face name). Placeholders: {i} layer index, {p} weight|bias,
 # {proj} attention projection. The CNN norm entry depends on the extractor mode.
 _SHARED_KEY_TEMPLATES = (
-    ("feature_extractor.conv_layers.{i}.0.{p}", "feature_extractor.conv_layers.{i}.conv.{p}"),
+    (
+        "feature_extractor.conv_layers.{i}.0.{p}",
+        "feature_extractor.conv_layers.{i}.conv.{p}",
+    ),
     ("layer_norm.{p}", "feature_projection.layer_norm.{p}"),
     ("post_extract_proj.{p}", "feature_projection.projection.{p}"),
     ("mask_emb", "masked_spec_embed"),
     # torch.nn.utils.weight_norm's g / v are parametrizations.weight.original0 / 1 in the
     # torch.nn.utils.parametrizations.weight_norm that transformers uses.
-    ("encoder.pos_conv.0.weight_g", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
-    ("encoder.pos_conv.0.weight_v", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (
+        "encoder.pos_conv.0.weight_g",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    ),
+    (
+        "encoder.pos_conv.0.weight_v",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+    ),
     ("encoder.pos_conv.0.bias", "encoder.pos_conv_embed.conv.bias"),
     ("encoder.layer_norm.{p}", "encoder.layer_norm.{p}"),
-    ("encoder.layers.{i}.self_attn.{proj}.{p}", "encoder.layers.{i}.attention.{proj}.{p}"),
-    ("encoder.layers.{i}.self_attn.grep_linear.{p}", "encoder.layers.{i}.attention.gru_rel_pos_linear.{p}"),
-    ("encoder.layers.{i}.self_attn.grep_a", "encoder.layers.{i}.attention.gru_rel_pos_const"),
+    (
+        "encoder.layers.{i}.self_attn.{proj}.{p}",
+        "encoder.layers.{i}.attention.{proj}.{p}",
+    ),
+    (
+        "encoder.layers.{i}.self_attn.grep_linear.{p}",
+        "encoder.layers.{i}.attention.gru_rel_pos_linear.{p}",
+    ),
+    (
+        "encoder.layers.{i}.self_attn.grep_a",
+        "encoder.layers.{i}.attention.gru_rel_pos_const",
+    ),
     (
         "encoder.layers.{i}.self_attn.relative_attention_bias.weight",
         "encoder.layers.{i}.attention.rel_attn_embed.weight",
     ),
-    ("encoder.layers.{i}.self_attn_layer_norm.{p}", "encoder.layers.{i}.layer_norm.{p}"),
-    ("encoder.layers.{i}.fc1.{p}", "encoder.layers.{i}.feed_forward.intermediate_dense.{p}"),
-    ("encoder.layers.{i}.fc2.{p}", "encoder.layers.{i}.feed_forward.output_dense.{p}"),
-    ("encoder.layers.{i}.final_layer_norm.{p}", "encoder.layers.{i}.final_layer_norm.{p}"),
+    (
+        "encoder.layers.{i}.self_attn_layer_norm.{p}",
+        "encoder.layers.{i}.layer_norm.{p}",
+    ),
+    (
+        "encoder.layers.{i}.fc1.{p}",
+        "encoder.layers.{i}.feed_forward.intermediate_dense.{p}",
+    ),
+    (
+        "encoder.layers.{i}.fc2.{p}",
+        "encoder.layers.{i}.feed_forward.output_dense.{p}",
+    ),
+    (
+        "encoder.layers.{i}.final_layer_norm.{p}",
+        "encoder.layers.{i}.final_layer_norm.{p}",
+    ),
 )
 _CNN_NORM_KEY_TEMPLATES = {
     # extractor_mode "layer_norm": Sequential(conv, dropout, Sequential(transpose, LayerNorm, transpose), GELU)
-    "layer": ("feature_extractor.conv_layers.{i}.2.1.{p}", "feature_extractor.conv_layers.{i}.layer_norm.{p}"),
+    "layer": (
+        "feature_extractor.conv_layers.{i}.2.1.{p}",
+        "feature_extractor.conv_layers.{i}.layer_norm.{p}",
+    ),
     # extractor_mode "default": GroupNorm in the first block only
-    "group": ("feature_extractor.conv_layers.0.2.{p}", "feature_extractor.conv_layers.0.layer_norm.{p}"),
+    "group": (
+        "feature_extractor.conv_layers.0.2.{p}",
+        "feature_extractor.conv_layers.0.layer_norm.{p}",
+    ),
 }
-_PLACEHOLDER_PATTERNS = {"i": r"\d+", "p": "weight|bias", "proj": "q_proj|k_proj|v_proj|out_proj"}
+_PLACEHOLDER_PATTERNS = {
+    "i": r"\d+",
+    "p": "weight|bias",
+    "proj": "q_proj|k_proj|v_proj|out_proj",
+}
 
 
 def _template_regex(template):
     """Compile a key template into a full-match regex with one named group per placeholder."""
     pattern = re.escape(template)
     for name, alternatives in _PLACEHOLDER_PATTERNS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{alternatives})")
+        pattern = pattern.replace(
+            re.escape("{" + name + "}"), f"(?P<{name}>{alternatives})"
+        )
     return re.compile(pattern)
 
 
 def _rename(state_dict, feat_extract_norm, to_huggingface):
     """Rename every key through the templates; returns (renamed state dict, unmapped keys)."""
     if feat_extract_norm not in _CNN_NORM_KEY_TEMPLATES:
-        raise ValueError(f"feat_extract_norm must be 'layer' or 'group', got {feat_extract_norm!r}.")
-    templates = _SHARED_KEY_TEMPLATES + (_CNN_NORM_KEY_TEMPLATES[feat_extract_norm],)
+        raise ValueError(
+            f"feat_extract_norm must be 'layer' or 'group', got {feat_extract_norm!r}."
+        )
+    templates = _SHARED_KEY_TEMPLATES + (
+        _CNN_NORM_KEY_TEMPLATES[feat_extract_norm],
+    )
     if not to_huggingface:
         templates = tuple((target, source) for source, target in templates)
     rules = [(_template_regex(source), target) for source, target in templates]
@@ -150,7 +196,9 @@ def rename_huggingface_to_original(state_dict, feat_extract_norm):
     dict[str, torch.Tensor]
         Original names, same tensors.
     """
-    renamed, unmapped = _rename(state_dict, feat_extract_norm, to_huggingface=False)
+    renamed, unmapped = _rename(
+        state_dict, feat_extract_norm, to_huggingface=False
+    )
     if unmapped:
         raise ValueError(f"These keys have no original WavLM name: {unmapped}.")
     return renamed
@@ -182,11 +230,17 @@ def parse_conv_feature_layers(spec):
             return evaluate(node.left) + evaluate(node.right)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             return evaluate(node.left) * evaluate(node.right)
-        raise ValueError(f"Unsupported conv_feature_layers expression {spec!r}: only lists, tuples, ints, + and *.")
+        raise ValueError(
+            f"Unsupported conv_feature_layers expression {spec!r}: only lists, tuples, ints, + and *."
+        )
 
     layers = evaluate(ast.parse(spec, mode="eval").body)
-    if not all(isinstance(layer, tuple) and len(layer) == 3 for layer in layers):
-        raise ValueError(f"conv_feature_layers {spec!r} must be a list of (channels, kernel, stride) tuples.")
+    if not all(
+        isinstance(layer, tuple) and len(layer) == 3 for layer in layers
+    ):
+        raise ValueError(
+            f"conv_feature_layers {spec!r} must be a list of (channels, kernel, stride) tuples."
+        )
     return layers
 
 
@@ -214,10 +268,14 @@ def config_from_original(cfg):
         )
     conv_layers = parse_conv_feature_layers(cfg["conv_feature_layers"])
     if conv_layers[-1][0] == cfg["encoder_embed_dim"]:
-        raise ValueError("The original model has no post_extract_proj (CNN dim == embed dim); transformers needs one.")
+        raise ValueError(
+            "The original model has no post_extract_proj (CNN dim == embed dim); transformers needs one."
+        )
     extractor_modes = {"layer_norm": "layer", "default": "group"}
     if cfg["extractor_mode"] not in extractor_modes:
-        raise ValueError(f"extractor_mode must be one of {sorted(extractor_modes)}, got {cfg['extractor_mode']!r}.")
+        raise ValueError(
+            f"extractor_mode must be one of {sorted(extractor_modes)}, got {cfg['extractor_mode']!r}."
+        )
     return WavLMConfig(
         hidden_size=cfg["encoder_embed_dim"],
         num_hidden_layers=cfg["encoder_layers"],
@@ -260,9 +318,13 @@ def convert_original_wavlm(checkpoint):
     """
     for field in ("cfg", "model"):
         if field not in checkpoint:
-            raise KeyError(f"An original WavLM checkpoint has a {field!r} entry; this one has {sorted(checkpoint)}.")
+            raise KeyError(
+                f"An original WavLM checkpoint has a {field!r} entry; this one has {sorted(checkpoint)}."
+            )
     config = config_from_original(checkpoint["cfg"])
-    hf_state_dict, unmapped = rename_original_to_huggingface(checkpoint["model"], config.feat_extract_norm)
+    hf_state_dict, unmapped = rename_original_to_huggingface(
+        checkpoint["model"], config.feat_extract_norm
+    )
     if unmapped:
         logger.warning("Not part of the WavLM encoder, dropped: %s", unmapped)
     return config, hf_state_dict
@@ -285,7 +347,9 @@ def save_as_huggingface(checkpoint, out_dir):
         The converted model (eval mode).
     """
     if not isinstance(checkpoint, dict):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(
+            checkpoint, map_location="cpu", weights_only=True
+        )
     config, hf_state_dict = convert_original_wavlm(checkpoint)
     model = WavLMModel(config)
     # The original always has mask_emb; transformers only when SpecAugment is configured.
@@ -320,8 +384,13 @@ def save_feature_extractor_config(out_dir, do_normalize):
 def main(argv=None):
     """Command-line entry point: ``ORIGINAL.pt OUT_DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="original WavLM checkpoint (.pt) from microsoft/unilm")
-    parser.add_argument("out_dir", help="output folder for the Hugging Face WavLM")
+    parser.add_argument(
+        "checkpoint",
+        help="original WavLM checkpoint (.pt) from microsoft/unilm",
+    )
+    parser.add_argument(
+        "out_dir", help="output folder for the Hugging Face WavLM"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     save_as_huggingface(args.checkpoint, args.out_dir)

@@ -72,7 +72,9 @@ def unsupported_reason(model):
         return f"transformer activation {config.hidden_act!r}"
     if getattr(config, "conv_pos_batch_norm", False):
         return "batch-norm positional convolution"
-    if getattr(config, "add_adapter", False) or getattr(config, "adapter_attn_dim", None):
+    if getattr(config, "add_adapter", False) or getattr(
+        config, "adapter_attn_dim", None
+    ):
         return "adapter layers"
     if getattr(model.encoder, "pos_conv_embed", None) is None:
         return "no convolutional positional embedding"
@@ -88,14 +90,18 @@ def _strided_frames(x, kernel, stride):
     batch, length, channels = x.shape
     frames = (length - kernel) // stride + 1
     return x.as_strided(
-        (batch, frames, kernel * channels), (x.stride(0), stride * channels, 1), x.storage_offset()
+        (batch, frames, kernel * channels),
+        (x.stride(0), stride * channels, 1),
+        x.storage_offset(),
     )
 
 
 def _mkldnn_linear_available():
     try:
         weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 2)
-        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), weight, None, "gelu", [], "none")
+        torch.ops.mkldnn._linear_pointwise(
+            torch.ones(1, 2), weight, None, "gelu", [], "none"
+        )
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -104,8 +110,12 @@ def _mkldnn_linear_available():
 # oneDNN's linear with a weight reordered once into its blocked layout (what
 # torch.compile's CPU freezing does), and GELU fused into the same kernel: with plain
 # ``F.linear`` the weights are re-laid out on every call and GELU is a second pass.
-PACK_LINEARS = torch.backends.mkldnn.is_available() and _mkldnn_linear_available()
-PACK_BATCH_HINT = 512  # rows oneDNN tunes the packed layout for; any row count works
+PACK_LINEARS = (
+    torch.backends.mkldnn.is_available() and _mkldnn_linear_available()
+)
+PACK_BATCH_HINT = (
+    512  # rows oneDNN tunes the packed layout for; any row count works
+)
 
 
 def _pack_linear(weight, bias, dtype, device):
@@ -114,16 +124,26 @@ def _pack_linear(weight, bias, dtype, device):
     bias = None if bias is None else bias.detach().to(dtype)
     packed = None
     if PACK_LINEARS and torch.device(device).type == "cpu":
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
-    return {"weight": weight if packed is None else None, "packed": packed, "bias": bias}
+        packed = torch.ops.mkldnn._reorder_linear_weight(
+            weight, PACK_BATCH_HINT
+        )
+    return {
+        "weight": weight if packed is None else None,
+        "packed": packed,
+        "bias": bias,
+    }
 
 
 def _linear(x, layer, gelu=False):
     """``x @ W.T + b`` (then exact GELU when ``gelu``) with the weights of :func:`_pack_linear`."""
     if layer["packed"] is not None:
         if gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, layer["packed"], layer["bias"], "gelu", [], "none")
-        return torch.ops.mkldnn._linear_pointwise(x, layer["packed"], layer["bias"], "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(
+                x, layer["packed"], layer["bias"], "gelu", [], "none"
+            )
+        return torch.ops.mkldnn._linear_pointwise(
+            x, layer["packed"], layer["bias"], "none", [], ""
+        )
     out = F.linear(x, layer["weight"], layer["bias"])
     return _gelu_(out) if gelu else out
 
@@ -165,7 +185,9 @@ class FastSSLForward(torch.nn.Module):
         super().__init__()
         reason = unsupported_reason(model)
         if reason is not None:
-            raise ValueError(f"The fast forward does not support this model: {reason}.")
+            raise ValueError(
+                f"The fast forward does not support this model: {reason}."
+            )
         # A plain attribute, not a submodule: the parameters stay owned (and saved) by the
         # Hugging Face model only.
         self.__dict__["model"] = model
@@ -177,7 +199,9 @@ class FastSSLForward(torch.nn.Module):
 
     # ------------------------------------------------------------------ weights
     def _signature(self):
-        return tuple(parameter._version for parameter in self.model.parameters())
+        return tuple(
+            parameter._version for parameter in self.model.parameters()
+        )
 
     def _weights(self, device, dtype):
         """Derived weights for ``dtype`` on ``device`` (cached; rebuilt if parameters changed)."""
@@ -212,21 +236,40 @@ class FastSSLForward(torch.nn.Module):
             # (C_out, k*C_in), column j*C_in + c = weight[:, c, j]: the tap-major order of
             # consecutive channels-last frames. Taps are split in chunks of ``stride`` frames:
             # chunk q of output t reads frames (t+q)*stride ..., a strided view (see _cnn).
-            flat = weight.permute(0, 2, 1).reshape(out_channels, kernel * in_channels)
+            flat = weight.permute(0, 2, 1).reshape(
+                out_channels, kernel * in_channels
+            )
             chunks = []
             for first in range(0, kernel, stride):
                 width = min(stride, kernel - first)
-                chunks.append((first, width, cast(flat[:, first * in_channels : (first + width) * in_channels]).t()))
+                chunks.append(
+                    (
+                        first,
+                        width,
+                        cast(
+                            flat[
+                                :,
+                                first * in_channels : (first + width)
+                                * in_channels,
+                            ]
+                        ).t(),
+                    )
+                )
             norm = getattr(layer, "layer_norm", None)
-            cnn.append({
-                "kernel": kernel,
-                "stride": stride,
-                "chunks": chunks,
-                "bias": cast(conv.bias),
-                "layer_norm": (cast(norm.weight), cast(norm.bias), norm.eps)
-                if isinstance(norm, torch.nn.LayerNorm) else None,
-                "group_norm": norm_params(norm) if isinstance(norm, torch.nn.GroupNorm) else None,
-            })
+            cnn.append(
+                {
+                    "kernel": kernel,
+                    "stride": stride,
+                    "chunks": chunks,
+                    "bias": cast(conv.bias),
+                    "layer_norm": (cast(norm.weight), cast(norm.bias), norm.eps)
+                    if isinstance(norm, torch.nn.LayerNorm)
+                    else None,
+                    "group_norm": norm_params(norm)
+                    if isinstance(norm, torch.nn.GroupNorm)
+                    else None,
+                }
+            )
 
         projection = model.feature_projection
         proj_norm = getattr(projection, "layer_norm", None)
@@ -235,8 +278,15 @@ class FastSSLForward(torch.nn.Module):
         pos_conv = model.encoder.pos_conv_embed.conv
         weights = {
             "cnn": cnn,
-            "proj_norm": norm_params(proj_norm) if proj_norm is not None else None,
-            "projection": _pack_linear(projection.projection.weight, projection.projection.bias, dtype, device),
+            "proj_norm": norm_params(proj_norm)
+            if proj_norm is not None
+            else None,
+            "projection": _pack_linear(
+                projection.projection.weight,
+                projection.projection.bias,
+                dtype,
+                device,
+            ),
             # Evaluating the weight-norm parametrisation once (HF does it on every call).
             "pos_weight": cast(pos_conv.weight),
             "pos_bias": cast(pos_conv.bias),
@@ -250,28 +300,59 @@ class FastSSLForward(torch.nn.Module):
             attention = layer.attention
             qkv_bias = None
             if attention.q_proj.bias is not None:
-                qkv_bias = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
-            qkv_weight = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
+                qkv_bias = torch.cat(
+                    [
+                        attention.q_proj.bias,
+                        attention.k_proj.bias,
+                        attention.v_proj.bias,
+                    ]
+                )
+            qkv_weight = torch.cat(
+                [
+                    attention.q_proj.weight,
+                    attention.k_proj.weight,
+                    attention.v_proj.weight,
+                ]
+            )
             feed_forward = layer.feed_forward
             entry = {
                 "heads": attention.num_heads,
                 "qkv": _pack_linear(qkv_weight, qkv_bias, dtype, device),
-                "out": _pack_linear(attention.out_proj.weight, attention.out_proj.bias, dtype, device),
+                "out": _pack_linear(
+                    attention.out_proj.weight,
+                    attention.out_proj.bias,
+                    dtype,
+                    device,
+                ),
                 "norm1": norm_params(layer.layer_norm),
                 "norm2": norm_params(layer.final_layer_norm),
                 "ffn_in": _pack_linear(
-                    feed_forward.intermediate_dense.weight, feed_forward.intermediate_dense.bias, dtype, device
+                    feed_forward.intermediate_dense.weight,
+                    feed_forward.intermediate_dense.bias,
+                    dtype,
+                    device,
                 ),
-                "ffn_out": _pack_linear(feed_forward.output_dense.weight, feed_forward.output_dense.bias, dtype, device),
+                "ffn_out": _pack_linear(
+                    feed_forward.output_dense.weight,
+                    feed_forward.output_dense.bias,
+                    dtype,
+                    device,
+                ),
             }
             if self.is_wavlm:
                 # The gate's 8 outputs are summed in pairs of 4 (view(..., 2, 4).sum(-1)):
                 # summing the weight rows first gives the same two values from a 2-output GEMM.
-                gate_weight = attention.gru_rel_pos_linear.weight.detach()  # (8, hd)
+                gate_weight = (
+                    attention.gru_rel_pos_linear.weight.detach()
+                )  # (8, hd)
                 gate_bias = attention.gru_rel_pos_linear.bias.detach()  # (8,)
-                entry["gate_weight"] = gate_weight.view(2, 4, -1).sum(1)  # (2, hd), fp32
+                entry["gate_weight"] = gate_weight.view(2, 4, -1).sum(
+                    1
+                )  # (2, hd), fp32
                 entry["gate_bias"] = gate_bias.view(2, 4).sum(1)  # (2,)
-                entry["gate_const"] = attention.gru_rel_pos_const.detach().view(-1)  # (H,)
+                entry["gate_const"] = attention.gru_rel_pos_const.detach().view(
+                    -1
+                )  # (H,)
             weights["layers"].append(entry)
         return weights
 
@@ -293,13 +374,19 @@ class FastSSLForward(torch.nn.Module):
             frames = (length - kernel) // stride + 1
             out = x.new_empty(batch, frames, layer["chunks"][0][2].shape[1])
             for index in range(batch):
-                for number, (first, width, weight) in enumerate(layer["chunks"]):
+                for number, (first, width, weight) in enumerate(
+                    layer["chunks"]
+                ):
                     view = x[index].as_strided(
-                        (frames, width * channels), (stride * channels, 1), x[index].storage_offset() + first * channels
+                        (frames, width * channels),
+                        (stride * channels, 1),
+                        x[index].storage_offset() + first * channels,
                     )
                     if number == 0:
                         if layer["bias"] is not None:
-                            torch.addmm(layer["bias"], view, weight, out=out[index])
+                            torch.addmm(
+                                layer["bias"], view, weight, out=out[index]
+                            )
                         else:
                             torch.mm(view, weight, out=out[index])
                     else:
@@ -311,8 +398,12 @@ class FastSSLForward(torch.nn.Module):
                 # GroupNorm with one group per channel: statistics over time, per channel.
                 weight, bias, eps = layer["group_norm"]
                 out32 = out.float()
-                variance, mean = torch.var_mean(out32, dim=1, keepdim=True, correction=0)
-                out = ((out32 - mean) * torch.rsqrt(variance + eps) * weight + bias).to(dtype)
+                variance, mean = torch.var_mean(
+                    out32, dim=1, keepdim=True, correction=0
+                )
+                out = (
+                    (out32 - mean) * torch.rsqrt(variance + eps) * weight + bias
+                ).to(dtype)
             x = _gelu_(out)
         return x
 
@@ -320,8 +411,11 @@ class FastSSLForward(torch.nn.Module):
         """Convolutional positional embedding of ``(B, T', D)`` -> ``(B, T', D)``."""
         # oneDNN's grouped convolution runs ~15 % faster on a contiguous (B, D, T) input.
         conv = F.conv1d(
-            hidden.transpose(1, 2).contiguous(), weights["pos_weight"], weights["pos_bias"],
-            padding=weights["pos_padding"], groups=weights["pos_groups"],
+            hidden.transpose(1, 2).contiguous(),
+            weights["pos_weight"],
+            weights["pos_bias"],
+            padding=weights["pos_padding"],
+            groups=weights["pos_groups"],
         )
         if weights["pos_remove"]:
             conv = conv[:, :, : -weights["pos_remove"]]
@@ -333,28 +427,46 @@ class FastSSLForward(torch.nn.Module):
         heads = entry["heads"]
         head_dim = width // heads
         qkv = _linear(hidden.to(dtype), entry["qkv"])  # (B, T, 3D)
-        qkv = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        qkv = qkv.view(batch, length, 3, heads, head_dim).permute(
+            2, 0, 3, 1, 4
+        )  # (3, B, H, T, hd)
         mask = key_mask  # (B, 1, 1, T) additive, or None
         if self.is_wavlm:
             # Gate of the relative-position bias from the layer's input, per head and frame.
             # (A contiguous (B*T*H, hd) GEMM: on the (B, H, T, hd) view HF uses, the matmul
             # becomes a batched GEMM with 2 columns, about 10x slower.)
             gate_in = hidden.float().reshape(batch * length * heads, head_dim)
-            gate_ab = torch.sigmoid(F.linear(gate_in, entry["gate_weight"], entry["gate_bias"]))  # (B*T*H, 2)
-            gate_ab = gate_ab.view(batch, length, heads, 2).permute(3, 0, 2, 1)  # (2, B, H, T)
-            gate = gate_ab[0] * (gate_ab[1] * entry["gate_const"][:, None] - 1.0) + 2.0  # (B, H, T)
+            gate_ab = torch.sigmoid(
+                F.linear(gate_in, entry["gate_weight"], entry["gate_bias"])
+            )  # (B*T*H, 2)
+            gate_ab = gate_ab.view(batch, length, heads, 2).permute(
+                3, 0, 2, 1
+            )  # (2, B, H, T)
+            gate = (
+                gate_ab[0] * (gate_ab[1] * entry["gate_const"][:, None] - 1.0)
+                + 2.0
+            )  # (B, H, T)
             # The gated bias is written straight in the compute dtype (one pass, no fp32 copy).
-            bias = torch.empty(batch, heads, length, length, dtype=dtype, device=hidden.device)
-            torch.mul(gate.unsqueeze(-1), position_bias, out=bias)  # (B, H, T, T)
+            bias = torch.empty(
+                batch, heads, length, length, dtype=dtype, device=hidden.device
+            )
+            torch.mul(
+                gate.unsqueeze(-1), position_bias, out=bias
+            )  # (B, H, T, T)
             mask = bias if mask is None else bias.add_(mask)
         elif mask is not None:
             mask = mask.to(dtype)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (B, H, T, hd)
+        attended = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=mask
+        )  # (B, H, T, hd)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
         return _linear(attended, entry["out"])
 
     def _feed_forward(self, hidden, entry, dtype):
-        return _linear(_linear(hidden.to(dtype), entry["ffn_in"], gelu=True), entry["ffn_out"])
+        return _linear(
+            _linear(hidden.to(dtype), entry["ffn_in"], gelu=True),
+            entry["ffn_out"],
+        )
 
     @staticmethod
     def _norm(x, params, dtype=None):
@@ -395,17 +507,28 @@ class FastSSLForward(torch.nn.Module):
             features = self._cnn(wavs, weights, dtype)  # (B, T', C)
             if weights["proj_norm"] is not None:
                 # fp32 statistics; also, not every device has mixed-dtype layer norm.
-                features = self._norm(features.float(), weights["proj_norm"], dtype)
-            hidden = _linear(features, weights["projection"]).float()  # (B, T', D)
+                features = self._norm(
+                    features.float(), weights["proj_norm"], dtype
+                )
+            hidden = _linear(
+                features, weights["projection"]
+            ).float()  # (B, T', D)
             batch, length, _ = hidden.shape
 
             key_mask = None
             if frame_lengths is not None:
-                valid = torch.arange(length, device=hidden.device)[None, :] < frame_lengths[:, None]  # (B, T')
+                valid = (
+                    torch.arange(length, device=hidden.device)[None, :]
+                    < frame_lengths[:, None]
+                )  # (B, T')
                 if not bool(valid.all()):
                     hidden = hidden * valid[:, :, None]
-                    key_mask = torch.zeros(batch, 1, 1, length, device=hidden.device)
-                    key_mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+                    key_mask = torch.zeros(
+                        batch, 1, 1, length, device=hidden.device
+                    )
+                    key_mask.masked_fill_(
+                        ~valid[:, None, None, :], float("-inf")
+                    )
 
             positions = self._positional(hidden.to(dtype), weights).float()
             hidden = hidden + positions
@@ -415,8 +538,14 @@ class FastSSLForward(torch.nn.Module):
             position_bias = None
             if self.is_wavlm and max(keep) > 0:
                 first = self.model.encoder.layers[0].attention
-                buckets = _relative_position_bucket(first, length, hidden.device)
-                position_bias = first.rel_attn_embed.weight[buckets].permute(2, 0, 1).float()  # (H, T, T)
+                buckets = _relative_position_bucket(
+                    first, length, hidden.device
+                )
+                position_bias = (
+                    first.rel_attn_embed.weight[buckets]
+                    .permute(2, 0, 1)
+                    .float()
+                )  # (H, T, T)
 
             states = {0: hidden} if 0 in wanted else {}
             # Layers above the highest kept state never influence the result.
@@ -424,13 +553,20 @@ class FastSSLForward(torch.nn.Module):
                 if self.stable_layer_norm:
                     normed = self._norm(hidden, entry["norm1"])
                     # fp32 + bf16 promotes to fp32 in one kernel: the residual stream stays fp32.
-                    hidden = hidden + self._attention(normed, entry, position_bias, key_mask, dtype)
+                    hidden = hidden + self._attention(
+                        normed, entry, position_bias, key_mask, dtype
+                    )
                     normed = self._norm(hidden, entry["norm2"])
                     hidden = hidden + self._feed_forward(normed, entry, dtype)
                 else:
-                    attended = self._attention(hidden, entry, position_bias, key_mask, dtype)
+                    attended = self._attention(
+                        hidden, entry, position_bias, key_mask, dtype
+                    )
                     hidden = self._norm(hidden + attended, entry["norm1"])
-                    hidden = self._norm(hidden + self._feed_forward(hidden, entry, dtype), entry["norm2"])
+                    hidden = self._norm(
+                        hidden + self._feed_forward(hidden, entry, dtype),
+                        entry["norm2"],
+                    )
                 if index in wanted:
                     states[index] = hidden
         return [states[index] for index in keep]
@@ -441,7 +577,9 @@ def max_relative_error(fast_states, reference_states):
     worst = 0.0
     for fast, reference in zip(fast_states, reference_states):
         scale = reference.abs().max().clamp(min=1e-12)
-        worst = max(worst, float((fast.float() - reference.float()).abs().max() / scale))
+        worst = max(
+            worst, float((fast.float() - reference.float()).abs().max() / scale)
+        )
     return worst
 
 

@@ -62,7 +62,9 @@ class FbankUpstream(Upstream):
             f_min=f_min,
             f_max=f_max,
         )
-        self.normalizer = InputNormalization(norm_type="sentence") if normalize else None
+        self.normalizer = (
+            InputNormalization(norm_type="sentence") if normalize else None
+        )
         self.options = {
             "n_mels": n_mels,
             "n_fft": n_fft,
@@ -116,13 +118,19 @@ class FbankUpstream(Upstream):
         frame_lengths = self.num_frames(lengths)  # (B,)
         max_frames = self.num_frames(max_samples)
         feat_lens = frame_lengths.to(wav_lens.dtype) / max_frames
-        frame_mask = padding_mask(frame_lengths, max_frames)[:, :, None]  # (B, T', 1)
+        frame_mask = padding_mask(frame_lengths, max_frames)[
+            :, :, None
+        ]  # (B, T', 1)
         with torch.no_grad():
-            wavs = wavs * padding_mask(lengths, max_samples).to(wavs.dtype)  # (B, T)
+            wavs = wavs * padding_mask(lengths, max_samples).to(
+                wavs.dtype
+            )  # (B, T)
             feats = self.fbank(wavs)  # (B, T', n_mels)
             if self.normalizer is not None:
                 # float64 lengths: InputNormalization rebuilds the mask from rel * T', and
                 # float32 rounding could count one padded frame into the statistics.
-                feats = self.normalizer(feats, frame_lengths.double() / max_frames)
+                feats = self.normalizer(
+                    feats, frame_lengths.double() / max_frames
+                )
             feats = feats * frame_mask.to(feats.dtype)
         return feats.unsqueeze(1), feat_lens  # (B, 1, T', n_mels)

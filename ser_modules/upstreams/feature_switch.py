@@ -8,24 +8,44 @@ function) so that exported model folders rebuild it with ``!new:`` like any upst
 
 from ser_modules.upstreams.base import Upstream
 from ser_modules.upstreams.fbank import FbankUpstream
-from ser_modules.upstreams.opensmile import FEATURE_SETS as OPENSMILE_FEATURE_SETS
+from ser_modules.upstreams.opensmile import (
+    FEATURE_SETS as OPENSMILE_FEATURE_SETS,
+)
 from ser_modules.upstreams.opensmile import OpenSmileUpstream
 
-FEATURE_UPSTREAMS = ("fbank", *OPENSMILE_FEATURE_SETS)  # fbank, egemaps, compare
+FEATURE_UPSTREAMS = (
+    "fbank",
+    *OPENSMILE_FEATURE_SETS,
+)  # fbank, egemaps, compare
 
 
-def build_feature_upstream(features="fbank", n_mels=80, normalize=False, hop_length=10, sample_rate=16000):
+def build_feature_upstream(
+    features="fbank",
+    n_mels=80,
+    normalize=False,
+    hop_length=10,
+    sample_rate=16000,
+):
     """The hand-crafted feature upstream named ``features`` (see :class:`FeatureUpstream`)."""
     if features == "fbank":
-        return FbankUpstream(n_mels=n_mels, normalize=normalize, hop_length=hop_length, sample_rate=sample_rate)
+        return FbankUpstream(
+            n_mels=n_mels,
+            normalize=normalize,
+            hop_length=hop_length,
+            sample_rate=sample_rate,
+        )
     if features in OPENSMILE_FEATURE_SETS:
         if normalize:
             raise ValueError(
                 f"normalize=True is an Fbank option; the {features} features are used as computed "
                 "(the recipe's global input normalisation scales them): set normalize=False."
             )
-        return OpenSmileUpstream(features, hop_length=hop_length, sample_rate=sample_rate)
-    raise ValueError(f"Unknown features {features!r}: use one of {list(FEATURE_UPSTREAMS)}.")
+        return OpenSmileUpstream(
+            features, hop_length=hop_length, sample_rate=sample_rate
+        )
+    raise ValueError(
+        f"Unknown features {features!r}: use one of {list(FEATURE_UPSTREAMS)}."
+    )
 
 
 class FeatureUpstream(Upstream):
@@ -49,13 +69,22 @@ class FeatureUpstream(Upstream):
         Rate of the input waveforms.
     """
 
-    def __init__(self, features="fbank", n_mels=80, normalize=False, hop_length=10, sample_rate=16000):
+    def __init__(
+        self,
+        features="fbank",
+        n_mels=80,
+        normalize=False,
+        hop_length=10,
+        sample_rate=16000,
+    ):
         super().__init__()
         self.features = features
         self.n_mels = n_mels
         self.normalize = normalize
         self.hop_length_ms = hop_length
-        self.inner = build_feature_upstream(features, n_mels, normalize, hop_length, sample_rate)
+        self.inner = build_feature_upstream(
+            features, n_mels, normalize, hop_length, sample_rate
+        )
         self.sample_rate = sample_rate
         self.num_layers = self.inner.num_layers
         self.output_dim = self.inner.output_dim

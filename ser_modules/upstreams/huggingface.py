@@ -82,7 +82,9 @@ def normalize_waveforms(wavs, lengths, eps=1e-5):
     """
     normalized = torch.zeros_like(wavs)
     for index, length in enumerate(lengths.tolist()):
-        normalized[index, :length] = F.layer_norm(wavs[index, :length], (length,), eps=eps)
+        normalized[index, :length] = F.layer_norm(
+            wavs[index, :length], (length,), eps=eps
+        )
     return normalized
 
 
@@ -130,7 +132,15 @@ class HuggingFaceUpstream(Upstream):
     >>> feats, feat_lens = upstream(wavs, wav_lens)  # (B, 25, T', 1024)  # doctest: +SKIP
     """
 
-    def __init__(self, source, kind="auto", layers="all", normalize=None, sample_rate=16000, fast_path=True):
+    def __init__(
+        self,
+        source,
+        kind="auto",
+        layers="all",
+        normalize=None,
+        sample_rate=16000,
+        fast_path=True,
+    ):
         super().__init__()
         self.source = os.path.abspath(str(source))
         model_type = read_model_type(self.source)
@@ -164,7 +174,9 @@ class HuggingFaceUpstream(Upstream):
                 "resample the audio to the model's rate."
             )
         self.sample_rate = sample_rate
-        self.normalize = bool(lobe.normalize_wav if normalize is None else normalize)
+        self.normalize = bool(
+            lobe.normalize_wav if normalize is None else normalize
+        )
         # Group norm in the CNN sees padding; layer norm is per frame, so only the
         # attention mask is needed to keep padding out.
         self.batch_with_mask = config.feat_extract_norm == "layer"
@@ -181,7 +193,9 @@ class HuggingFaceUpstream(Upstream):
         self.hop_length = math.prod(config.conv_stride)
         # The samples one frame sees: the first frame exists once T >= this.
         self.receptive_field = 1
-        for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        for kernel, stride in reversed(
+            list(zip(config.conv_kernel, config.conv_stride))
+        ):
             self.receptive_field = (self.receptive_field - 1) * stride + kernel
         self.fast = None
         if fast_path:
@@ -189,7 +203,11 @@ class HuggingFaceUpstream(Upstream):
             if reason is None:
                 self.fast = FastSSLForward(self.model)
             else:
-                logger.info("%s: %s, so the Hugging Face forward is used (no fast path).", self.source, reason)
+                logger.info(
+                    "%s: %s, so the Hugging Face forward is used (no fast path).",
+                    self.source,
+                    reason,
+                )
         self.freeze()
 
     def num_frames(self, num_samples):
@@ -199,16 +217,21 @@ class HuggingFaceUpstream(Upstream):
     def identity(self):
         """Model files by sha256, model type, layers, normalisation, sample rate, fast path."""
         weight_files = sorted(
-            name for name in os.listdir(self.source) if name.endswith(WEIGHT_SUFFIXES)
+            name
+            for name in os.listdir(self.source)
+            if name.endswith(WEIGHT_SUFFIXES)
         )
         preprocessor = os.path.join(self.source, "preprocessor_config.json")
         return {
             "kind": self.kind,
             "source": self.source,
-            "config_sha256": file_sha256(os.path.join(self.source, "config.json")),
+            "config_sha256": file_sha256(
+                os.path.join(self.source, "config.json")
+            ),
             "preprocessor_sha256": file_sha256(preprocessor),
             "weights_sha256": {
-                name: file_sha256(os.path.join(self.source, name)) for name in weight_files
+                name: file_sha256(os.path.join(self.source, name))
+                for name in weight_files
             },
             "layers": self.layers,
             "normalize": self.normalize,
@@ -226,14 +249,20 @@ class HuggingFaceUpstream(Upstream):
         (bf16 on CPU: native bf16 matmuls; the result is float32), else in float32.
         """
         if self.fast is None:
-            output = self.model(wavs, attention_mask=attention_mask, output_hidden_states=True)
-            return torch.stack([output.hidden_states[index] for index in self.layers], dim=1)
+            output = self.model(
+                wavs, attention_mask=attention_mask, output_hidden_states=True
+            )
+            return torch.stack(
+                [output.hidden_states[index] for index in self.layers], dim=1
+            )
         device_type = wavs.device.type
         dtype = torch.float32
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
-            states = self.fast(wavs, frame_lengths, keep=self.layers, dtype=dtype)
+            states = self.fast(
+                wavs, frame_lengths, keep=self.layers, dtype=dtype
+            )
         return torch.stack(states, dim=1)
 
     def forward(self, wavs, wav_lens=None):
@@ -257,7 +286,9 @@ class HuggingFaceUpstream(Upstream):
         if wav_lens is None:
             wav_lens = torch.ones(batch_size, device=wavs.device)
         lengths = relative_to_absolute(wav_lens, max_samples)  # (B,)
-        too_short = (lengths < self.receptive_field).nonzero().flatten().tolist()
+        too_short = (
+            (lengths < self.receptive_field).nonzero().flatten().tolist()
+        )
         if too_short:
             raise ValueError(
                 f"Batch items {too_short} have {lengths[too_short].tolist()} samples, fewer than "
@@ -272,15 +303,24 @@ class HuggingFaceUpstream(Upstream):
         with torch.no_grad():
             if self.batch_with_mask:
                 mask = padding_mask(lengths, max_samples).long()  # (B, T)
-                feats = self._hidden_states(wavs, mask, frame_lengths)  # (B, nL, T', D)
+                feats = self._hidden_states(
+                    wavs, mask, frame_lengths
+                )  # (B, nL, T', D)
                 frame_mask = padding_mask(frame_lengths, max_frames)  # (B, T')
                 feats = feats * frame_mask[:, None, :, None].to(feats.dtype)
             else:
                 feats = None
                 for length in lengths.unique().tolist():
                     members = (lengths == length).nonzero().flatten()
-                    group = self._hidden_states(wavs[members, :length])  # (G, nL, t', D)
+                    group = self._hidden_states(
+                        wavs[members, :length]
+                    )  # (G, nL, t', D)
                     if feats is None:
-                        feats = group.new_zeros(batch_size, self.num_layers, max_frames, self.output_dim)
+                        feats = group.new_zeros(
+                            batch_size,
+                            self.num_layers,
+                            max_frames,
+                            self.output_dim,
+                        )
                     feats[members, :, : group.shape[2]] = group
         return feats, frame_lengths.to(wav_lens.dtype) / max_frames

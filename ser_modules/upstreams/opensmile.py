@@ -47,7 +47,9 @@ LLD_OFFSET_SECONDS = 0.05
 def _import_opensmile():
     try:
         import opensmile
-    except ImportError as error:  # pragma: no cover - the package is in requirements.txt
+    except (
+        ImportError
+    ) as error:  # pragma: no cover - the package is in requirements.txt
         raise ImportError(
             "The openSMILE upstream needs the 'opensmile' package: pip install -r requirements.txt"
         ) from error
@@ -57,7 +59,9 @@ def _import_opensmile():
 def feature_set_name(feature_set):
     """The opensmile name (``eGeMAPSv02``) of a short name (``egemaps``); clear error otherwise."""
     if feature_set not in FEATURE_SETS:
-        raise ValueError(f"Unknown openSMILE feature set {feature_set!r}: use one of {sorted(FEATURE_SETS)}.")
+        raise ValueError(
+            f"Unknown openSMILE feature set {feature_set!r}: use one of {sorted(FEATURE_SETS)}."
+        )
     return FEATURE_SETS[feature_set][0]
 
 
@@ -65,11 +69,18 @@ def build_smile(feature_set, level):
     """An ``opensmile.Smile`` extractor of ``feature_set`` (short name) at ``level``
     (``"lld"`` or ``"functionals"``)."""
     opensmile = _import_opensmile()
-    levels = {"lld": opensmile.FeatureLevel.LowLevelDescriptors, "functionals": opensmile.FeatureLevel.Functionals}
+    levels = {
+        "lld": opensmile.FeatureLevel.LowLevelDescriptors,
+        "functionals": opensmile.FeatureLevel.Functionals,
+    }
     if level not in levels:
-        raise ValueError(f"Unknown openSMILE feature level {level!r}: use 'lld' or 'functionals'.")
+        raise ValueError(
+            f"Unknown openSMILE feature level {level!r}: use 'lld' or 'functionals'."
+        )
     return opensmile.Smile(
-        feature_set=getattr(opensmile.FeatureSet, feature_set_name(feature_set)),
+        feature_set=getattr(
+            opensmile.FeatureSet, feature_set_name(feature_set)
+        ),
         feature_level=levels[level],
     )
 
@@ -82,7 +93,9 @@ def _process(smile, signal, sample_rate, what):
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Segment too short")
-        values = smile.process_signal(np.ascontiguousarray(signal, dtype=np.float32), sample_rate).to_numpy()
+        values = smile.process_signal(
+            np.ascontiguousarray(signal, dtype=np.float32), sample_rate
+        ).to_numpy()
     values = values.astype(np.float32)
     if values.shape[0] == 1 and np.isnan(values).all():
         return values[:0]
@@ -94,7 +107,9 @@ def _process(smile, signal, sample_rate, what):
     return values
 
 
-def opensmile_functionals(waveform, sample_rate=16000, feature_set="egemaps", smile=None):
+def opensmile_functionals(
+    waveform, sample_rate=16000, feature_set="egemaps", smile=None
+):
     """Utterance-level openSMILE functionals (88 for eGeMAPSv02, 6,373 for ComParE_2016).
 
     Arguments
@@ -114,8 +129,14 @@ def opensmile_functionals(waveform, sample_rate=16000, feature_set="egemaps", sm
         ``(F,)`` float32.
     """
     smile = smile or build_smile(feature_set, "functionals")
-    signal = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
-    values = _process(smile, signal, sample_rate, f"a waveform of {signal.shape[-1]} samples")
+    signal = (
+        waveform.detach().cpu().numpy()
+        if isinstance(waveform, torch.Tensor)
+        else np.asarray(waveform)
+    )
+    values = _process(
+        smile, signal, sample_rate, f"a waveform of {signal.shape[-1]} samples"
+    )
     if values.shape[0] != 1:
         raise ValueError(
             f"openSMILE gave no functionals for a waveform of {signal.shape[-1]} samples: it needs "
@@ -149,7 +170,9 @@ class OpenSmileUpstream(Upstream):
         feature_set_name(feature_set)  # validates the name
         lld_hop = round(LLD_HOP_SECONDS * sample_rate)
         if abs(lld_hop - LLD_HOP_SECONDS * sample_rate) > 1e-6:
-            raise ValueError(f"sample_rate={sample_rate} does not give a whole number of samples per 10 ms.")
+            raise ValueError(
+                f"sample_rate={sample_rate} does not give a whole number of samples per 10 ms."
+            )
         stride = hop_length / (1000 * LLD_HOP_SECONDS)
         if stride < 1 or abs(stride - round(stride)) > 1e-9:
             raise ValueError(
@@ -163,7 +186,9 @@ class OpenSmileUpstream(Upstream):
         self.lld_hop = lld_hop  # samples
         self.lld_offset = round(LLD_OFFSET_SECONDS * sample_rate)
         self.receptive_field = round(LLD_WINDOW_SECONDS * sample_rate)
-        self.hop_length = lld_hop * self.frame_stride  # samples per output frame
+        self.hop_length = (
+            lld_hop * self.frame_stride
+        )  # samples per output frame
         self.num_layers = 1
         self.output_dim = FEATURE_SETS[feature_set][1]
         self.smile = build_smile(feature_set, "lld")
@@ -173,8 +198,14 @@ class OpenSmileUpstream(Upstream):
     def lld_frames(self, num_samples):
         """10 ms LLD frames openSMILE gives for ``num_samples`` (int or int64 tensor)."""
         if isinstance(num_samples, torch.Tensor):
-            frames = (num_samples - self.lld_offset).div(self.lld_hop, rounding_mode="floor") + 1
-            return torch.where(num_samples >= self.receptive_field, frames, torch.zeros_like(frames))
+            frames = (num_samples - self.lld_offset).div(
+                self.lld_hop, rounding_mode="floor"
+            ) + 1
+            return torch.where(
+                num_samples >= self.receptive_field,
+                frames,
+                torch.zeros_like(frames),
+            )
         if num_samples < self.receptive_field:
             return 0
         return (num_samples - self.lld_offset) // self.lld_hop + 1
@@ -183,7 +214,9 @@ class OpenSmileUpstream(Upstream):
         """Output frames for ``num_samples``: the LLD frames grouped by ``frame_stride``."""
         lld = self.lld_frames(num_samples)
         if isinstance(lld, torch.Tensor):
-            return (lld + self.frame_stride - 1).div(self.frame_stride, rounding_mode="floor")
+            return (lld + self.frame_stride - 1).div(
+                self.frame_stride, rounding_mode="floor"
+            )
         return -(-lld // self.frame_stride)
 
     def identity(self):
@@ -202,7 +235,12 @@ class OpenSmileUpstream(Upstream):
 
     def _utterance(self, signal, index):
         """``(T', D)`` features of one unpadded signal (numpy)."""
-        values = _process(self.smile, signal, self.sample_rate, f"utterance {index} of the batch")
+        values = _process(
+            self.smile,
+            signal,
+            self.sample_rate,
+            f"utterance {index} of the batch",
+        )
         expected = self.lld_frames(signal.shape[0])
         if values.shape[0] != expected:
             raise RuntimeError(
@@ -212,11 +250,16 @@ class OpenSmileUpstream(Upstream):
             )
         if self.frame_stride > 1 and values.shape[0]:
             groups = -(-values.shape[0] // self.frame_stride)
-            padded = np.zeros((groups * self.frame_stride, values.shape[1]), dtype=np.float32)
+            padded = np.zeros(
+                (groups * self.frame_stride, values.shape[1]), dtype=np.float32
+            )
             padded[: values.shape[0]] = values
             counts = np.full(groups, self.frame_stride, dtype=np.float32)
             counts[-1] = values.shape[0] - (groups - 1) * self.frame_stride
-            values = padded.reshape(groups, self.frame_stride, -1).sum(axis=1) / counts[:, None]
+            values = (
+                padded.reshape(groups, self.frame_stride, -1).sum(axis=1)
+                / counts[:, None]
+            )
         return torch.from_numpy(values)
 
     def forward(self, wavs, wav_lens=None):
@@ -245,9 +288,13 @@ class OpenSmileUpstream(Upstream):
         feats = torch.zeros(batch_size, max_frames, self.output_dim)
         signals = wavs.detach().float().cpu().numpy()
         for index, length in enumerate(lengths.tolist()):
-            utterance = self._utterance(signals[index, :length], index)  # (T'_i, D)
+            utterance = self._utterance(
+                signals[index, :length], index
+            )  # (T'_i, D)
             feats[index, : utterance.shape[0]] = utterance
-        feat_lens = frame_lengths.to(wav_lens.dtype).to(wav_lens.device) / max_frames
+        feat_lens = (
+            frame_lengths.to(wav_lens.dtype).to(wav_lens.device) / max_frames
+        )
         mask = padding_mask(frame_lengths, max_frames)[:, :, None]  # (B, T', 1)
         feats = feats * mask.to(feats.dtype)
         return feats.unsqueeze(1).to(wavs.device), feat_lens  # (B, 1, T', D)

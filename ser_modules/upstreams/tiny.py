@@ -14,12 +14,27 @@ Command line::
 import argparse
 
 import torch
-from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+from transformers import (
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2FeatureExtractor,
+    WavLMConfig,
+    WavLMModel,
+)
 
-KINDS = {"wavlm": (WavLMConfig, WavLMModel), "hubert": (HubertConfig, HubertModel)}
+KINDS = {
+    "wavlm": (WavLMConfig, WavLMModel),
+    "hubert": (HubertConfig, HubertModel),
+}
 
 
-def tiny_config(kind="wavlm", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=None):
+def tiny_config(
+    kind="wavlm",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=None,
+):
     """A small config of ``kind`` with the real models' 320-sample hop (one CNN layer)."""
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}: use one of {sorted(KINDS)}.")
@@ -59,13 +74,17 @@ def save_tiny_model(folder, kind="wavlm", seed=0, **config_options):
     finally:
         torch.set_rng_state(generator_state)
     model.save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        do_normalize=True, return_attention_mask=True
+    ).save_pretrained(folder)
     return str(folder)
 
 
 def main(argv=None):
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description="Save a tiny random WavLM/HuBERT as a Hugging Face folder.")
+    parser = argparse.ArgumentParser(
+        description="Save a tiny random WavLM/HuBERT as a Hugging Face folder."
+    )
     parser.add_argument("folder")
     parser.add_argument("--kind", default="wavlm", choices=sorted(KINDS))
     parser.add_argument("--hidden_size", type=int, default=32)
@@ -74,8 +93,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = save_tiny_model(
-        args.folder, kind=args.kind, seed=args.seed, hidden_size=args.hidden_size,
-        num_layers=args.num_layers, num_heads=args.num_heads,
+        args.folder,
+        kind=args.kind,
+        seed=args.seed,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
     )
     print(f"Saved a tiny random {args.kind} model in {path}")
 

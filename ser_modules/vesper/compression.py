@@ -23,10 +23,14 @@ COMPRESSION_METHODS = ("extract", "average", "random", "distill")
 
 # Owned by teacher layer 0 only (it computes the position bias that every layer gates),
 # so it is copied as a shared weight, never averaged or re-initialised.
-RELATIVE_POSITION_EMBEDDING_KEY = "encoder.layers.0.attention.rel_attn_embed.weight"
+RELATIVE_POSITION_EMBEDDING_KEY = (
+    "encoder.layers.0.attention.rel_attn_embed.weight"
+)
 
 
-def teacher_layers_for_student_layer(student_layer, num_student_layers, num_teacher_layers, method="extract"):
+def teacher_layers_for_student_layer(
+    student_layer, num_student_layers, num_teacher_layers, method="extract"
+):
     """Teacher layers (0-based) that initialise one student layer.
 
     Arguments
@@ -53,10 +57,14 @@ def teacher_layers_for_student_layer(student_layer, num_student_layers, num_teac
         return list(range(student_layer * stride, (student_layer + 1) * stride))
     if method == "random":
         return []
-    raise ValueError(f"Unknown compression method {method!r}; choose one of {COMPRESSION_METHODS}.")
+    raise ValueError(
+        f"Unknown compression method {method!r}; choose one of {COMPRESSION_METHODS}."
+    )
 
 
-def build_student_from_teacher(teacher_model, num_layers, method="extract", seed=None):
+def build_student_from_teacher(
+    teacher_model, num_layers, method="extract", seed=None
+):
     """Build a Vesper student with ``num_layers`` layers from a teacher encoder.
 
     Arguments
@@ -77,19 +85,25 @@ def build_student_from_teacher(teacher_model, num_layers, method="extract", seed
         The student, in train mode, on the teacher's device (float32), with a frozen CNN.
     """
     if method not in COMPRESSION_METHODS:
-        raise ValueError(f"Unknown compression method {method!r}; choose one of {COMPRESSION_METHODS}.")
+        raise ValueError(
+            f"Unknown compression method {method!r}; choose one of {COMPRESSION_METHODS}."
+        )
     if not isinstance(teacher_model, VesperEncoder):
         teacher_model = VesperEncoder.from_wavlm(teacher_model)
     num_teacher_layers = teacher_model.num_layers
     if not 1 <= num_layers <= num_teacher_layers:
-        raise ValueError(f"The student needs 1 to {num_teacher_layers} layers (the teacher's), got {num_layers}.")
+        raise ValueError(
+            f"The student needs 1 to {num_teacher_layers} layers (the teacher's), got {num_layers}."
+        )
 
     config = copy.deepcopy(teacher_model.config)
     config.num_hidden_layers = num_layers
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        student = VesperEncoder(config, normalize_waveform=teacher_model.normalize_waveform)
+        student = VesperEncoder(
+            config, normalize_waveform=teacher_model.normalize_waveform
+        )
 
     teacher_state = teacher_model.state_dict()
     student_state = student.state_dict()
@@ -99,11 +113,14 @@ def build_student_from_teacher(teacher_model, num_layers, method="extract", seed
             student_state[key] = teacher_state[key]
             continue
         student_layer, suffix = layer_suffix
-        sources = teacher_layers_for_student_layer(student_layer, num_layers, num_teacher_layers, method)
+        sources = teacher_layers_for_student_layer(
+            student_layer, num_layers, num_teacher_layers, method
+        )
         if sources:
-            stacked = torch.stack([teacher_state[f"encoder.layers.{j}.{suffix}"] for j in sources])
+            stacked = torch.stack(
+                [teacher_state[f"encoder.layers.{j}.{suffix}"] for j in sources]
+            )
             student_state[key] = stacked.mean(dim=0)
     student.load_state_dict(student_state)
     # Device only: a teacher kept in bf16 for inference must not make the student bf16.
     return student.to(next(teacher_model.parameters()).device).train()
-

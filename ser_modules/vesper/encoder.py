@@ -108,10 +108,16 @@ class ContiguousWavLMAttention(WavLMAttention):
     (one small copy) makes the parent's transpose contiguous. Same maths, same weights.
     """
 
-    def torch_multi_head_self_attention(self, hidden_states, attention_mask, gated_position_bias):
-        time_major = hidden_states.transpose(0, 1).contiguous()  # (T, B, D) in memory
+    def torch_multi_head_self_attention(
+        self, hidden_states, attention_mask, gated_position_bias
+    ):
+        time_major = hidden_states.transpose(
+            0, 1
+        ).contiguous()  # (T, B, D) in memory
         return super().torch_multi_head_self_attention(
-            time_major.transpose(0, 1), attention_mask, gated_position_bias  # (B, T, D) view
+            time_major.transpose(0, 1),
+            attention_mask,
+            gated_position_bias,  # (B, T, D) view
         )
 
 
@@ -131,7 +137,9 @@ class VesperTransformer(nn.Module):
         # Only layer 0 owns the relative position embedding; it computes the bias once
         # and every later layer gates that same bias with its own gru_rel_pos_* weights.
         self.layers = nn.ModuleList(
-            WavLMEncoderLayerStableLayerNorm(config, has_relative_position_bias=(i == 0))
+            WavLMEncoderLayerStableLayerNorm(
+                config, has_relative_position_bias=(i == 0)
+            )
             for i in range(config.num_hidden_layers)
         )
         for layer in self.layers:
@@ -181,7 +189,9 @@ class VesperEncoder(WavLMPreTrainedModel):
         self.feature_extractor = WavLMFeatureEncoder(config)
         self.feature_projection = WavLMFeatureProjection(config)
         # Same init as WavLMModel; always present because the student needs it.
-        self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.masked_spec_embed = nn.Parameter(
+            torch.empty(config.hidden_size).uniform_()
+        )
         self.encoder = VesperTransformer(config)
         self.post_init()
         self.feature_extractor._freeze_parameters()
@@ -225,7 +235,9 @@ class VesperEncoder(WavLMPreTrainedModel):
         total_layers = model.config.num_hidden_layers
         num_layers = total_layers if num_layers is None else num_layers
         if not 1 <= num_layers <= total_layers:
-            raise ValueError(f"num_layers must be in [1, {total_layers}] for this WavLM, got {num_layers}.")
+            raise ValueError(
+                f"num_layers must be in [1, {total_layers}] for this WavLM, got {num_layers}."
+            )
         config = copy.deepcopy(model.config)
         config.num_hidden_layers = num_layers
         encoder = cls(config, normalize_waveform=normalize_waveform)
@@ -233,7 +245,10 @@ class VesperEncoder(WavLMPreTrainedModel):
             key: value
             for key, value in model.state_dict().items()
             if not key.startswith(FINAL_LAYER_NORM_PREFIX)
-            and (split_layer_key(key) is None or split_layer_key(key)[0] < num_layers)
+            and (
+                split_layer_key(key) is None
+                or split_layer_key(key)[0] < num_layers
+            )
         }
         missing, unexpected = encoder.load_state_dict(state, strict=False)
         # A WavLM configured without masking (mask_time_prob = 0) has no mask embedding;
@@ -258,7 +273,9 @@ class VesperEncoder(WavLMPreTrainedModel):
         torch.Tensor
             (B,) integer frame counts (WavLM Large: 1 + (S - 400) // 320).
         """
-        return self._get_feat_extract_output_lengths(num_samples, add_adapter=False)
+        return self._get_feat_extract_output_lengths(
+            num_samples, add_adapter=False
+        )
 
     def extract_cnn_features(self, wavs, wav_lens=None):
         """Run the frozen CNN (with waveform normalisation) once for teacher and student.
@@ -286,7 +303,11 @@ class VesperEncoder(WavLMPreTrainedModel):
         abs_lens = relative_to_absolute(wav_lens, num_samples)  # (B,)
         frame_lens = self.frame_lengths(abs_lens)  # (B,)
         # Shape-only runs (meta tensors, e.g. FLOP counting) have no lengths to check.
-        too_short = [] if abs_lens.is_meta else (frame_lens < 1).nonzero().flatten().tolist()
+        too_short = (
+            []
+            if abs_lens.is_meta
+            else (frame_lens < 1).nonzero().flatten().tolist()
+        )
         if too_short:
             min_samples = self.min_num_samples()
             raise ValueError(
@@ -296,18 +317,29 @@ class VesperEncoder(WavLMPreTrainedModel):
         with torch.no_grad():
             if self.normalize_waveform:
                 wavs = normalize_waveforms(wavs, abs_lens)
-            cnn_feats = self.feature_extractor(wavs).transpose(1, 2)  # (B, T', C)
+            cnn_feats = self.feature_extractor(wavs).transpose(
+                1, 2
+            )  # (B, T', C)
         frame_mask = padding_mask(frame_lens, cnn_feats.shape[1])  # (B, T')
         return cnn_feats, frame_mask
 
     def min_num_samples(self):
         """Smallest waveform length, in samples, that gives one CNN frame (400 for WavLM)."""
         samples = 1
-        for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride))):
+        for kernel, stride in reversed(
+            list(zip(self.config.conv_kernel, self.config.conv_stride))
+        ):
             samples = (samples - 1) * stride + kernel
         return samples
 
-    def forward_from_cnn(self, cnn_feats, frame_mask=None, phoneme_mask=None, word_mask=None, output_layers=None):
+    def forward_from_cnn(
+        self,
+        cnn_feats,
+        frame_mask=None,
+        phoneme_mask=None,
+        word_mask=None,
+        output_layers=None,
+    ):
         """Run projection, positional convolution and Transformer layers on CNN features.
 
         Arguments
@@ -339,9 +371,13 @@ class VesperEncoder(WavLMPreTrainedModel):
             output_layers = (word_mask_layer, num_layers)
         output_layers = sorted(set(output_layers))
         if output_layers[0] < 0 or output_layers[-1] > num_layers:
-            raise ValueError(f"output_layers must lie in [0, {num_layers}], got {output_layers}.")
+            raise ValueError(
+                f"output_layers must lie in [0, {num_layers}], got {output_layers}."
+            )
         if word_mask is not None and word_mask_layer == 0:
-            raise ValueError("A word-level mask needs at least 2 layers (it is applied after layer N // 2).")
+            raise ValueError(
+                "A word-level mask needs at least 2 layers (it is applied after layer N // 2)."
+            )
         if cnn_feats.is_inference() and torch.is_grad_enabled():
             # Features computed under inference_mode cannot be saved for backward.
             cnn_feats = cnn_feats.clone()
@@ -365,7 +401,9 @@ class VesperEncoder(WavLMPreTrainedModel):
             if index == output_layers[-1]:
                 break
             if masks_before_layer.get(index) is not None:
-                hidden = self._apply_mask_embedding(hidden, masks_before_layer[index])
+                hidden = self._apply_mask_embedding(
+                    hidden, masks_before_layer[index]
+                )
             hidden, position_bias = self.encoder.layers[index](
                 hidden, attention_mask=frame_mask, position_bias=position_bias
             )
@@ -376,7 +414,14 @@ class VesperEncoder(WavLMPreTrainedModel):
         embedding = self.masked_spec_embed.to(hidden.dtype)  # (D,)
         return torch.where(mask.unsqueeze(-1), embedding, hidden)  # (B, T', D)
 
-    def forward(self, wavs, wav_lens=None, phoneme_mask=None, word_mask=None, output_layers=None):
+    def forward(
+        self,
+        wavs,
+        wav_lens=None,
+        phoneme_mask=None,
+        word_mask=None,
+        output_layers=None,
+    ):
         """Waveforms to raw layer outputs: :meth:`extract_cnn_features` + :meth:`forward_from_cnn`.
 
         Arguments
@@ -396,7 +441,9 @@ class VesperEncoder(WavLMPreTrainedModel):
             Layer index -> (B, T', D) raw layer output.
         """
         cnn_feats, frame_mask = self.extract_cnn_features(wavs, wav_lens)
-        return self.forward_from_cnn(cnn_feats, frame_mask, phoneme_mask, word_mask, output_layers)
+        return self.forward_from_cnn(
+            cnn_feats, frame_mask, phoneme_mask, word_mask, output_layers
+        )
 
 
 def count_encoder_parameters(encoder):
@@ -419,7 +466,9 @@ def count_encoder_parameters(encoder):
     return sum(parameter.numel() for parameter in encoder.parameters())
 
 
-def count_wavlm_pretraining_parameters(config, final_dim, num_label_classes=504):
+def count_wavlm_pretraining_parameters(
+    config, final_dim, num_label_classes=504
+):
     """Parameters of a WavLM as published (WavLM paper, copied into Vesper's Table II).
 
     The published WavLM sizes (Base 94.70 M, Large 316.62 M) count the pretraining
@@ -445,8 +494,14 @@ def count_wavlm_pretraining_parameters(config, final_dim, num_label_classes=504)
     """
     with torch.device("meta"):
         model = WavLMModel(config)
-    encoder_parameters = sum(parameter.numel() for parameter in model.parameters())
-    head_parameters = config.hidden_size * final_dim + final_dim + num_label_classes * final_dim
+    encoder_parameters = sum(
+        parameter.numel() for parameter in model.parameters()
+    )
+    head_parameters = (
+        config.hidden_size * final_dim
+        + final_dim
+        + num_label_classes * final_dim
+    )
     return encoder_parameters + head_parameters
 
 

@@ -30,7 +30,11 @@ from ser_modules.upstreams.convert_wavlm_checkpoint import (
     rename_original_to_huggingface,
     save_feature_extractor_config,
 )
-from ser_modules.vesper.encoder import FINAL_LAYER_NORM_PREFIX, VesperEncoder, split_layer_key
+from ser_modules.vesper.encoder import (
+    FINAL_LAYER_NORM_PREFIX,
+    VesperEncoder,
+    split_layer_key,
+)
 
 # Prefix of the encoder weights inside the authors' checkpoint["model"]; the other
 # entries are the pretraining predictors, which are not part of the encoder.
@@ -56,7 +60,9 @@ def export_to_huggingface(encoder, out_dir):
     config = copy.deepcopy(encoder.config)
     config.architectures = ["WavLMModel"]
     model = WavLMModel(config)
-    state = {key: value.detach().cpu() for key, value in encoder.state_dict().items()}
+    state = {
+        key: value.detach().cpu() for key, value in encoder.state_dict().items()
+    }
     # See the module docstring for why the final LayerNorm is the parameter-free one.
     state[FINAL_LAYER_NORM_PREFIX + "weight"] = torch.ones(config.hidden_size)
     state[FINAL_LAYER_NORM_PREFIX + "bias"] = torch.zeros(config.hidden_size)
@@ -65,7 +71,9 @@ def export_to_huggingface(encoder, out_dir):
         state.pop("masked_spec_embed")
     model.load_state_dict(state, strict=True)
     model.eval().save_pretrained(out_dir)
-    save_feature_extractor_config(out_dir, do_normalize=encoder.normalize_waveform)
+    save_feature_extractor_config(
+        out_dir, do_normalize=encoder.normalize_waveform
+    )
     return model
 
 
@@ -91,7 +99,9 @@ def load_authors_checkpoint(path, teacher_config, normalize_waveform=True):
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "model" not in checkpoint:
-        raise KeyError(f"{path}: expected the authors' format with a 'model' entry, found {sorted(checkpoint)}.")
+        raise KeyError(
+            f"{path}: expected the authors' format with a 'model' entry, found {sorted(checkpoint)}."
+        )
     original_state = {
         key[len(AUTHORS_ENCODER_PREFIX) :]: value
         for key, value in checkpoint["model"].items()
@@ -101,14 +111,26 @@ def load_authors_checkpoint(path, teacher_config, normalize_waveform=True):
         raise ValueError(
             f"{path}: no '{AUTHORS_ENCODER_PREFIX}*' keys in checkpoint['model']; is it a Vesper checkpoint?"
         )
-    state, unmapped = rename_original_to_huggingface(original_state, teacher_config.feat_extract_norm)
+    state, unmapped = rename_original_to_huggingface(
+        original_state, teacher_config.feat_extract_norm
+    )
     if unmapped:
-        raise ValueError(f"{path}: encoder keys with no WavLM counterpart: {unmapped}.")
+        raise ValueError(
+            f"{path}: encoder keys with no WavLM counterpart: {unmapped}."
+        )
     # Vesper has no final encoder LayerNorm; ignore one if a checkpoint carries it.
-    state = {key: value for key, value in state.items() if not key.startswith(FINAL_LAYER_NORM_PREFIX)}
-    layer_indices = {split[0] for split in map(split_layer_key, state) if split is not None}
+    state = {
+        key: value
+        for key, value in state.items()
+        if not key.startswith(FINAL_LAYER_NORM_PREFIX)
+    }
+    layer_indices = {
+        split[0] for split in map(split_layer_key, state) if split is not None
+    }
     if not layer_indices:
-        raise ValueError(f"{path}: no Transformer layer weights under '{AUTHORS_ENCODER_PREFIX}encoder.layers.'.")
+        raise ValueError(
+            f"{path}: no Transformer layer weights under '{AUTHORS_ENCODER_PREFIX}encoder.layers.'."
+        )
     config = copy.deepcopy(teacher_config)
     config.num_hidden_layers = max(layer_indices) + 1
     encoder = VesperEncoder(config, normalize_waveform=normalize_waveform)
@@ -128,5 +150,9 @@ def to_authors_state_dict(encoder):
     dict[str, torch.Tensor]
         Suitable as (part of) the ``"model"`` entry read by :func:`load_authors_checkpoint`.
     """
-    original = rename_huggingface_to_original(encoder.state_dict(), encoder.config.feat_extract_norm)
-    return {AUTHORS_ENCODER_PREFIX + key: value for key, value in original.items()}
+    original = rename_huggingface_to_original(
+        encoder.state_dict(), encoder.config.feat_extract_norm
+    )
+    return {
+        AUTHORS_ENCODER_PREFIX + key: value for key, value in original.items()
+    }

@@ -12,7 +12,6 @@ representations through three small predictors (Vesper paper, sections III-B2 an
 Each MSE is the mean over all selected elements; targets are not normalised.
 """
 
-import torch
 from torch import nn
 
 OBJECTIVES = ("vesper", "distill")
@@ -68,7 +67,9 @@ def predicted_mse(predictor, inputs, targets, frame_mask):
     # Indexing copies the targets into an ordinary tensor, which autograd may save even
     # when the teacher ran under inference mode.
     selected_targets = targets[frame_mask].detach()  # (K, D)
-    squared_error = nn.functional.mse_loss(predictions, selected_targets, reduction="sum")
+    squared_error = nn.functional.mse_loss(
+        predictions, selected_targets, reduction="sum"
+    )
     return squared_error / max(selected_targets.numel(), 1)
 
 
@@ -135,12 +136,20 @@ class VesperPretrainingLoss(nn.Module):
                 f"{', use_cross' if objective == 'vesper' else ''}): enable at least one."
             )
         self.objective = objective
-        self.weights = {"low": weight_low, "high": weight_high, "cross": weight_cross}
+        self.weights = {
+            "low": weight_low,
+            "high": weight_high,
+            "cross": weight_cross,
+        }
         # P1, P2, P3 of the paper; a disabled term gets no predictor.
         self.predictors = nn.ModuleDict(
             {
                 term: Predictor(dim, predictor_hidden)
-                for term, used in (("low", use_low), ("high", use_high), ("cross", use_cross))
+                for term, used in (
+                    ("low", use_low),
+                    ("high", use_high),
+                    ("cross", use_cross),
+                )
                 if used
             }
         )
@@ -199,7 +208,9 @@ class VesperPretrainingLoss(nn.Module):
         total = 0.0
         for term, (inputs, targets, frames) in inputs_and_targets.items():
             if term in self.predictors:
-                losses[f"loss_{term}"] = predicted_mse(self.predictors[term], inputs, targets, frames)
+                losses[f"loss_{term}"] = predicted_mse(
+                    self.predictors[term], inputs, targets, frames
+                )
                 total = total + self.weights[term] * losses[f"loss_{term}"]
             else:
                 losses[f"loss_{term}"] = student_final.new_zeros(())

@@ -74,7 +74,9 @@ def spans_to_mask(centres, span, valid_frames, num_frames):
     starts = (centres - span // 2).clamp(min=0)  # (K,)
     ends = (centres - span // 2 + span).clamp(max=valid_frames)  # (K,)
     frames = torch.arange(num_frames, device=centres.device)  # (T',)
-    inside = (frames >= starts.unsqueeze(1)) & (frames < ends.unsqueeze(1))  # (K, T')
+    inside = (frames >= starts.unsqueeze(1)) & (
+        frames < ends.unsqueeze(1)
+    )  # (K, T')
     return inside.any(dim=0)  # (T',)
 
 
@@ -171,7 +173,9 @@ class EnergyGuidedMasker:
             ``(B, T')`` True on frames replaced by the mask embedding after layer N/2.
         """
         positions = self.draw_positions(wavs, wav_lens, num_frames, generator)
-        return self.positions_to_masks(positions, num_frames, device=wavs.device)
+        return self.positions_to_masks(
+            positions, num_frames, device=wavs.device
+        )
 
     def num_valid_frames(self, lengths):
         """Frames made of real samples only, ``1 + (length - frame_length) // hop_length``.
@@ -186,7 +190,9 @@ class EnergyGuidedMasker:
         torch.LongTensor
             ``(B,)`` frame counts, 0 for inputs shorter than one frame.
         """
-        frames = 1 + torch.div(lengths - self.frame_length, self.hop_length, rounding_mode="floor")
+        frames = 1 + torch.div(
+            lengths - self.frame_length, self.hop_length, rounding_mode="floor"
+        )
         return frames.clamp(min=0)
 
     def frame_energy(self, wavs, wav_lens):
@@ -212,9 +218,13 @@ class EnergyGuidedMasker:
         valid_frames = self.num_valid_frames(lengths)  # (B,)
         if samples < self.frame_length:
             return wavs.new_zeros(batch, 0, dtype=torch.float32), valid_frames
-        frames = wavs.float().unfold(-1, self.frame_length, self.hop_length)  # (B, F, frame_length)
+        frames = wavs.float().unfold(
+            -1, self.frame_length, self.hop_length
+        )  # (B, F, frame_length)
         rms = frames.pow(2).mean(dim=-1).sqrt()  # (B, F)
-        valid = length_to_mask(valid_frames, max_len=rms.shape[1], dtype=torch.bool)  # (B, F)
+        valid = length_to_mask(
+            valid_frames, max_len=rms.shape[1], dtype=torch.bool
+        )  # (B, F)
         rms = rms.masked_fill(~valid, 0.0)
         peak = rms.amax(dim=-1, keepdim=True)  # (B, 1)
         # An all-silent utterance has peak 0: dividing by `tiny` keeps its energies at 0.
@@ -252,10 +262,20 @@ class EnergyGuidedMasker:
         def capped(max_positions, span):
             # Rounding to 9 decimals first keeps exact products such as 0.64 * 125 / 8 = 10
             # from flooring to 9 through float error.
-            return max(0, min(max_positions, math.floor(round(self.coverage_cap * valid_frames / span, 9))))
+            return max(
+                0,
+                min(
+                    max_positions,
+                    math.floor(
+                        round(self.coverage_cap * valid_frames / span, 9)
+                    ),
+                ),
+            )
 
         num_phoneme = capped(self.phoneme_max_positions, self.phoneme_span)
-        num_word = min(capped(self.word_max_positions, self.word_span), num_phoneme)
+        num_word = min(
+            capped(self.word_max_positions, self.word_span), num_phoneme
+        )
         return num_phoneme, num_word
 
     def draw_positions(self, wavs, wav_lens, num_frames, generator=None):
@@ -292,11 +312,21 @@ class EnergyGuidedMasker:
             utterance_zones = utterance_zones[:frames]  # (L,)
             num_phoneme, num_word = self.count_positions(frames)
             if self.mode == "energy":
-                centres = self._draw_energy_guided(utterance_zones, num_phoneme, generator)
+                centres = self._draw_energy_guided(
+                    utterance_zones, num_phoneme, generator
+                )
             else:
-                centres = torch.randperm(frames, generator=generator)[:num_phoneme]
-            word_centres = centres[torch.randperm(len(centres), generator=generator)[:num_word]]
-            positions.append(MaskPositions(frames, centres, utterance_zones[centres], word_centres))
+                centres = torch.randperm(frames, generator=generator)[
+                    :num_phoneme
+                ]
+            word_centres = centres[
+                torch.randperm(len(centres), generator=generator)[:num_word]
+            ]
+            positions.append(
+                MaskPositions(
+                    frames, centres, utterance_zones[centres], word_centres
+                )
+            )
         return positions
 
     def positions_to_masks(self, positions, num_frames, device=None):
@@ -317,10 +347,23 @@ class EnergyGuidedMasker:
             ``(B, T')`` each.
         """
         phoneme_mask = torch.stack(
-            [spans_to_mask(p.phoneme_centres, self.phoneme_span, p.valid_frames, num_frames) for p in positions]
+            [
+                spans_to_mask(
+                    p.phoneme_centres,
+                    self.phoneme_span,
+                    p.valid_frames,
+                    num_frames,
+                )
+                for p in positions
+            ]
         )  # (B, T')
         word_mask = torch.stack(
-            [spans_to_mask(p.word_centres, self.word_span, p.valid_frames, num_frames) for p in positions]
+            [
+                spans_to_mask(
+                    p.word_centres, self.word_span, p.valid_frames, num_frames
+                )
+                for p in positions
+            ]
         )  # (B, T')
         return phoneme_mask.to(device), word_mask.to(device)
 
@@ -339,7 +382,13 @@ class EnergyGuidedMasker:
         # At most one zone can be short of its share while the other has frames left, so
         # this order gives the other zone's leftovers first, then the noise zone.
         leftovers = torch.cat([high[take_high:], low[take_low:], noise])
-        return torch.cat([high[:take_high], low[:take_low], leftovers[: count - take_high - take_low]])
+        return torch.cat(
+            [
+                high[:take_high],
+                low[:take_low],
+                leftovers[: count - take_high - take_low],
+            ]
+        )
 
 
 def _shuffled(indices, generator):

@@ -28,19 +28,32 @@ import zlib
 import speechbrain as sb
 import torch
 import yaml
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 
-from ser_modules.resume import loader_generator, register_completion_record, remove_incomplete_checkpoints
 from ser_modules.fingerprint import file_sha256
+from ser_modules.resume import (
+    loader_generator,
+    register_completion_record,
+    remove_incomplete_checkpoints,
+)
 from ser_modules.upstreams.base import Upstream, relative_to_absolute
-from ser_modules.upstreams.huggingface import WEIGHT_SUFFIXES, normalize_waveforms
+from ser_modules.upstreams.huggingface import (
+    WEIGHT_SUFFIXES,
+    normalize_waveforms,
+)
 
 logger = logging.getLogger(__name__)
 
 LOSS_TERMS = ("loss_low", "loss_high", "loss_cross")
 
 
-def warmup_cosine_lr(progress_epochs, peak_lr, final_lr, warmup_epochs, total_epochs):
+def warmup_cosine_lr(
+    progress_epochs, peak_lr, final_lr, warmup_epochs, total_epochs
+):
     """Learning rate of Vesper pretraining at a (fractional) epoch position.
 
     Linear warm-up from 0 to ``peak_lr`` over ``warmup_epochs``, then cosine annealing to
@@ -63,7 +76,9 @@ def warmup_cosine_lr(progress_epochs, peak_lr, final_lr, warmup_epochs, total_ep
         return peak_lr * progress_epochs / warmup_epochs
     span = max(total_epochs - warmup_epochs, 1e-12)
     fraction = min(max((progress_epochs - warmup_epochs) / span, 0.0), 1.0)
-    return final_lr + 0.5 * (peak_lr - final_lr) * (1.0 + math.cos(math.pi * fraction))
+    return final_lr + 0.5 * (peak_lr - final_lr) * (
+        1.0 + math.cos(math.pi * fraction)
+    )
 
 
 def crop_seed(seed, epoch, utterance_id):
@@ -106,7 +121,9 @@ class StudentFromCNN(torch.nn.Module):
 
     def forward(self, cnn_feats, frame_mask, phoneme_mask=None, word_mask=None):
         """Raw outputs of layers N/2 and N: ``{N // 2: (B, T, D), N: (B, T, D)}``."""
-        return self.encoder.forward_from_cnn(cnn_feats, frame_mask, phoneme_mask, word_mask)
+        return self.encoder.forward_from_cnn(
+            cnn_feats, frame_mask, phoneme_mask, word_mask
+        )
 
 
 class TeacherTargets(Upstream):
@@ -140,11 +157,22 @@ class TeacherTargets(Upstream):
         """Teacher files by sha256, target layers, normalisation (the cache key)."""
         files = {}
         if os.path.isdir(self.source):
-            names = sorted(n for n in os.listdir(self.source) if n.endswith(WEIGHT_SUFFIXES) or n == "config.json")
-            files = {name: file_sha256(os.path.join(self.source, name)) for name in names}
+            names = sorted(
+                n
+                for n in os.listdir(self.source)
+                if n.endswith(WEIGHT_SUFFIXES) or n == "config.json"
+            )
+            files = {
+                name: file_sha256(os.path.join(self.source, name))
+                for name in names
+            }
         if not files:
             # An in-memory teacher: fall back to a checksum of its weights.
-            files = {"weights_sum": sum(float(p.double().sum()) for p in self.teacher.parameters())}
+            files = {
+                "weights_sum": sum(
+                    float(p.double().sum()) for p in self.teacher.parameters()
+                )
+            }
         return {
             "kind": "vesper_teacher_targets",
             "source": self.source,
@@ -171,12 +199,16 @@ class TeacherTargets(Upstream):
             ``torch.inference_mode`` (no autograd bookkeeping, no saved activations).
         """
         with torch.inference_mode():
-            outputs = self.teacher.forward_from_cnn(cnn_feats, frame_mask, output_layers=self.layers)
+            outputs = self.teacher.forward_from_cnn(
+                cnn_feats, frame_mask, output_layers=self.layers
+            )
         return outputs[self.layers[0]], outputs[self.layers[1]]
 
     def forward(self, wavs, wav_lens=None):
         """Targets of a waveform batch: ``(B, 2, T, D)`` and relative frame lengths ``(B,)``."""
-        cnn_feats, frame_mask = self.teacher.extract_cnn_features(wavs, wav_lens)
+        cnn_feats, frame_mask = self.teacher.extract_cnn_features(
+            wavs, wav_lens
+        )
         middle, last = self.targets_from_cnn(cnn_feats, frame_mask)
         feats = torch.stack([middle, last], dim=1)  # (B, 2, T, D)
         feat_lens = frame_mask.sum(dim=1).float() / frame_mask.shape[1]  # (B,)
@@ -211,14 +243,20 @@ class VesperPretrainBrain(sb.Brain):
         super().on_fit_start()
         register_completion_record(self.checkpointer)
 
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
         """Record the number of training batches of this process (for the LR schedule).
 
         Each loader gets a private generator (:func:`ser_modules.resume.loader_generator`),
         so a run resumed mid-epoch draws the same masks and dropout as the uninterrupted run.
         """
-        loader_kwargs.setdefault("generator", loader_generator(self.hparams.seed, stage))
-        loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+        loader_kwargs.setdefault(
+            "generator", loader_generator(self.hparams.seed, stage)
+        )
+        loader = super().make_dataloader(
+            dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs
+        )
         if stage == sb.Stage.TRAIN:
             self.steps_per_epoch = len(loader)
         return loader
@@ -226,7 +264,9 @@ class VesperPretrainBrain(sb.Brain):
     def student_encoder(self):
         """The student's VesperEncoder, inside a DDP wrapper or not."""
         student = self.modules.student
-        return (student.module if hasattr(student, "module") else student).encoder
+        return (
+            student.module if hasattr(student, "module") else student
+        ).encoder
 
     def compute_forward(self, batch, stage):
         """Student outputs, teacher targets and masks of one batch."""
@@ -234,7 +274,9 @@ class VesperPretrainBrain(sb.Brain):
         wavs, wav_lens = batch.sig  # (B, S)
         encoder = self.student_encoder()
         # The frozen CNN runs once: teacher and student share its output.
-        cnn_feats, frame_mask = encoder.extract_cnn_features(wavs, wav_lens)  # (B, T, C), (B, T)
+        cnn_feats, frame_mask = encoder.extract_cnn_features(
+            wavs, wav_lens
+        )  # (B, T, C), (B, T)
         num_frames = cnn_feats.shape[1]
         if hasattr(batch, "targets"):
             targets, _ = batch.targets  # (B, T_cache, 2, D), precomputed
@@ -243,20 +285,32 @@ class VesperPretrainBrain(sb.Brain):
                     f"Cached teacher targets have {targets.shape[1]} frames but the batch of {batch.id} "
                     f"has {num_frames}: delete the target cache (target_cache_folder) and run again."
                 )
-            teacher_mid, teacher_final = targets[:, :, 0], targets[:, :, 1]  # (B, T, D) each
+            teacher_mid, teacher_final = (
+                targets[:, :, 0],
+                targets[:, :, 1],
+            )  # (B, T, D) each
         else:
-            teacher_mid, teacher_final = self.modules.teacher.targets_from_cnn(cnn_feats, frame_mask)
+            teacher_mid, teacher_final = self.modules.teacher.targets_from_cnn(
+                cnn_feats, frame_mask
+            )
         phoneme_mask = word_mask = None
         if self.hparams.objective != "distill":
             generator = None
             if stage != sb.Stage.TRAIN:
                 # Validation draws the same masks every epoch, so its loss is comparable.
-                generator = torch.Generator().manual_seed(self.validation_seed(batch.id))
+                generator = torch.Generator().manual_seed(
+                    self.validation_seed(batch.id)
+                )
             lengths = relative_to_absolute(wav_lens, wavs.shape[1])  # (B,)
             phoneme_mask, word_mask = self.hparams.masker(
-                normalize_waveforms(wavs, lengths), wav_lens, num_frames, generator=generator
+                normalize_waveforms(wavs, lengths),
+                wav_lens,
+                num_frames,
+                generator=generator,
             )  # (B, T) each
-        student_outputs = self.modules.student(cnn_feats, frame_mask, phoneme_mask, word_mask)
+        student_outputs = self.modules.student(
+            cnn_feats, frame_mask, phoneme_mask, word_mask
+        )
         middle, last = encoder.num_layers // 2, encoder.num_layers
         return {
             "student_mid": student_outputs[middle],
@@ -285,14 +339,24 @@ class VesperPretrainBrain(sb.Brain):
         """Set the warm-up + cosine learning rate of this step."""
         epoch = self.hparams.epoch_counter.current
         progress = (epoch - 1) + (self.step - 1) / max(1, self.steps_per_epoch)
-        lr = warmup_cosine_lr(progress, self.hparams.peak_lr, self.hparams.final_lr,
-                              self.hparams.warmup_epochs, self.hparams.number_of_epochs)
+        lr = warmup_cosine_lr(
+            progress,
+            self.hparams.peak_lr,
+            self.hparams.final_lr,
+            self.hparams.warmup_epochs,
+            self.hparams.number_of_epochs,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def init_optimizers(self):
         """AdamW on the trainable student and predictor parameters (teacher and CNN frozen)."""
-        trainable = [p for name in ("student", "loss") for p in self.modules[name].parameters() if p.requires_grad]
+        trainable = [
+            p
+            for name in ("student", "loss")
+            for p in self.modules[name].parameters()
+            if p.requires_grad
+        ]
         self.optimizer = self.opt_class(trainable)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
@@ -307,26 +371,47 @@ class VesperPretrainBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the loss and its terms; checkpoint after validation."""
         stats = {"loss": stage_loss}
-        stats.update({name: value / max(1, self.term_count) for name, value in self.term_sums.items()})
+        stats.update(
+            {
+                name: value / max(1, self.term_count)
+                for name, value in self.term_sums.items()
+            }
+        )
         stats = self.average_over_processes(stats)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                stats_meta={
+                    "epoch": epoch,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                },
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            meta = {"loss": float(stage_loss), "train_loss": float(self.train_stats["loss"]), "epoch": float(epoch)}
-            self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=1)
+            meta = {
+                "loss": float(stage_loss),
+                "train_loss": float(self.train_stats["loss"]),
+                "epoch": float(epoch),
+            }
+            self.checkpointer.save_and_keep_only(
+                meta=meta, min_keys=["loss"], num_to_keep=1
+            )
 
     def average_over_processes(self, stats):
         """Average per-process statistics over the DDP processes (each saw its own share)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
             return stats
         names = sorted(stats)
-        values = torch.tensor([float(stats[name]) for name in names], dtype=torch.float64, device=self.device)
+        values = torch.tensor(
+            [float(stats[name]) for name in names],
+            dtype=torch.float64,
+            device=self.device,
+        )
         torch.distributed.all_reduce(values)
         values /= torch.distributed.get_world_size()
         return dict(zip(names, values.tolist()))
@@ -338,7 +423,9 @@ class VesperPretrainBrain(sb.Brain):
             "step": self.step,
             "avg_train_loss": float(self.avg_train_loss),
             "optimizer_step": self.optimizer_step,
-            "term_sums": {name: float(value) for name, value in self.term_sums.items()},
+            "term_sums": {
+                name: float(value) for name, value in self.term_sums.items()
+            },
             "term_count": self.term_count,
         }
         with open(path, "w", encoding="utf-8") as handle:
