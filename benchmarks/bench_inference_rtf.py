@@ -8,7 +8,7 @@ For up to three upstreams, each with the SUPERB classifier (``hparams/superb_*.y
 * a WavLM-Large-sized random WavLM (the same with 24 layers),
 
 it checkpoints the untrained split, exports it with
-:func:`ser_modules.inference.export_model_folder` (the folder a recipe writes), loads it with
+:func:`ser_modules.model_export.export_model_folder` (the folder a recipe writes), loads it with
 ``EmotionClassifier.from_hparams`` and times ``classify_file`` (read + resample + windows +
 upstream + classifier: what ``python -m ser_modules.infer`` does), in fp32 and under bf16
 autocast (SpeechBrain's ``precision`` run option), on
@@ -58,11 +58,8 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Wav2Vec2FeatureExtractor, WavLMModel
 
-from ser_modules.inference import (
-    EmotionClassifier,
-    export_model_folder,
-    window_bounds,
-)
+from ser_modules.inference import EmotionClassifier, window_bounds
+from ser_modules.model_export import export_model_folder
 from ser_modules.vesper.encoder import wavlm_large_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -362,7 +362,6 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
     """
     import speechbrain as sb
 
-    from ser_modules.feature_cache import minimum_samples  # noqa: F401  (imported by run_split)
     from ser_modules.manifest import read_csv
     from ser_modules.recipe import (
         build_feature_caches,

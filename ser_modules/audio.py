@@ -3,6 +3,8 @@
 Reading goes through :mod:`soundfile` (what ``speechbrain.dataio.dataio.read_audio`` uses in
 SpeechBrain 1.1; ``torchaudio.load`` would need torchcodec), resampling through
 ``torchaudio.functional.resample``. Every failure names the file and says what to do.
+:class:`WaveformDataset` and :func:`collate_waveforms` turn a list of files into padded
+batches for a frozen upstream (feature cache, t-SNE).
 """
 
 import logging
@@ -11,6 +13,7 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+from speechbrain.utils.data_utils import batch_pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +173,41 @@ def seconds_to_samples(seconds, sample_rate=SAMPLE_RATE):
     if seconds is None or seconds <= 0:
         return None
     return int(round(seconds * sample_rate))
+
+
+class WaveformDataset(torch.utils.data.Dataset):
+    """Reads, resamples and crops the audio of ``(utt_id, path)`` items for extraction.
+
+    Waveforms shorter than ``min_samples`` are zero-padded to it.
+    """
+
+    def __init__(
+        self, items, num_samples, crop_mode, sample_rate, min_samples=None
+    ):
+        self.items = items
+        self.num_samples = num_samples
+        self.crop_mode = crop_mode
+        self.sample_rate = sample_rate
+        self.min_samples = min_samples
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        utt_id, path = self.items[index]
+        waveform = load_audio(
+            path, self.sample_rate
+        )  # (T,); AudioError names the file
+        return utt_id, crop_or_pad(
+            waveform,
+            self.num_samples,
+            self.crop_mode,
+            min_samples=self.min_samples,
+        )
+
+
+def collate_waveforms(batch):
+    """``[(utt_id, (T_i,))]`` -> ``(ids, (B, T) padded, (B,) relative lengths)``."""
+    ids = [utt_id for utt_id, _ in batch]
+    wavs, wav_lens = batch_pad_right([waveform for _, waveform in batch])
+    return ids, wavs, torch.as_tensor(wav_lens, dtype=torch.float32)

@@ -51,17 +51,17 @@ import zlib
 
 import numpy as np
 import torch
-from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
 from ser_modules.audio import (
+    WaveformDataset,
     audio_info,
-    crop_or_pad,
-    load_audio,
+    collate_waveforms,
     seconds_to_samples,
 )
 from ser_modules.fingerprint import file_sha256
-from ser_modules.manifest import atomic_write_text
+from ser_modules.manifest import atomic_write_text, resolve_path
+from ser_modules.upstreams.base import minimum_samples
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,6 @@ FORMAT_VERSION = (
 KEY_FILE = "key.json"
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# SpeechBrain's CSV variables: "$data_root/x.wav" with replacements={"data_root": ...}.
-VARIABLE = re.compile(r"\$([\w.]+)")
 SHARD_RECORD = re.compile(r"shard_(\d+)\.json")
 TEMPORARY_SHARD = re.compile(r"\.tmp_shard_\d+\..+\.bin")
 LOCK_FILE = ".lock"
@@ -89,79 +87,6 @@ class NonFiniteFeaturesError(ValueError):
 def crc32(array):
     """CRC-32 of an array's bytes (C order)."""
     return zlib.crc32(np.ascontiguousarray(array).tobytes()) & 0xFFFFFFFF
-
-
-def resolve_path(path, replacements, utt_id=None):
-    """Replace the ``$name`` variables of a manifest path, as SpeechBrain's ``load_data_csv``.
-
-    Arguments
-    ---------
-    path : str
-        E.g. ``"$data_root/Session1/sentences/wav/x.wav"``.
-    replacements : dict
-        E.g. ``{"data_root": "/corpora/IEMOCAP_full_release", "prep_root": "/data/prep"}``.
-    utt_id : str, optional
-        Named in the error when a variable has no replacement.
-
-    Returns
-    -------
-    str
-    """
-
-    def substitute(match):
-        name = match[1]
-        if name not in replacements:
-            raise ValueError(
-                f"The path {path!r} of utterance {utt_id} uses ${name} but replacements "
-                f"only define {sorted(replacements)}: pass replacements={{'{name}': <folder>}}."
-            )
-        return str(replacements[name])
-
-    return VARIABLE.sub(substitute, path)
-
-
-def minimum_samples(upstream):
-    """Samples an upstream needs to give one frame: its CNN's receptive field (400 for
-    WavLM / HuBERT), 1 for upstreams that give a frame for any input (filterbanks)."""
-    return int(getattr(upstream, "receptive_field", 1))
-
-
-class WaveformDataset(torch.utils.data.Dataset):
-    """Reads, resamples and crops the audio of ``(utt_id, path)`` items for extraction.
-
-    Waveforms shorter than ``min_samples`` are zero-padded to it.
-    """
-
-    def __init__(
-        self, items, num_samples, crop_mode, sample_rate, min_samples=None
-    ):
-        self.items = items
-        self.num_samples = num_samples
-        self.crop_mode = crop_mode
-        self.sample_rate = sample_rate
-        self.min_samples = min_samples
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        utt_id, path = self.items[index]
-        waveform = load_audio(
-            path, self.sample_rate
-        )  # (T,); AudioError names the file
-        return utt_id, crop_or_pad(
-            waveform,
-            self.num_samples,
-            self.crop_mode,
-            min_samples=self.min_samples,
-        )
-
-
-def collate_waveforms(batch):
-    """``[(utt_id, (T_i,))]`` -> ``(ids, (B, T) padded, (B,) relative lengths)``."""
-    ids = [utt_id for utt_id, _ in batch]
-    wavs, wav_lens = batch_pad_right([waveform for _, waveform in batch])
-    return ids, wavs, torch.as_tensor(wav_lens, dtype=torch.float32)
 
 
 class ShardWriter:

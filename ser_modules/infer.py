@@ -4,7 +4,7 @@
         [--window_seconds S] [--hop_seconds S] [--device cpu] [--batch_size N]
 
 ``MODEL_DIR`` is a model folder (``<output_folder>/<split>/model`` of a training run, see
-:mod:`ser_modules.inference`). ``AUDIO`` may be files, folders (searched recursively for
+:mod:`ser_modules.model_folder`). ``AUDIO`` may be files, folders (searched recursively for
 wav/flac/mp3/ogg) or ``.txt`` / ``.csv`` lists of paths. A table (file, label,
 probabilities) is printed; ``--output`` also writes JSON or CSV. Unreadable files are
 reported, skipped and counted; the exit status is 1 when every file failed, 2 when the
@@ -20,7 +20,10 @@ import sys
 
 from ser_modules.audio import AudioError
 
+logger = logging.getLogger(__name__)
+
 OUTPUT_FORMATS = (".json", ".csv")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
 def parse_arguments(argv):
@@ -66,6 +69,92 @@ def parse_arguments(argv):
             f"--output must end with {' or '.join(OUTPUT_FORMATS)}, got {args.output}"
         )
     return args
+
+
+def read_path_list(list_path):
+    """Audio paths listed in a ``.txt`` (one per line, ``#`` comments) or ``.csv`` file.
+
+    A CSV's paths are read from its ``path``, ``wav``, ``file`` or ``audio`` column (else
+    the first column). Relative paths are taken relative to the list's folder.
+    """
+    try:
+        return _read_path_list(list_path)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"The path list {list_path} is not UTF-8 text ({error}): save it as UTF-8."
+        ) from error
+
+
+def _read_path_list(list_path):
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first path.
+    with open(list_path, encoding="utf-8-sig", newline="") as handle:
+        if list_path.lower().endswith(".csv"):
+            rows = list(csv.reader(handle))
+            if not rows:
+                return []
+            header = [name.strip().lower() for name in rows[0]]
+            named = [
+                header.index(name)
+                for name in ("path", "wav", "file", "audio")
+                if name in header
+            ]
+            column = named[0] if named else 0
+            body = rows[1:] if named else rows
+            paths = [
+                row[column].strip()
+                for row in body
+                if len(row) > column and row[column].strip()
+            ]
+        else:
+            paths = [
+                line.strip()
+                for line in handle
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+    base = os.path.dirname(os.path.abspath(list_path))
+    return [
+        path if os.path.isabs(path) else os.path.join(base, path)
+        for path in paths
+    ]
+
+
+def collect_audio_files(inputs):
+    """Expand files, folders (recursively: wav/flac/mp3/ogg) and path lists into files.
+
+    A path that does not exist is kept: classifying it reports it as unreadable.
+
+    Raises
+    ------
+    FileNotFoundError
+        When nothing at all was found.
+    """
+    files = []
+    for item in inputs:
+        item = str(item)
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(item)
+                for name in names
+                if name.lower().endswith(AUDIO_EXTENSIONS)
+            )
+            if not found:
+                logger.warning(
+                    "No audio files (%s) under %s",
+                    ", ".join(AUDIO_EXTENSIONS),
+                    item,
+                )
+            files.extend(found)
+        elif item.lower().endswith((".txt", ".csv")) and os.path.isfile(item):
+            files.extend(read_path_list(item))
+        else:
+            files.append(item)
+    if not files:
+        raise FileNotFoundError(
+            f"No audio files found in {list(inputs)}: give files, folders holding "
+            f"{'/'.join(AUDIO_EXTENSIONS)} files, or .txt/.csv lists of paths."
+        )
+    return files
 
 
 def format_table(results, failures, labels):
@@ -150,12 +239,8 @@ def main(argv=None):
 
 def classify_command(args):
     """Load the model, classify every file, print and write the results; the exit status."""
-    from ser_modules.inference import (
-        EmotionClassifier,
-        ModelFolderError,
-        classify_files,
-        collect_audio_files,
-    )
+    from ser_modules.inference import EmotionClassifier, classify_files
+    from ser_modules.model_folder import ModelFolderError
 
     try:
         files = collect_audio_files(args.audio)

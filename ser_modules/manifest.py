@@ -16,12 +16,15 @@ import csv
 import json
 import logging
 import os
+import re
 import tempfile
 
 logger = logging.getLogger(__name__)
 
 DATA_ROOT = "$data_root"
 OPTIONS_FILE = "prepare_options.json"
+# SpeechBrain's CSV variables: "$data_root/x.wav" with replacements={"data_root": ...}.
+VARIABLE = re.compile(r"\$([\w.]+)")
 
 
 def to_data_root_path(path, data_folder):
@@ -53,6 +56,35 @@ def to_data_root_path(path, data_folder):
 def resolve_data_root(path, data_folder):
     """Inverse of :func:`to_data_root_path`: replace ``$data_root`` by ``data_folder``."""
     return path.replace(DATA_ROOT, str(data_folder))
+
+
+def resolve_path(path, replacements, utt_id=None):
+    """Replace the ``$name`` variables of a manifest path, as SpeechBrain's ``load_data_csv``.
+
+    Arguments
+    ---------
+    path : str
+        E.g. ``"$data_root/Session1/sentences/wav/x.wav"``.
+    replacements : dict
+        E.g. ``{"data_root": "/corpora/IEMOCAP_full_release", "prep_root": "/data/prep"}``.
+    utt_id : str, optional
+        Named in the error when a variable has no replacement.
+
+    Returns
+    -------
+    str
+    """
+
+    def substitute(match):
+        name = match[1]
+        if name not in replacements:
+            raise ValueError(
+                f"The path {path!r} of utterance {utt_id} uses ${name} but replacements "
+                f"only define {sorted(replacements)}: pass replacements={{'{name}': <folder>}}."
+            )
+        return str(replacements[name])
+
+    return VARIABLE.sub(substitute, path)
 
 
 def atomic_write_text(path, text):
@@ -264,8 +296,25 @@ def format_summary(manifests):
     return "\n".join(lines)
 
 
-def _parse_value(text, default, name=None):
+def parse_value(text, default, name=None):
     """Convert a command-line string to the type of the parameter's default.
+
+    Shared by the preparation scripts' command line (:func:`preparation_cli`) and the
+    recipes' preparation options (``ser_modules.recipe``).
+
+    Arguments
+    ---------
+    text : str
+        The value as typed, e.g. ``"0.2"``, ``"True"`` or ``"none"``.
+    default : object
+        The parameter's default: a bool, int or float default converts ``text`` to that
+        type; a ``None`` default turns ``"none"`` into ``None``; anything else keeps the text.
+    name : str, optional
+        The option's name, used in the error message.
+
+    Returns
+    -------
+    bool, int, float, str or None
 
     Raises
     ------
@@ -337,7 +386,7 @@ def preparation_cli(prepare_function, argv=None):
         kwargs[name] = (
             value
             if default is inspect.Parameter.empty
-            else _parse_value(value, default, name)
+            else parse_value(value, default, name)
         )
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"

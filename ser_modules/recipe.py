@@ -30,7 +30,6 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.feature_cache import minimum_samples, resolve_path
 from ser_modules.fingerprint import (
     FolderLock,
     audio_digest,
@@ -40,14 +39,16 @@ from ser_modules.fingerprint import (
     plain_hparams,
     text_sha256,
 )
-from ser_modules.inference import check_upstream_files, export_model_folder
-from ser_modules.manifest import atomic_write_text, read_csv
+from ser_modules.manifest import atomic_write_text, read_csv, resolve_path
 from ser_modules.metrics import aggregate_folds
+from ser_modules.model_export import export_model_folder
+from ser_modules.model_folder import check_upstream_files
 from ser_modules.training import (
     EmotionBrain,
     build_datasets,
     build_label_encoder,
 )
+from ser_modules.upstreams.base import minimum_samples
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def split_preparation_arguments(argv, prepare_function):
         Preparation keyword arguments (typed like the function's defaults) and the
         remaining command-line arguments for SpeechBrain.
     """
-    from ser_modules.manifest import _parse_value
+    from ser_modules.manifest import parse_value
 
     parameters = inspect.signature(prepare_function).parameters
     own = {
@@ -94,7 +95,7 @@ def split_preparation_arguments(argv, prepare_function):
             else:
                 index += 1
                 value = argv[index]
-            prepare_kwargs[own[name]] = _parse_value(
+            prepare_kwargs[own[name]] = parse_value(
                 value, parameters[own[name]].default, name
             )
         else:

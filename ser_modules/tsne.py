@@ -24,14 +24,23 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ser_modules.audio import AudioError, seconds_to_samples  # noqa: E402
-from ser_modules.downstream.models import masked_mean_pool  # noqa: E402
-from ser_modules.feature_cache import (  # noqa: E402
+from ser_modules.audio import (  # noqa: E402  # noqa: E402
+    AudioError,
     WaveformDataset,
     collate_waveforms,
+    seconds_to_samples,
+)
+from ser_modules.downstream.models import masked_mean_pool  # noqa: E402
+from ser_modules.manifest import (  # noqa: E402
+    atomic_write_text,
+    read_csv,
     resolve_path,
 )
-from ser_modules.manifest import atomic_write_text, read_csv  # noqa: E402
+from ser_modules.upstreams import build_upstream  # noqa: E402
+
+# The filterbanks of the Fbank recipes (hparams/*_fbank.yaml): no per-utterance
+# normalisation (it would erase the loudness cue), 20 ms hop.
+FBANK_OPTIONS = {"normalize": False, "hop_length": 20}
 
 
 def parse_layer(text):
@@ -46,15 +55,16 @@ def parse_layer(text):
         ) from None
 
 
-def build_upstream(ssl_source=None, layer="last"):
-    """The frozen upstream returning only the chosen layer.
+def tsne_upstream(ssl_source=None, layer="last"):
+    """The frozen upstream of a t-SNE: :func:`ser_modules.upstreams.build_upstream` with
+    only the chosen layer.
 
     Arguments
     ---------
     ssl_source : str, optional
-        A local Hugging Face model folder (WavLM, HuBERT, Vesper export); ``None`` for
-        log-Mel filterbanks as in the ``*_fbank.yaml`` recipes (no per-utterance
-        normalisation, 20 ms hop).
+        A local Hugging Face model folder (WavLM, HuBERT, Vesper export; its kind is read
+        from its ``config.json``); ``None`` for log-Mel filterbanks as in the Fbank recipes
+        (:data:`FBANK_OPTIONS`).
     layer : str or int
         ``"last"`` or a hidden-state index; Fbank has the single layer 0.
 
@@ -63,17 +73,10 @@ def build_upstream(ssl_source=None, layer="last"):
     ser_modules.upstreams.Upstream
         With ``num_layers == 1``.
     """
-    from ser_modules.upstreams import FbankUpstream, HuggingFaceUpstream
-
+    layers = "last" if layer == "last" else [layer]
     if ssl_source is None:
-        if layer not in ("last", 0):
-            raise ValueError(
-                f"The Fbank upstream has one layer (0 or 'last'); got --layer={layer}."
-            )
-        return FbankUpstream(normalize=False, hop_length=20)
-    return HuggingFaceUpstream(
-        ssl_source, layers="last" if layer == "last" else [layer]
-    )
+        return build_upstream("fbank", layers=layers, **FBANK_OPTIONS)
+    return build_upstream("auto", ssl_source, layers=layers)
 
 
 def read_labelled_manifest(csv_path, data_root, label_column="emo"):
@@ -298,7 +301,7 @@ def run_tsne(
         ids, paths, labels = (
             [values[i] for i in keep] for values in (ids, paths, labels)
         )
-    upstream = build_upstream(ssl_source, layer)
+    upstream = tsne_upstream(ssl_source, layer)
     vectors = pooled_representations(
         upstream, paths, crop_seconds, batch_size, device
     )

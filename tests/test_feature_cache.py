@@ -14,7 +14,8 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
 
 from ser_modules.audio import AudioError, load_audio
-from ser_modules.feature_cache import FeatureCache, resolve_path
+from ser_modules.feature_cache import FeatureCache
+from ser_modules.manifest import resolve_path
 from ser_modules.upstreams import FbankUpstream, HuggingFaceUpstream
 
 SAMPLE_RATE = 16000

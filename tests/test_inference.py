@@ -27,14 +27,12 @@ from ser_modules import infer
 from ser_modules.audio import load_audio
 from ser_modules.inference import (
     EmotionClassifier,
-    ModelFolderError,
-    check_model_folder,
     classify_files,
-    collect_audio_files,
-    export_model_folder,
     window_bounds,
 )
 from ser_modules.mini_corpus import generate_mini_corpus
+from ser_modules.model_export import export_model_folder
+from ser_modules.model_folder import ModelFolderError, check_model_folder
 from ser_modules.upstreams.tiny import save_tiny_model
 
 CROP_SECONDS = (
@@ -311,13 +309,6 @@ def test_missing_model_file_is_named(model_folder, tmp_path, removed):
         EmotionClassifier.from_hparams(source=broken, savedir=broken)
 
 
-def test_folder_without_hyperparams_is_not_a_model_folder(tmp_path):
-    with pytest.raises(ModelFolderError, match="no hyperparams.yaml"):
-        check_model_folder(tmp_path)
-    with pytest.raises(ModelFolderError, match="does not exist"):
-        check_model_folder(tmp_path / "nowhere")
-
-
 def test_unreadable_files_are_skipped_and_reported(
     classifier, test_files, tmp_path
 ):
@@ -334,29 +325,6 @@ def test_unreadable_files_are_skipped_and_reported(
     ]
     assert "empty" in failures[0]["error"] and empty in failures[0]["error"]
     assert garbage in failures[1]["error"]
-
-
-def test_audio_inputs_expand_folders_and_path_lists(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    for name in ("a/one.wav", "a/b/two.FLAC", "a/b/notes.txt", "three.ogg"):
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / "list.txt").write_text(
-        "# my files\nthree.ogg\n\n/abs/four.mp3\n"
-    )
-    (tmp_path / "list.csv").write_text("speaker,path\ns1,a/one.wav\n")
-    files = collect_audio_files(
-        [tmp_path / "a", tmp_path / "list.txt", tmp_path / "list.csv"]
-    )
-    assert files == [
-        str(tmp_path / "a" / "b" / "two.FLAC"),
-        str(tmp_path / "a" / "one.wav"),
-        str(tmp_path / "three.ogg"),
-        "/abs/four.mp3",
-        str(tmp_path / "a" / "one.wav"),
-    ]
-    (tmp_path / "empty_list.txt").write_text("# nothing yet\n")
-    with pytest.raises(FileNotFoundError, match="No audio files"):
-        collect_audio_files([tmp_path / "empty_list.txt"])
 
 
 # --------------------------------------------------------------------------- command line
@@ -661,23 +629,6 @@ def test_a_label_encoder_with_fewer_labels_than_model_outputs_is_refused(
         EmotionClassifier.from_hparams(source=str(folder), savedir=str(folder))
 
 
-def test_a_truncated_safetensors_file_is_named(tmp_path):
-    from safetensors.torch import save_file
-
-    from ser_modules.inference import check_safetensors_file
-
-    path = tmp_path / "model.safetensors"
-    save_file({"weight": torch.randn(64, 64)}, str(path))
-    check_safetensors_file(str(path))
-    with open(path, "r+b") as handle:
-        handle.truncate(os.path.getsize(path) - 100)
-    with pytest.raises(
-        ModelFolderError,
-        match=r"model.safetensors holds .* bytes but its header describes",
-    ):
-        check_safetensors_file(str(path))
-
-
 def test_huge_float_samples_and_nan_outputs_are_failed_rows_not_predictions(
     classifier, test_files, tmp_path, monkeypatch
 ):
@@ -705,16 +656,3 @@ def test_huge_float_samples_and_nan_outputs_are_failed_rows_not_predictions(
         and failures[0]["file"] == good
         and "NaN" in failures[0]["error"]
     )
-
-
-def test_path_lists_with_a_byte_order_mark_read_the_first_path(tmp_path):
-    for name in ("list.txt", "list.csv"):
-        listing = tmp_path / name
-        listing.write_text(
-            ("path\n" if name.endswith(".csv") else "") + "a.wav\nb.wav\n",
-            encoding="utf-8-sig",
-        )
-        assert collect_audio_files([str(listing)]) == [
-            str(tmp_path / "a.wav"),
-            str(tmp_path / "b.wav"),
-        ]

@@ -17,17 +17,15 @@ import soundfile
 import torch
 
 from ser_modules.audio import load_audio
-from ser_modules.feature_cache import (
-    FeatureCache,
-    minimum_samples,
-    resolve_path,
-)
+from ser_modules.feature_cache import FeatureCache
+from ser_modules.manifest import resolve_path
 from ser_modules.upstreams import (
     FbankUpstream,
     FeatureUpstream,
     OpenSmileUpstream,
     build_feature_upstream,
     build_upstream,
+    minimum_samples,
 )
 from ser_modules.upstreams.opensmile import (
     functional_names,

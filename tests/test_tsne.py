@@ -7,13 +7,13 @@ import soundfile
 from ser_modules.audio import AudioError
 from ser_modules.manifest import write_csv
 from ser_modules.tsne import (
-    build_upstream,
     main,
     parse_layer,
     pooled_representations,
     read_coordinates,
     run_tsne,
     tsne_coordinates,
+    tsne_upstream,
 )
 
 SAMPLE_RATE = 16000
@@ -100,7 +100,7 @@ def test_pooling_ignores_padding_so_batching_does_not_change_the_vectors(
 ):
     csv_path, corpus = manifest
     paths = [f"{corpus}/utt{index}.wav" for index in range(6)]
-    upstream = build_upstream(None)
+    upstream = tsne_upstream(None)
     alone = pooled_representations(upstream, paths, batch_size=1)
     batched = pooled_representations(upstream, paths, batch_size=6)
     assert alone.shape == (6, 80)
@@ -116,7 +116,7 @@ def test_crop_keeps_the_first_seconds(manifest, tmp_path):
         soundfile.read(long_path, dtype="float32")[0][: SAMPLE_RATE // 2],
         SAMPLE_RATE,
     )
-    upstream = build_upstream(None)
+    upstream = tsne_upstream(None)
     cropped = pooled_representations(upstream, [long_path], crop_seconds=0.5)
     np.testing.assert_allclose(
         cropped, pooled_representations(upstream, [str(first_half)]), atol=1e-4
@@ -150,7 +150,7 @@ def test_layer_that_is_not_an_index_is_refused():
 
 def test_fbank_has_a_single_layer():
     with pytest.raises(ValueError, match="one layer"):
-        build_upstream(None, layer=3)
+        tsne_upstream(None, layer=3)
 
 
 def test_manifest_without_the_label_column_is_named(manifest, tmp_path):

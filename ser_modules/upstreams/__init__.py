@@ -9,7 +9,7 @@ Every upstream answers the call described in :mod:`ser_modules.upstreams.base`.
         layers: all
 """
 
-from ser_modules.upstreams.base import Upstream
+from ser_modules.upstreams.base import Upstream, minimum_samples
 from ser_modules.upstreams.fbank import FbankUpstream
 from ser_modules.upstreams.feature_switch import (
     FEATURE_UPSTREAMS,
@@ -31,6 +31,7 @@ __all__ = [
     "HuggingFaceUpstream",
     "build_upstream",
     "build_feature_upstream",
+    "minimum_samples",
 ]
 
 

@@ -85,6 +85,12 @@ def resolve_layers(layers, num_hidden_states):
     return resolved
 
 
+def minimum_samples(upstream):
+    """Samples an upstream needs to give one frame: its CNN's receptive field (400 for
+    WavLM / HuBERT), 1 for upstreams that give a frame for any input (filterbanks)."""
+    return int(getattr(upstream, "receptive_field", 1))
+
+
 class Upstream(torch.nn.Module, abc.ABC):
     """Base class of frozen upstreams.
 
