@@ -11,16 +11,22 @@ is imported, so a lazy import inside a function counts as much as one at the top
   ``scripts``, ``benchmarks`` and ``tests`` alike: tests specify the public behaviour, so
   they import public names only. Private names of third-party packages are refused as
   well, except those listed in :data:`THIRD_PARTY_PRIVATE_IMPORTS` with the reason.
+  HyperPyYAML files import what their tags name, so no ``!new:`` / ``!name:`` /
+  ``!apply:`` tag of an hparams file names a private name either.
 """
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "ser_modules"
 SCANNED_FOLDERS = ("ser_modules", "recipes", "scripts", "benchmarks", "tests")
+# HyperPyYAML tags import what they name, so hparams files are held to the same rule.
+YAML_FOLDERS = ("hparams", "recipes")
+YAML_TAG = re.compile(r"!(?:new|name|apply|module):([\w.]+)")
 VESPER_PACKAGE = "ser_modules.vesper"
 KEPT_OUT_OF_VESPER = ("ser_modules.training", "ser_modules.feature_cache")
 # (module, name) -> why the private name is imported anyway.
@@ -207,6 +213,20 @@ def test_no_module_imports_a_private_name_of_another():
         "Private names imported across modules (make the name public with a "
         "docstring, or move the code):\n" + "\n".join(violations)
     )
+
+
+def test_no_hparams_file_names_a_private_name():
+    violations = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {target}"
+        for folder in YAML_FOLDERS
+        for path in sorted((REPO_ROOT / folder).rglob("*.yaml"))
+        for number, line in enumerate(
+            path.read_text(encoding="utf-8").splitlines(), start=1
+        )
+        for target in YAML_TAG.findall(line)
+        if any(is_private(part) for part in target.split("."))
+    ]
+    assert violations == [], "\n".join(violations)
 
 
 @pytest.mark.parametrize(
