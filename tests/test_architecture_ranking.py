@@ -22,7 +22,7 @@ from ser_modules.architecture_ranking import (
 )
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.mini_corpus import generate_mini_corpus
-from ser_modules.reports import results_markdown
+from ser_modules.reports.run_report import results_markdown
 
 
 def test_the_space_holds_every_architecture_once():
