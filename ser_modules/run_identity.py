@@ -82,6 +82,8 @@ MODEL_SETTINGS = {
         "dropout",
     ),
 }
+# build_downstream's arguments that the hparams files name otherwise.
+DOWNSTREAM_ARGUMENTS = {"hidden": "classifier_hidden", "model_dim": "block_dim"}
 # The BAS search space and how it is searched (hparams files with ``search: True``).
 SEARCH_SETTINGS = (
     "search_layers",
@@ -164,11 +166,22 @@ def model_record(hparams):
     A BAS run (``search: True``) is recorded as the block stack it retrains, with its
     search space; the architectures each fold derived are in ``results["search"]``.
     """
+    from ser_modules.downstream.factory import build_downstream
+
+    # An hparams file without a setting builds the model with the factory's default.
+    defaults = {
+        DOWNSTREAM_ARGUMENTS.get(name, name): parameter.default
+        for name, parameter in inspect.signature(
+            build_downstream
+        ).parameters.items()
+    }
     name = hparams["downstream_model"]
     record = {"downstream_model": name}
     for key in MODEL_SETTINGS.get(name, ()):
         if key in hparams:
             record[key] = _plain(hparams[key])
+        elif key in defaults:
+            record[key] = _plain(defaults[key])
     record["search"] = bool(hparams.get("search", False))
     if record["search"]:
         record.pop("architecture", None)  # replaced by each fold's derived one
