@@ -371,6 +371,14 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
         selected_splits,
         split_preparation_arguments,
     )
+    from ser_modules.run_identity import (
+        RESULTS_FORMAT,
+        model_record,
+        preparation_options,
+        protocol_record,
+        run_identity,
+        upstream_record,
+    )
     from ser_modules.training import build_label_encoder
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -434,10 +442,34 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
         if "supernet" in setup
         else list(CANDIDATES)
     )
+    # What the ranking was (ser_modules.run_identity): the block stacks of the space.
+    identity = run_identity(
+        dataset_name,
+        setup,
+        hparams_file,
+        yaml_text,
+        overrides,
+        protocol_record(
+            setup,
+            preparation_options(prepare_function, prepare_kwargs),
+            {name: splits[name] for name in split_names},
+        ),
+        model_record(
+            {
+                **setup,
+                "downstream_model": "blocks",
+                "search": False,
+                "architecture": None,
+            }
+        ),
+        upstream_record(upstream),
+    )
     del setup
 
     architectures = all_architectures(num_layers, candidates)
     record = {
+        "results_format": RESULTS_FORMAT,
+        "identity": identity,
         "dataset": dataset_name,
         "hparams_file": os.path.basename(hparams_file),
         "metric": metric,

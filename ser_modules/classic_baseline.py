@@ -31,6 +31,7 @@ from ser_modules.audio import (
     load_audio,
     seconds_to_samples,
 )
+from ser_modules.fingerprint import json_sha256
 from ser_modules.manifest import DATA_ROOT, atomic_write_text, read_csv
 from ser_modules.metrics import classification_scores
 from ser_modules.recipe import (
@@ -40,10 +41,19 @@ from ser_modules.recipe import (
     split_preparation_arguments,
     summarise,
 )
+from ser_modules.run_identity import (
+    preparation_options,
+    protocol_record,
+    run_identity,
+)
 from ser_modules.training import build_label_encoder
+from ser_modules.upstreams.opensmile import (
+    FEATURE_SETS as OPENSMILE_FEATURE_SETS,
+)
 from ser_modules.upstreams.opensmile import (
     LLD_WINDOW_SECONDS,
     build_smile,
+    feature_set_name,
     opensmile_functionals,
 )
 
@@ -220,6 +230,44 @@ def run_fold(hparams, csv_paths, features, label_encoder, experiment_folder):
     return outcome
 
 
+def baseline_model_record(hparams):
+    """The ``identity["model"]`` of a baseline run (see :mod:`ser_modules.run_identity`)."""
+    return {
+        "downstream_model": "linear_svm",
+        "classifier": "StandardScaler + SVC(kernel='linear')",
+        "c_grid": [float(c) for c in hparams["c_grid"]],
+        "class_weight": hparams["class_weight"],
+        "max_iter": hparams["max_iter"],
+        "search": False,
+        "layer_selection": None,
+    }
+
+
+def functionals_upstream_record(hparams):
+    """The ``identity["upstream"]`` of a baseline run: openSMILE functionals of a set."""
+    import opensmile
+
+    features = hparams["features"]
+    identity = {
+        "kind": "opensmile",
+        "feature_set": feature_set_name(features),
+        "feature_level": "functionals",
+        "opensmile_version": opensmile.__version__,
+        "sample_rate": hparams["sample_rate"],
+    }
+    return {
+        "kind": "opensmile",
+        "feature_set": identity["feature_set"],
+        "feature_level": "functionals",
+        "layers_used": [0],
+        "num_representations": 1,
+        "width": OPENSMILE_FEATURE_SETS[features][2],
+        "source": None,
+        "content_sha256": json_sha256(identity),
+        "identity": identity,
+    }
+
+
 def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
     """Run the classic baseline from the command line (see the module docstring).
 
@@ -311,6 +359,20 @@ def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
             label_encoder,
             experiment_folder,
         )
+    identity = run_identity(
+        dataset_name,
+        hparams,
+        hparams_file,
+        yaml_text,
+        overrides,
+        protocol_record(
+            hparams,
+            preparation_options(prepare_function, prepare_kwargs),
+            {name: splits[name] for name in split_names},
+        ),
+        baseline_model_record(hparams),
+        functionals_upstream_record(hparams),
+    )
     results = summarise(
         outcomes,
         dataset_name,
@@ -318,6 +380,7 @@ def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
         overrides,
         prepare_kwargs,
         output_folder,
+        identity=identity,
     )
     results["classic_baseline"] = {
         "feature_set": hparams["features"],

@@ -43,6 +43,11 @@ from ser_modules.manifest import atomic_write_text, read_csv, resolve_path
 from ser_modules.metrics import aggregate_folds
 from ser_modules.model_export import export_model_folder
 from ser_modules.model_folder import check_upstream_files
+from ser_modules.run_identity import (
+    RESULTS_FORMAT,
+    preparation_options,
+    recipe_identity,
+)
 from ser_modules.training import (
     EmotionBrain,
     build_datasets,
@@ -394,6 +399,16 @@ def _run_locked(
             provenance=provenance,
         )
     architecture_ranking = setup.get("architecture_ranking")
+    identity = recipe_identity(
+        dataset_name,
+        setup,
+        hparams_file,
+        yaml_text,
+        overrides,
+        preparation_options(prepare_function, prepare_kwargs),
+        {name: splits[name] for name in split_names},
+        upstream,
+    )
     del setup
     results = summarise(
         outcomes,
@@ -402,6 +417,7 @@ def _run_locked(
         overrides,
         prepare_kwargs,
         output_folder,
+        identity=identity,
         architecture_ranking=architecture_ranking,
     )
     return results
@@ -580,13 +596,18 @@ def summarise(
     overrides,
     prepare_kwargs,
     output_folder,
+    identity,
     architecture_ranking=None,
 ):
     """Aggregate folds; write results.json, results.md and the confusion-matrix PNG.
 
-    With ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
+    ``identity`` (:mod:`ser_modules.run_identity`) says what the run was. With
+    ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
     search results also say where each fold's derived architecture ranks in it."""
-    from ser_modules.reports import plot_confusion_matrix, results_markdown
+    from ser_modules.reports.run_report import (
+        plot_confusion_matrix,
+        results_markdown,
+    )
 
     labels = next(iter(outcomes.values()))["labels"]
     aggregated = aggregate_folds(
@@ -600,6 +621,8 @@ def summarise(
         scores["labels"] = labels
         scores["per_class"] = dict(zip(labels, scores["per_class"].values()))
     results = {
+        "results_format": RESULTS_FORMAT,
+        "identity": identity,
         "dataset": dataset_name,
         "hparams_file": os.path.basename(hparams_file),
         "overrides": {

@@ -22,7 +22,7 @@ from ser_modules.architecture_ranking import (
 )
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.mini_corpus import generate_mini_corpus
-from ser_modules.reports import results_markdown
+from ser_modules.reports.run_report import results_markdown
 
 
 def test_the_space_holds_every_architecture_once():
@@ -154,6 +154,18 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
     assert sorted(row["architecture"] for row in rows) == sorted(CANDIDATES)
     assert all(len(row["scores"]) == 2 for row in rows)
     assert os.path.isfile(os.path.join(ranking_folder, "ranking.md"))
+    # The ranking says what it trained (ser_modules.run_identity).
+    assert ranking["results_format"] == 2
+    identity = ranking["identity"]
+    assert (
+        identity["model"]["downstream_model"],
+        identity["model"]["search"],
+    ) == (
+        "blocks",
+        False,
+    )
+    assert identity["upstream"]["kind"] == "fbank"
+    assert identity["protocol"]["preparation"]["split"] == "stratified"
 
     # The same architecture and seed trained by the recipe directly scores the same
     # (--seed is the training seed; the preparation's split seed is --split_seed).
@@ -181,7 +193,11 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
         "--search_epochs=2",
         f"--architecture_ranking={ranking_folder}/ranking.json",
     )
-    search = read_results(bas)["search"]
+    assert read_results(direct)["identity"]["model"]["architecture"] == ["msa"]
+    results = read_results(bas)
+    assert results["identity"]["model"]["search"] is True
+    assert results["identity"]["model"]["search_layers"] == 1
+    search = results["search"]
     derived = "-".join(search["architectures"]["main"])
     expected = next(
         row["rank"] for row in rows if row["architecture"] == derived

@@ -299,7 +299,7 @@ def test_search_over_the_extended_candidates_runs_end_to_end_and_plots_them_all(
     assert (
         matplotlib.image.imread(heatmap).shape[1] >= 100 * (2.5 + 1.5 * 5) * 0.9
     )
-    from ser_modules.reports import build_report
+    from ser_modules.reports.tables import build_report
 
     report = build_report([output])
     assert "| layer | msa_ffn | msa | ffn | shift | speechformer |" in report

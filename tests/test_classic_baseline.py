@@ -164,20 +164,35 @@ def test_ties_of_the_validation_score_go_to_the_smallest_c():
     )
 
 
-def test_reports_name_the_baseline_and_the_opensmile_upstreams(baseline_run):
-    from ser_modules.reports import build_report, describe_run, upstream_name
+def test_results_json_records_the_baseline_identity(baseline_run):
+    with open(
+        os.path.join(baseline_run, "results.json"), encoding="utf-8"
+    ) as handle:
+        identity = json.load(handle)["identity"]
+    assert identity["model"]["downstream_model"] == "linear_svm"
+    assert identity["model"]["c_grid"] == C_GRID
+    upstream = identity["upstream"]
+    assert (
+        upstream["kind"],
+        upstream["feature_set"],
+        upstream["feature_level"],
+    ) == (
+        "opensmile",
+        "eGeMAPSv02",
+        "functionals",
+    )
+    assert upstream["width"] == 88 and upstream["source"] is None
+    assert identity["protocol"]["preparation"]["n_folds"] == 2
+    assert identity["protocol"]["splits"] == ["fold1", "fold2"]
+    assert identity["hparams_file"]["name"] == "svm_egemaps.yaml"
+
+
+def test_reports_name_the_baseline_from_its_identity(baseline_run):
+    from ser_modules.reports.runs import describe_run
+    from ser_modules.reports.tables import build_report
 
     run = describe_run(baseline_run)
     assert (run.model, run.upstream) == ("linear SVM", "eGeMAPS functionals")
-    assert (
-        upstream_name("superb_fbank.yaml", {"features": "egemaps"})
-        == "eGeMAPS LLDs"
-    )
-    assert (
-        upstream_name("ffn_fbank.yaml", {"features": "compare"})
-        == "ComParE LLDs"
-    )
-    assert upstream_name("ffn_fbank.yaml", {"features": "fbank"}) == "Fbank"
     assert "| eGeMAPS functionals | linear SVM |" in build_report(
         [baseline_run]
     )

@@ -1,4 +1,4 @@
-"""Specification of the run reports (ser_modules/reports.py): the papers' tables built from
+"""Specification of the run reports (ser_modules/reports/): the papers' tables built from
 results.json files, row naming, protocol checks, bad input and figures."""
 
 import json
@@ -10,18 +10,17 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from ser_modules.metrics import aggregate_folds
-from ser_modules.reports import (
-    ReportError,
+from ser_modules.reports.papers import paper_model_name, paper_upstream_name
+from ser_modules.reports.run_report import results_markdown
+from ser_modules.reports.runs import ReportError, collect_runs
+from ser_modules.reports.tables import (
     bas_table,
     build_report,
-    collect_runs,
     main,
-    model_name,
-    results_markdown,
-    upstream_name,
     vesper_table,
     vesper_table4,
 )
+from ser_modules.run_identity import RESULTS_FORMAT
 
 LABELS = ["ang", "hap", "neu", "sad"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,28 +43,94 @@ def _fold_predictions(seed, num_folds=3, size=40):
     return folds
 
 
+FBANK = {
+    "kind": "fbank",
+    "layers_used": [0],
+    "num_representations": 1,
+    "width": 80,
+    "source": None,
+    "content_sha256": "f" * 64,
+    "identity": {"kind": "fbank", "n_mels": 80},
+}
+
+
+def hf_upstream(layers, width, model_type="wavlm", digest="a"):
+    """An upstream record of a Hugging Face folder (as run_identity.upstream_record writes)."""
+    return {
+        "kind": model_type,
+        "model_type": model_type,
+        "num_hidden_layers": layers,
+        "hidden_size": width,
+        "layers_used": list(range(layers + 1)),
+        "num_representations": layers + 1,
+        "width": width,
+        "source": f"/models/{model_type}-{layers}x{width}",
+        "content_sha256": digest * 64,
+        "identity": {"kind": model_type, "weights_sha256": {"m": digest}},
+    }
+
+
+def model(name, **settings):
+    """A model record (as run_identity.model_record writes)."""
+    record = {"downstream_model": name, "search": False}
+    record.update(settings)
+    record.setdefault("layer_selection", "weighted_sum")
+    return record
+
+
+TRANSFORMER = model("transformer", num_layers=3)
+BAS = model("blocks", search=True, search_layers=3)
+FFN = model("ffn")
+SUPERB_MODEL = model("superb")
+
+
 def write_run(
     folder,
-    hparams_file,
+    model_record,
+    upstream=FBANK,
     dataset="IEMOCAP",
-    overrides=None,
+    hparams=None,
     seed=0,
     num_folds=3,
     selection_set="valid",
     preparation=None,
     search=None,
     crop_seconds=6.5,
+    hparams_file="superb_ssl.yaml",
 ):
     """A run folder with a results.json shaped like ser_modules.recipe.summarise writes it."""
     predictions = _fold_predictions(seed, num_folds)
+    settings = {
+        "crop_seconds": crop_seconds,
+        "selection_metric": "UA",
+        **(hparams or {}),
+    }
     results = {
+        "results_format": RESULTS_FORMAT,
+        "identity": {
+            "dataset": dataset,
+            "protocol": {
+                "selection_set": selection_set,
+                "selection_metric": "UA",
+                "crop_seconds": crop_seconds,
+                "eval_crop_seconds": crop_seconds,
+                "preparation": preparation or {},
+            },
+            "model": model_record,
+            "upstream": upstream,
+            "hparams_file": {
+                "path": f"/recipes/hparams/{hparams_file}",
+                "name": hparams_file,
+                "sha256": "0" * 64,
+            },
+            "hparams": settings,
+            "overrides": dict(hparams or {}),
+            "seed": settings.get("seed", 1986),
+            "code": {"package": "0", "sources_sha256": "1" * 64, "git": None},
+        },
         "dataset": dataset,
         "hparams_file": hparams_file,
-        "overrides": {
-            "crop_seconds": crop_seconds,
-            "selection_metric": "UA",
-            **(overrides or {}),
-        },
+        "overrides": dict(hparams or {}),
         "preparation": preparation or {},
         "selection": {"metric": "UA", "set": selection_set},
         "selected_epochs": {name: 7 for name in predictions},
@@ -125,115 +190,119 @@ def _is_png(path):
 
 
 @pytest.mark.parametrize(
-    "hparams_file, overrides, expected",
+    "record, expected",
     [
-        ("transformer_wavlm.yaml", {}, "3L-baseline"),
-        ("transformer_wavlm.yaml", {"num_layers": 4}, "4L-baseline"),
-        ("bas_hubert.yaml", {}, "3L-BAS"),
-        ("bas_hubert.yaml", {"search_layers": 4}, "4L-BAS"),
-        ("ffn_fbank.yaml", {}, "simple-FFN"),
-        ("superb_vesper.yaml", {}, "SUPERB classifier"),
-        ("superb_wavlm.yaml", {"downstream_model": "ffn"}, "simple-FFN"),
+        (model("transformer", num_layers=3), "3L-baseline"),
+        (model("transformer", num_layers=4), "4L-baseline"),
+        (model("blocks", search=True, search_layers=3), "3L-BAS"),
+        (model("blocks", search=True, search_layers=4), "4L-BAS"),
+        (model("ffn"), "simple-FFN"),
+        (model("superb"), "SUPERB classifier"),
+        (model("blocks", architecture=["ffn", "msa"]), "blocks ffn-msa"),
+        (model("shiftformer"), "Shiftformer"),
         (
-            "bas_wavlm.yaml",
-            {"search": False, "architecture": ["ffn", "msa"]},
-            "blocks ffn-msa",
+            model(
+                "speechformer",
+                speechformer_layers=[2, 2, 4, 4],
+                speechformer_expand=[1, 1, 1],
+            ),
+            "SpeechFormer-S",
         ),
-        ("shiftformer.yaml", {}, "Shiftformer"),
-        ("speechformer.yaml", {}, "SpeechFormer-S"),
         (
-            "speechformer.yaml",
-            {"speechformer_expand": [1, 1, 2]},
+            model(
+                "speechformer",
+                speechformer_layers=[2, 2, 4, 4],
+                speechformer_expand=[1, 1, 2],
+            ),
             "SpeechFormer-B",
         ),
+        (model("linear_svm"), "linear SVM"),
+    ],
+)
+def test_model_name_comes_from_the_recorded_model(record, expected):
+    assert paper_model_name(record) == expected
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (hf_upstream(24, 1024), "WavLM Large"),
+        (hf_upstream(12, 768, "hubert"), "HuBERT Base"),
+        (hf_upstream(24, 1024, "hubert"), "HuBERT Large"),
+        (hf_upstream(12, 1024), "Vesper-12"),
+        (hf_upstream(4, 1024), "Vesper-4"),
+        (FBANK, "Fbank"),
         (
-            "transformer_wavlm.yaml",
-            {"downstream_model": "shiftformer"},
-            "Shiftformer",
+            {
+                "kind": "opensmile",
+                "feature_set": "eGeMAPSv02",
+                "feature_level": "lld",
+            },
+            "eGeMAPS LLDs",
+        ),
+        (
+            {
+                "kind": "opensmile",
+                "feature_set": "ComParE_2016",
+                "feature_level": "functionals",
+            },
+            "ComParE functionals",
         ),
     ],
 )
-def test_model_name_comes_from_hparams_file_and_overrides(
-    hparams_file, overrides, expected
-):
-    assert model_name(hparams_file, overrides) == expected
+def test_upstream_name_comes_from_the_recorded_kind_and_shape(record, expected):
+    assert paper_upstream_name(record) == expected
 
 
-def _model_folder(tmp_path, name, layers, width, model_type="wavlm"):
-    folder = tmp_path / name
-    folder.mkdir()
-    config = {
-        "model_type": model_type,
-        "num_hidden_layers": layers,
-        "hidden_size": width,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    return str(folder)
-
-
-def test_upstream_size_is_read_from_the_model_config(tmp_path):
+def test_upstream_of_another_shape_is_named_by_its_shape_not_a_paper_model():
     assert (
-        upstream_name(
-            "bas_wavlm.yaml",
-            {"ssl_source": _model_folder(tmp_path, "m1", 24, 1024)},
-        )
-        == "WavLM Large"
+        paper_upstream_name(hf_upstream(2, 32)) == "WavLM (2 layers, 32 dims)"
     )
     assert (
-        upstream_name(
-            "bas_hubert.yaml",
-            {"ssl_source": _model_folder(tmp_path, "m2", 12, 768)},
-        )
-        == "HuBERT Base"
-    )
-    assert (
-        upstream_name(
-            "superb_vesper.yaml",
-            {"ssl_source": _model_folder(tmp_path, "m3", 12, 1024)},
-        )
-        == "Vesper-12"
+        paper_upstream_name(hf_upstream(4, 32, "hubert"))
+        == "HuBERT (4 layers, 32 dims)"
     )
 
 
-def test_upstream_of_another_shape_is_named_by_its_shape_not_a_paper_model(
+def test_names_ignore_file_and_folder_names_and_the_files_beside_results(
     tmp_path,
 ):
-    source = _model_folder(tmp_path, "wavlm-large", 2, 32)
-    assert (
-        upstream_name("superb_wavlm.yaml", {"ssl_source": source})
-        == "WavLM (2 layers, 32 dims)"
+    # Every name on disk says HuBERT Base and a SUPERB classifier; the identity says
+    # WavLM Large and 4L-BAS, and only the identity counts.
+    folder, _ = write_run(
+        tmp_path / "superb_hubert_base",
+        model("blocks", search=True, search_layers=4),
+        upstream=hf_upstream(24, 1024),
+        hparams_file="superb_hubert.yaml",
     )
-    source = _model_folder(tmp_path, "vesper4", 4, 32)
-    assert (
-        upstream_name("superb_vesper.yaml", {"ssl_source": source})
-        == "Vesper (4 layers, 32 dims)"
-    )
-
-
-def test_upstream_size_falls_back_to_the_folder_name_when_the_model_is_gone():
-    assert (
-        upstream_name(
-            "bas_hubert.yaml", {"ssl_source": "/gone/hubert_large_ll60k"}
-        )
-        == "HuBERT Large"
-    )
-    assert (
-        upstream_name("bas_vesper.yaml", {"ssl_source": "/gone/Vesper-4"})
-        == "Vesper-4"
-    )
-    assert upstream_name("bas_wavlm.yaml", {}) == "WavLM"
-    assert upstream_name("transformer_fbank.yaml", {}) == "Fbank"
-
-
-def test_yaml_defaults_are_read_from_the_run_folder_hyperparams(tmp_path):
-    folder, _ = write_run(tmp_path / "run", "transformer_fbank.yaml")
-    # SpeechBrain saves the resolved YAML, objects as tags; num_layers came from the YAML itself.
-    (tmp_path / "run" / "hyperparams.yaml").write_text(
-        "seed: 1986\nnum_layers: 4\nupstream: !name:ser_modules.upstreams.FbankUpstream\n"
-        "  n_mels: 80\nepoch_counter: &id001 !new:speechbrain.utils.epoch_loop.EpochCounter\n  limit: 2\n"
+    (tmp_path / "superb_hubert_base" / "hyperparams.yaml").write_text(
+        "downstream_model: superb\nssl_source: /models/hubert-base\n"
     )
     runs, _ = collect_runs([folder])
-    assert runs[0].model == "4L-baseline"
+    assert (runs[0].upstream, runs[0].model) == ("WavLM Large", "4L-BAS")
+
+
+def test_results_json_without_identity_is_refused_with_what_to_do(tmp_path):
+    folder, _ = write_run(tmp_path / "old", FFN)
+    path = os.path.join(folder, "results.json")
+    results = json.load(open(path, encoding="utf-8"))
+    del results["results_format"], results["identity"]
+    json.dump(results, open(path, "w", encoding="utf-8"))
+    with pytest.raises(ReportError) as error:
+        collect_runs([folder])
+    message = str(error.value)
+    assert path in message and "format 1" in message
+    assert "Re-run the recipe into a new --output_folder" in message
+
+
+def test_identity_without_its_model_is_named(tmp_path):
+    folder, _ = write_run(tmp_path / "run", FFN)
+    path = os.path.join(folder, "results.json")
+    results = json.load(open(path, encoding="utf-8"))
+    del results["identity"]["model"]
+    json.dump(results, open(path, "w", encoding="utf-8"))
+    with pytest.raises(ReportError, match="'identity' lacks \\['model'\\]"):
+        collect_runs([folder])
 
 
 # --- tables -----------------------------------------------------------------------------
@@ -241,12 +310,11 @@ def test_yaml_defaults_are_read_from_the_run_folder_hyperparams(tmp_path):
 
 def test_bas_table_cells_are_the_mean_and_std_over_folds_in_percent(tmp_path):
     baseline, baseline_predictions = write_run(
-        tmp_path / "t4", "transformer_fbank.yaml", overrides={"num_layers": 4}
+        tmp_path / "t4", model("transformer", num_layers=4)
     )
     bas, bas_predictions = write_run(
         tmp_path / "b4",
-        "bas_fbank.yaml",
-        overrides={"search_layers": 4},
+        model("blocks", search=True, search_layers=4),
         seed=1,
     )
     runs, _ = collect_runs([baseline, bas])
@@ -277,10 +345,10 @@ def test_bas_table_rows_follow_the_paper_order_whatever_the_argument_order(
     tmp_path,
 ):
     paths = [
-        write_run(tmp_path / "superb", "superb_fbank.yaml")[0],
-        write_run(tmp_path / "b3", "bas_fbank.yaml")[0],
-        write_run(tmp_path / "ffn", "ffn_fbank.yaml")[0],
-        write_run(tmp_path / "t3", "transformer_fbank.yaml")[0],
+        write_run(tmp_path / "superb", SUPERB_MODEL)[0],
+        write_run(tmp_path / "b3", BAS)[0],
+        write_run(tmp_path / "ffn", FFN)[0],
+        write_run(tmp_path / "t3", TRANSFORMER)[0],
     ]
     _, rows = bas_table(collect_runs(paths)[0])
     assert [row["label"][1] for row in rows] == [
@@ -292,10 +360,10 @@ def test_bas_table_rows_follow_the_paper_order_whatever_the_argument_order(
 
 
 def test_bas_table_shows_wf1_on_meld_and_wa_ua_elsewhere(tmp_path):
-    iemocap, _ = write_run(tmp_path / "iemocap", "ffn_fbank.yaml")
+    iemocap, _ = write_run(tmp_path / "iemocap", FFN)
     meld, predictions = write_run(
         tmp_path / "meld",
-        "ffn_fbank.yaml",
+        FFN,
         dataset="MELD",
         num_folds=1,
         crop_seconds=4.5,
@@ -310,13 +378,12 @@ def test_bas_table_shows_wf1_on_meld_and_wa_ua_elsewhere(tmp_path):
 
 
 def test_paper_number_stands_next_to_the_matching_row(tmp_path):
-    source = _model_folder(tmp_path, "wavlm", 24, 1024)
     bas, _ = write_run(
         tmp_path / "b4",
-        "bas_wavlm.yaml",
-        overrides={"search_layers": 4, "ssl_source": source},
+        model("blocks", search=True, search_layers=4),
+        upstream=hf_upstream(24, 1024),
     )
-    ffn, _ = write_run(tmp_path / "ffn", "ffn_fbank.yaml")
+    ffn, _ = write_run(tmp_path / "ffn", FFN)
     runs, _ = collect_runs([bas, ffn])
     _, rows = bas_table(runs)
     assert (
@@ -334,19 +401,18 @@ def test_paper_number_stands_next_to_the_matching_row(tmp_path):
 def test_vesper_tables_hold_superb_runs_by_upstream_and_classifier_input(
     tmp_path,
 ):
-    source = _model_folder(tmp_path, "vesper", 12, 1024)
+    vesper = hf_upstream(12, 1024)
     weighted, predictions = write_run(
-        tmp_path / "w", "superb_vesper.yaml", overrides={"ssl_source": source}
+        tmp_path / "w", SUPERB_MODEL, upstream=vesper
     )
     last, _ = write_run(
         tmp_path / "l",
-        "superb_vesper.yaml",
+        model("superb", layer_selection="last"),
+        upstream=vesper,
         seed=3,
-        overrides={"ssl_source": source, "layer_selection": "last"},
+        hparams={"layer_selection": "last"},
     )
-    bas, _ = write_run(
-        tmp_path / "b", "bas_vesper.yaml", overrides={"ssl_source": source}
-    )
+    bas, _ = write_run(tmp_path / "b", BAS, upstream=vesper)
     runs, _ = collect_runs([weighted, last, bas])
 
     columns, rows = vesper_table(runs)
@@ -374,44 +440,47 @@ def test_vesper_tables_hold_superb_runs_by_upstream_and_classifier_input(
 def test_vesper_table4_holds_shiftformer_and_speechformer_by_dataset_and_upstream(
     tmp_path,
 ):
-    vesper = _model_folder(tmp_path, "vesper4", 4, 1024)
-    base = _model_folder(tmp_path, "base", 12, 768)
+    vesper = hf_upstream(4, 1024)
+    speechformer_s = model(
+        "speechformer",
+        speechformer_layers=[2, 2, 4, 4],
+        speechformer_expand=[1, 1, 1],
+    )
     shift, predictions = write_run(
         tmp_path / "s",
-        "shiftformer.yaml",
+        model("shiftformer"),
+        upstream=vesper,
         dataset="CREMA-D",
-        overrides={"upstream_kind": "auto", "ssl_source": vesper},
     )
     speech, _ = write_run(
         tmp_path / "f",
-        "speechformer.yaml",
+        speechformer_s,
+        upstream=vesper,
         dataset="CREMA-D",
         seed=2,
-        overrides={"upstream_kind": "auto", "ssl_source": vesper},
     )
     switched, _ = write_run(
         tmp_path / "w",
-        "transformer_wavlm.yaml",
+        speechformer_s,
+        upstream=hf_upstream(12, 768, digest="b"),
         dataset="CREMA-D",
         seed=4,
-        overrides={"downstream_model": "speechformer", "ssl_source": base},
     )
     fbank, _ = write_run(
         tmp_path / "b",
-        "shiftformer.yaml",
+        model("shiftformer"),
         dataset="CREMA-D",
         seed=6,
-        overrides={"upstream_kind": "fbank"},
     )
     superb, _ = write_run(
-        tmp_path / "p", "superb_fbank.yaml", dataset="CREMA-D", seed=8
+        tmp_path / "p", SUPERB_MODEL, dataset="CREMA-D", seed=8
     )
     runs, _ = collect_runs([superb, fbank, switched, speech, shift])
 
     columns, rows = vesper_table4(runs)
     assert columns == [
-        (model, metric)
-        for model in ("Shiftformer", "SpeechFormer-S")
+        (name, metric)
+        for name in ("Shiftformer", "SpeechFormer-S")
         for metric in ("WA", "UA", "WF1")
     ]
     assert [row["label"] for row in rows] == [
@@ -443,12 +512,8 @@ def test_vesper_table4_holds_shiftformer_and_speechformer_by_dataset_and_upstrea
 
 
 def test_runs_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path):
-    first, _ = write_run(
-        tmp_path / "s1", "ffn_fbank.yaml", overrides={"seed": 1}
-    )
-    second, _ = write_run(
-        tmp_path / "s2", "ffn_fbank.yaml", overrides={"seed": 2}, seed=5
-    )
+    first, _ = write_run(tmp_path / "s1", FFN, hparams={"seed": 1})
+    second, _ = write_run(tmp_path / "s2", FFN, hparams={"seed": 2}, seed=5)
     _, rows = bas_table(collect_runs([first, second])[0])
     assert [row["label"] for row in rows] == [
         ("Fbank", "simple-FFN [seed=1]"),
@@ -456,16 +521,29 @@ def test_runs_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path):
     ]
 
 
+def test_two_upstreams_of_one_name_are_told_apart_by_their_content(tmp_path):
+    # Two Vesper-12 pretrainings: same shape, other weights.
+    first, _ = write_run(tmp_path / "a", FFN, upstream=hf_upstream(12, 1024))
+    second, _ = write_run(
+        tmp_path / "b", FFN, upstream=hf_upstream(12, 1024, digest="c"), seed=5
+    )
+    _, rows = bas_table(collect_runs([first, second])[0])
+    assert [row["label"] for row in rows] == [
+        ("Vesper-12", "simple-FFN [upstream_sha256=aaaaaaaaaaaa]"),
+        ("Vesper-12", "simple-FFN [upstream_sha256=cccccccccccc]"),
+    ]
+
+
 def test_two_runs_with_identical_settings_are_refused(tmp_path):
-    first, _ = write_run(tmp_path / "a", "ffn_fbank.yaml")
-    second, _ = write_run(tmp_path / "b", "ffn_fbank.yaml", seed=5)
+    first, _ = write_run(tmp_path / "a", FFN)
+    second, _ = write_run(tmp_path / "b", FFN, seed=5)
     with pytest.raises(ReportError, match="same table cell") as error:
         collect_runs([first, second])
     assert first in str(error.value) and second in str(error.value)
 
 
 def test_the_same_run_given_twice_counts_once(tmp_path):
-    folder, _ = write_run(tmp_path / "a", "ffn_fbank.yaml")
+    folder, _ = write_run(tmp_path / "a", FFN)
     runs, _ = collect_runs([folder, os.path.join(folder, "results.json")])
     assert len(runs) == 1
 
@@ -479,7 +557,7 @@ def test_bas_search_summary_lists_architectures_block_wins_and_heatmaps(
         "fold3": ["ffn", "msa_ffn", "msa"],
     }
     search = _search_record(str(tmp_path / "bas"), architectures)
-    folder, _ = write_run(tmp_path / "bas", "bas_fbank.yaml", search=search)
+    folder, _ = write_run(tmp_path / "bas", BAS, search=search)
     report = build_report([folder], out=str(tmp_path / "report.md"))
     assert (
         "| fold2 | ffn -> msa -> msa | [theta](bas/fold2/search/theta_heatmap.png) |"
@@ -496,11 +574,9 @@ def test_bas_search_summary_lists_architectures_block_wins_and_heatmaps(
 def test_runs_selected_on_different_sets_are_refused_with_the_runs_named(
     tmp_path,
 ):
-    valid, _ = write_run(tmp_path / "valid", "ffn_fbank.yaml")
-    test, _ = write_run(
-        tmp_path / "test", "bas_fbank.yaml", selection_set="test"
-    )
-    other, _ = write_run(tmp_path / "other", "superb_fbank.yaml")
+    valid, _ = write_run(tmp_path / "valid", FFN)
+    test, _ = write_run(tmp_path / "test", BAS, selection_set="test")
+    other, _ = write_run(tmp_path / "other", SUPERB_MODEL)
     with pytest.raises(ReportError) as error:
         collect_runs([valid, test, other])
     message = str(error.value)
@@ -511,14 +587,14 @@ def test_runs_selected_on_different_sets_are_refused_with_the_runs_named(
 
 def test_runs_of_another_split_or_crop_are_refused(tmp_path):
     speaker, _ = write_run(
-        tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "speaker"}
+        tmp_path / "a", FFN, preparation={"protocol": "speaker"}
     )
     session, _ = write_run(
-        tmp_path / "b", "bas_fbank.yaml", preparation={"protocol": "session"}
+        tmp_path / "b", BAS, preparation={"protocol": "session"}
     )
     cropped, _ = write_run(
         tmp_path / "c",
-        "superb_fbank.yaml",
+        SUPERB_MODEL,
         preparation={"protocol": "session"},
         crop_seconds=3.0,
     )
@@ -532,26 +608,25 @@ def test_runs_of_another_split_or_crop_are_refused(tmp_path):
     assert "crop_seconds: 3.0" in message
 
 
-def test_preparation_options_on_disk_count_with_their_defaults(tmp_path):
-    # The first run gave no option on the command line; its prepare_options.json says random.
+def test_recorded_preparation_options_are_compared_not_the_files_on_disk(
+    tmp_path,
+):
+    # Both identities record the split (defaults included); a prepare_options.json left
+    # in a run folder says something else and is not read.
     first, _ = write_run(
-        tmp_path / "a", "ffn_fbank.yaml", dataset="CREMA-D", crop_seconds=3.0
+        tmp_path / "a",
+        FFN,
+        dataset="CREMA-D",
+        crop_seconds=3.0,
+        preparation={"split": "random", "seed": 2013},
     )
     os.makedirs(tmp_path / "a" / "prepared")
     (tmp_path / "a" / "prepared" / "prepare_options.json").write_text(
-        json.dumps(
-            {
-                "options": {
-                    "data_folder": "/corpora/CREMA-D",
-                    "split": "random",
-                    "seed": 2013,
-                }
-            }
-        )
+        json.dumps({"options": {"split": "speaker", "seed": 2013}})
     )
     second, _ = write_run(
         tmp_path / "b",
-        "bas_fbank.yaml",
+        BAS,
         dataset="CREMA-D",
         crop_seconds=3.0,
         preparation={"split": "speaker", "seed": 2013},
@@ -562,11 +637,11 @@ def test_preparation_options_on_disk_count_with_their_defaults(tmp_path):
 
 def test_datasets_may_differ_in_crop_and_preparation(tmp_path):
     iemocap, _ = write_run(
-        tmp_path / "a", "ffn_fbank.yaml", preparation={"protocol": "session"}
+        tmp_path / "a", FFN, preparation={"protocol": "session"}
     )
     meld, _ = write_run(
         tmp_path / "b",
-        "ffn_fbank.yaml",
+        FFN,
         dataset="MELD",
         crop_seconds=4.5,
         num_folds=1,
@@ -576,11 +651,9 @@ def test_datasets_may_differ_in_crop_and_preparation(tmp_path):
 
 
 def test_allow_mixed_keeps_the_runs_and_marks_the_one_that_differs(tmp_path):
-    valid, _ = write_run(tmp_path / "valid", "ffn_fbank.yaml")
-    valid_too, _ = write_run(tmp_path / "valid2", "superb_fbank.yaml")
-    test, _ = write_run(
-        tmp_path / "test", "bas_fbank.yaml", selection_set="test"
-    )
+    valid, _ = write_run(tmp_path / "valid", FFN)
+    valid_too, _ = write_run(tmp_path / "valid2", SUPERB_MODEL)
+    test, _ = write_run(tmp_path / "test", BAS, selection_set="test")
     report = build_report([valid, valid_too, test], allow_mixed=True)
     assert "| Fbank | 3L-BAS †1 |" in report
     assert "| Fbank | simple-FFN |" in report
@@ -620,7 +693,7 @@ def test_json_of_another_program_is_named(tmp_path, content):
 
 
 def test_fold_without_scores_is_named(tmp_path):
-    folder, _ = write_run(tmp_path / "run", "ffn_fbank.yaml")
+    folder, _ = write_run(tmp_path / "run", FFN)
     path = os.path.join(folder, "results.json")
     results = json.load(open(path, encoding="utf-8"))
     del results["folds"]["fold2"]["UA"]
@@ -632,9 +705,7 @@ def test_fold_without_scores_is_named(tmp_path):
 
 
 def test_search_entry_without_architectures_is_named(tmp_path):
-    folder, _ = write_run(
-        tmp_path / "bas", "bas_fbank.yaml", search={"heatmaps": {}}
-    )
+    folder, _ = write_run(tmp_path / "bas", BAS, search={"heatmaps": {}})
     with pytest.raises(
         ReportError, match="'search' entry lacks the architectures"
     ):
@@ -642,7 +713,7 @@ def test_search_entry_without_architectures_is_named(tmp_path):
 
 
 def test_command_line_reports_errors_without_traceback(tmp_path, capsys):
-    good, _ = write_run(tmp_path / "good", "ffn_fbank.yaml")
+    good, _ = write_run(tmp_path / "good", FFN)
     (tmp_path / "bad.json").write_text("not json")
     assert main([good, str(tmp_path / "bad.json")]) == 2
     error = capsys.readouterr().err
@@ -664,10 +735,8 @@ def test_command_line_writes_the_report_and_valid_pngs(tmp_path, capsys):
     # fold2's heatmap is gone from disk: it is re-plotted from the stored probabilities.
     search = _search_record(str(tmp_path / "bas"), architectures)
     os.remove(search["heatmaps"]["fold2"])
-    bas, _ = write_run(
-        tmp_path / "bas", "bas_fbank.yaml", search=search, num_folds=2
-    )
-    ffn, _ = write_run(tmp_path / "ffn", "ffn_fbank.yaml")
+    bas, _ = write_run(tmp_path / "bas", BAS, search=search, num_folds=2)
+    ffn, _ = write_run(tmp_path / "ffn", FFN)
     out, figures = tmp_path / "out" / "report.md", tmp_path / "out" / "figures"
     assert main([bas, ffn, f"--out={out}", f"--figures={figures}"]) == 0
     assert capsys.readouterr().out.strip() == f"Report: {out}"
@@ -687,12 +756,25 @@ def test_command_line_writes_the_report_and_valid_pngs(tmp_path, capsys):
     assert "[theta](figures/IEMOCAP_Fbank_3L-BAS_theta_fold2.png)" in report
 
 
-def test_results_markdown_of_one_run_is_unchanged(tmp_path):
-    folder, _ = write_run(tmp_path / "run", "ffn_fbank.yaml")
+def test_results_markdown_of_one_run_says_what_the_run_was(tmp_path):
+    folder, _ = write_run(
+        tmp_path / "run",
+        model("transformer", num_layers=4, num_heads=8),
+        upstream=hf_upstream(24, 1024),
+        hparams_file="transformer_ssl.yaml",
+    )
     results = json.load(
         open(os.path.join(folder, "results.json"), encoding="utf-8")
     )
-    table = results_markdown(results)
-    assert table.splitlines()[0] == "### IEMOCAP - ffn_fbank.yaml"
-    assert f"| fold1 | {results['folds']['fold1']['WA']:.4f} |" in table
-    assert "| mean +/- std |" in table
+    table = results_markdown(results).splitlines()
+    assert table[0] == "### IEMOCAP - transformer_ssl.yaml"
+    assert table[2] == (
+        "Model: `transformer` (search=False, num_layers=4, num_heads=8, "
+        "layer_selection=weighted_sum)."
+    )
+    assert table[4].startswith(
+        "Upstream: `wavlm`, 24 layers of 1024 dims; 25 representation(s) of 1024 dims"
+    )
+    assert "content sha256 aaaaaaaaaaaa" in table[4]
+    assert f"| fold1 | {results['folds']['fold1']['WA']:.4f} |" in table[12]
+    assert "| mean +/- std |" in "\n".join(table)
