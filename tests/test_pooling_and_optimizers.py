@@ -111,7 +111,7 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
     # SSL files keep their papers' training setup (they have no optimizer switch)
     assert (
         custom.dataset_defaults(
-            os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml")
+            os.path.join(REPO_ROOT, "hparams", "superb_ssl.yaml")
         )
         == custom.DATASET_DEFAULTS
     )

@@ -8,18 +8,30 @@ The corpus is either a CSV of ``path,emotion,speaker`` (paths relative to --data
 or a tree ``<data_folder>/<emotion>/**/*.wav``; see ``custom_prepare.prepare_custom``.
 
 Custom corpora are usually small (hundreds of clips, not IEMOCAP's 5,531), where the
-papers' SGD settings under-train a downstream model learned from scratch. With an hparams
-file that has the ``optimizer`` and ``pooling`` switches (the feature-upstream files
-``*_fbank.yaml``), this recipe therefore trains with :data:`SMALL_CORPUS_DEFAULTS`
-(chosen on the validation sets of the Urdu corpus, see README "Results"); anything given on
-the command line still wins.
+papers' SGD settings under-train a downstream model learned from scratch. This recipe
+therefore trains with :data:`SMALL_CORPUS_DEFAULTS` when the hparams file declares every
+one of its keys (it has the ``optimizer`` and ``pooling`` switches: the feature-upstream
+files ``{superb,transformer,ffn}_fbank.yaml``, whose comments say so); a file without
+them keeps its own training setup, and anything given on the command line still wins.
+The defaults applied are logged.
+
+Flow: prepare the manifests (or take ``--train_csv/--valid_csv/--test_csv`` as given, or
+with ``--skip_prep=True`` the folds already in ``prepare_folder``) -> build the frozen
+upstream and the feature cache -> per fold: [BAS search ->] train the downstream model,
+select its checkpoint on the validation set, test it, export it as ``<fold>/model`` ->
+``<output_folder>/results.{json,md}``. Every phase is skipped when it already finished, so
+a killed run resumes where it stopped; ``--fold=k`` runs one fold.
+Multi-GPU: ``torchrun --standalone --nproc_per_node=N`` recipes/custom/train.py ``...``.
 """
 
 import sys
 
+import speechbrain as sb
 from custom_prepare import prepare_custom
+from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.recipe import main
+from ser_modules import recipe
+from ser_modules.training import EmotionBrain
 
 DATASET_DEFAULTS = {"crop_seconds": 6.5, "selection_metric": "UA"}
 
@@ -37,33 +49,166 @@ SMALL_CORPUS_DEFAULTS = {
 }
 
 
-def top_level_keys(hparams_file):
-    """Top-level keys of a YAML file (without loading it: it may hold !PLACEHOLDER)."""
-    with open(hparams_file, encoding="utf-8") as handle:
-        return {
-            line.split(":", 1)[0]
-            for line in handle
-            if line[:1].isalpha() and ":" in line
+def run_fold(
+    yaml_text,
+    overrides,
+    run_opts,
+    manifests,
+    replacements,
+    label_encoder,
+    caches,
+    upstream,
+    provenance,
+):
+    """[Search ->] train -> select -> test -> export one fold; returns its outcome."""
+    hparams = load_hyperpyyaml(yaml_text, overrides)
+    finished = recipe.begin_fold(
+        hparams, overrides, manifests, replacements, caches, provenance
+    )
+    if finished is not None:
+        return finished
+    datasets = recipe.fold_datasets(
+        manifests,
+        replacements,
+        label_encoder,
+        caches,
+        upstream,
+        crop_seconds=hparams["crop_seconds"],
+        eval_crop_seconds=hparams["eval_crop_seconds"],
+        train_crop_mode=hparams["train_crop_mode"],
+        sample_rate=hparams["sample_rate"],
+    )
+    # Without the cache, the upstream runs in the Brain (frozen, not checkpointed).
+    frozen = {} if caches is not None else {"upstream": upstream}
+    search = None
+    if hparams.get("search", False):
+        search = hparams["block_search"](datasets, run_opts, frozen)
+        # Retrain the derived network from scratch: fresh objects from the YAML.
+        hparams = load_hyperpyyaml(
+            yaml_text,
+            {
+                **overrides,
+                "downstream_model": "blocks",
+                "architecture": search["architecture"],
+            },
+        )
+    brain = EmotionBrain(
+        modules={**hparams["modules"], **frozen},
+        opt_class=hparams["opt_class"],
+        lr_scheduler=hparams["lr_scheduler"],
+        train_logger=hparams["train_logger"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    selection_set = recipe.checked_selection_set(hparams["selection_set"])
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set=datasets["train"],
+        valid_set=datasets[selection_set],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    brain.evaluate(
+        datasets["test"],
+        max_key=hparams["selection_metric"],
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    outcome, best = recipe.fold_outcome(
+        brain, hparams["selection_metric"], selection_set, label_encoder
+    )
+    outcome["model_folder"] = recipe.export_selected_model(hparams, best)
+    if search is not None:
+        outcome["search"] = recipe.search_summary(search)
+    return recipe.save_outcome(hparams["experiment_folder"], outcome)
+
+
+def main(argv):
+    """Run the recipe on the command line ``argv``; returns the aggregated results."""
+    prepare_kwargs, argv = recipe.split_preparation_arguments(
+        argv, prepare_custom
+    )
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    yaml_text, overrides = recipe.recipe_overrides(
+        hparams_file,
+        overrides,
+        "custom",
+        DATASET_DEFAULTS,
+        SMALL_CORPUS_DEFAULTS,
+    )
+    hparams = load_hyperpyyaml(yaml_text, {**overrides, "split_name": "setup"})
+    output_folder = hparams["output_folder"]
+    with recipe.locked_output_folder(output_folder):
+        sb.create_experiment_directory(
+            experiment_directory=output_folder,
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
+        )
+        splits = recipe.fold_manifests(
+            prepare_custom,
+            prepare_kwargs,
+            data_folder=hparams["data_folder"],
+            prepare_folder=hparams["prepare_folder"],
+            skip_prep=hparams["skip_prep"],
+            given={
+                "train": hparams["train_csv"],
+                "valid": hparams["valid_csv"],
+                "test": hparams["test_csv"],
+            },
+        )
+        replacements = {
+            "data_root": hparams["data_folder"],
+            "prep_root": hparams["prepare_folder"],
         }
-
-
-def dataset_defaults(hparams_file):
-    """:data:`DATASET_DEFAULTS`, plus the small-corpus training defaults when the hparams
-    file has their switches (a file without them keeps its own training setup)."""
-    keys = top_level_keys(hparams_file)
-    if set(SMALL_CORPUS_DEFAULTS) <= keys:
-        return {**DATASET_DEFAULTS, **SMALL_CORPUS_DEFAULTS}
-    return dict(DATASET_DEFAULTS)
+        folds = recipe.selected_splits(splits, hparams["fold"])
+        label_encoder = recipe.shared_label_encoder(splits, output_folder)
+        upstream = recipe.frozen_upstream(
+            hparams["upstream"], hparams.get("ssl_source")
+        )
+        caches = None
+        if hparams["use_cache"]:
+            caches = recipe.build_feature_caches(
+                upstream,
+                [splits[fold] for fold in folds],
+                replacements,
+                cache_folder=hparams["cache_folder"],
+                crop_seconds=hparams["crop_seconds"],
+                eval_crop_seconds=hparams["eval_crop_seconds"],
+                precision=hparams["cache_precision"],
+                batch_size=hparams["cache_batch_size"],
+                device=run_opts.get("device"),
+            )
+        derived = recipe.derived_hparams(upstream, label_encoder)
+        provenance = recipe.run_provenance(
+            "custom", yaml_text, prepare_kwargs, label_encoder, upstream
+        )
+        ranking = hparams.get("architecture_ranking")
+        del hparams  # each fold loads its own objects
+        outcomes = {
+            fold: run_fold(
+                yaml_text,
+                {**overrides, **derived, "split_name": fold},
+                run_opts,
+                splits[fold],
+                replacements,
+                label_encoder,
+                caches,
+                upstream,
+                provenance,
+            )
+            for fold in folds
+        }
+        return recipe.summarise(
+            outcomes,
+            "custom",
+            hparams_file,
+            overrides,
+            prepare_kwargs,
+            output_folder,
+            architecture_ranking=ranking,
+        )
 
 
 if __name__ == "__main__":
-    first = (
-        sys.argv[1]
-        if len(sys.argv) > 1 and not sys.argv[1].startswith("-")
-        else None
-    )
-    main(
-        prepare_custom,
-        dataset_defaults(first) if first else DATASET_DEFAULTS,
-        "custom",
-    )
+    main(sys.argv[1:])
