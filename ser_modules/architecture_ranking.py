@@ -409,29 +409,27 @@ def run_ranking(
             "test": setup.get("test_csv"),
         },
     )
-    replacements = {
-        "data_root": setup["data_folder"],
-        "prep_root": setup["prepare_folder"],
-    }
     split_names = recipe.selected_splits(splits, setup["fold"])
-    label_encoder = recipe.shared_label_encoder(splits, output_folder)
     upstream = recipe.frozen_upstream(
         setup["upstream"], setup.get("ssl_source")
     )
-    caches = None
+    run = recipe.RunContext.start(
+        dataset_name,
+        yaml_text,
+        prepare_kwargs,
+        splits,
+        upstream,
+        output_folder=output_folder,
+        data_folder=setup["data_folder"],
+        prepare_folder=setup["prepare_folder"],
+    )
     if setup["use_cache"]:
-        caches = recipe.build_feature_caches(
+        run.caches = setup["feature_cache"](
             upstream,
             [splits[name] for name in split_names],
-            replacements,
-            cache_folder=setup["cache_folder"],
-            crop_seconds=setup["crop_seconds"],
-            eval_crop_seconds=setup["eval_crop_seconds"],
-            precision=setup["cache_precision"],
-            batch_size=setup["cache_batch_size"],
+            run.replacements,
             device=run_opts.get("device"),
         )
-    derived = recipe.derived_hparams(upstream, label_encoder)
     metric = setup["selection_metric"]
     # The space the BAS run searches: the candidates of the YAML's super net.
     candidates = (
@@ -464,9 +462,7 @@ def run_ranking(
                     output_folder, "runs", key, f"seed{seed}", split_name
                 )
                 run_overrides = {
-                    **overrides,
-                    **derived,
-                    "split_name": split_name,
+                    **run.fold_overrides(overrides, split_name),
                     "seed": seed,
                     "search": False,
                     "downstream_model": "blocks",
@@ -479,11 +475,7 @@ def run_ranking(
                     run_overrides,
                     run_opts,
                     splits[split_name],
-                    replacements,
-                    label_encoder,
-                    caches,
-                    upstream,
-                    {},
+                    run,
                 )
                 score = float(outcome["scores"][metric])
                 scores.setdefault(key, []).append(score)

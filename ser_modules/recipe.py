@@ -15,6 +15,7 @@ answered with the old results. The output folder is locked while a run uses it
 """
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -383,27 +384,41 @@ def frozen_upstream(upstream_factory, ssl_source=None):
 
 def fold_datasets(
     manifests,
-    replacements,
-    label_encoder,
-    caches,
-    upstream,
+    run,
     crop_seconds,
     eval_crop_seconds,
     train_crop_mode,
     sample_rate,
 ):
-    """A fold's train / valid / test datasets (cached features, or audio when ``caches``
-    is None), see :func:`ser_modules.training.build_datasets`."""
+    """A fold's train / valid / test datasets: cached features, or audio when the run has
+    no cache (see :func:`ser_modules.training.build_datasets`).
+
+    The hparams files wire the crops and the sample rate (``fold_datasets: !name:...``);
+    a recipe calls ``hparams["fold_datasets"](manifests, run)``.
+
+    Arguments
+    ---------
+    manifests : dict
+        ``{split: csv}`` of the fold.
+    run : RunContext
+        The run's labels, upstream, caches and path replacements.
+    crop_seconds, eval_crop_seconds : float
+        Crops of training and evaluation (the first seconds of each utterance).
+    train_crop_mode : str
+        ``first`` or ``random`` (on-the-fly features only).
+    sample_rate : int
+        Rate the audio is resampled to.
+    """
     return build_datasets(
         manifests,
-        replacements,
-        label_encoder,
-        feature_caches=caches,
+        run.replacements,
+        run.label_encoder,
+        feature_caches=run.caches,
         crop_seconds=crop_seconds,
         train_crop_mode=train_crop_mode,
         sample_rate=sample_rate,
         eval_crop_seconds=eval_crop_seconds,
-        min_samples=minimum_samples(upstream),
+        min_samples=minimum_samples(run.upstream),
     )
 
 
@@ -429,6 +444,67 @@ def run_provenance(
         ],
         "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
         "code": code_version(),
+    }
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every fold of a run shares: built once, after the preparation."""
+
+    dataset_name: str
+    output_folder: str
+    replacements: dict
+    label_encoder: object
+    upstream: object
+    provenance: dict
+    derived: dict
+    caches: dict = None
+
+    @classmethod
+    def start(
+        cls,
+        dataset_name,
+        yaml_text,
+        prepare_kwargs,
+        splits,
+        upstream,
+        output_folder,
+        data_folder,
+        prepare_folder,
+    ):
+        """The labels of every fold, the manifests' path replacements, the hparams the
+        upstream and the labels fill in, and the run's shared fingerprint."""
+        label_encoder = shared_label_encoder(splits, output_folder)
+        return cls(
+            dataset_name=dataset_name,
+            output_folder=output_folder,
+            replacements={
+                "data_root": data_folder,
+                "prep_root": prepare_folder,
+            },
+            label_encoder=label_encoder,
+            upstream=upstream,
+            provenance=run_provenance(
+                dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream
+            ),
+            derived=derived_hparams(upstream, label_encoder),
+        )
+
+    def fold_overrides(self, overrides, fold):
+        """The overrides a fold's hparams are loaded with."""
+        return {**overrides, **self.derived, "split_name": fold}
+
+    def frozen_modules(self):
+        """Modules the Brain runs but does not train: the upstream when nothing is cached
+        (it is not checkpointed; the cache makes it unnecessary)."""
+        return {} if self.caches is not None else {"upstream": self.upstream}
+
+
+def derived_network(search):
+    """The overrides that retrain a BAS search's derived network from scratch."""
+    return {
+        "downstream_model": "blocks",
+        "architecture": search["architecture"],
     }
 
 
@@ -563,7 +639,7 @@ def fold_fingerprint(
     }
 
 
-def begin_fold(hparams, overrides, manifests, replacements, caches, provenance):
+def begin_fold(hparams, overrides, manifests, run):
     """Check a fold's fingerprint; return its outcome when it already finished.
 
     The fingerprint is written before any work, so checkpoints, search results and the
@@ -583,9 +659,9 @@ def begin_fold(hparams, overrides, manifests, replacements, caches, provenance):
             hparams,
             overrides,
             manifests,
-            replacements,
-            caches,
-            provenance,
+            run.replacements,
+            run.caches,
+            run.provenance,
         )
         check_fingerprint(
             hparams["experiment_folder"],
@@ -603,11 +679,18 @@ def begin_fold(hparams, overrides, manifests, replacements, caches, provenance):
         return json.load(handle)
 
 
-def save_outcome(experiment_folder, outcome):
-    """Write ``test_outcome.json`` (main process): the fold is done."""
+def finish_fold(brain, hparams, selection_set, run, search=None):
+    """After the test: export the selected model, write ``test_outcome.json`` (the fold is
+    done) and return the fold's outcome."""
+    outcome, best = fold_outcome(
+        brain, hparams["selection_metric"], selection_set, run.label_encoder
+    )
+    outcome["model_folder"] = export_selected_model(hparams, best)
+    if search is not None:
+        outcome["search"] = search_summary(search)
     if sb.utils.distributed.if_main_process():
         atomic_write_text(
-            os.path.join(experiment_folder, "test_outcome.json"),
+            os.path.join(hparams["experiment_folder"], "test_outcome.json"),
             json.dumps(outcome) + "\n",
         )
     return outcome

@@ -49,48 +49,20 @@ SMALL_CORPUS_DEFAULTS = {
 }
 
 
-def run_fold(
-    yaml_text,
-    overrides,
-    run_opts,
-    manifests,
-    replacements,
-    label_encoder,
-    caches,
-    upstream,
-    provenance,
-):
-    """[Search ->] train -> select -> test -> export one fold; returns its outcome."""
+def run_fold(yaml_text, overrides, run_opts, manifests, run):
+    """[BAS search ->] train -> select -> test -> export one fold; returns its outcome."""
     hparams = load_hyperpyyaml(yaml_text, overrides)
-    finished = recipe.begin_fold(
-        hparams, overrides, manifests, replacements, caches, provenance
-    )
+    finished = recipe.begin_fold(hparams, overrides, manifests, run)
     if finished is not None:
         return finished
-    datasets = recipe.fold_datasets(
-        manifests,
-        replacements,
-        label_encoder,
-        caches,
-        upstream,
-        crop_seconds=hparams["crop_seconds"],
-        eval_crop_seconds=hparams["eval_crop_seconds"],
-        train_crop_mode=hparams["train_crop_mode"],
-        sample_rate=hparams["sample_rate"],
-    )
-    # Without the cache, the upstream runs in the Brain (frozen, not checkpointed).
-    frozen = {} if caches is not None else {"upstream": upstream}
+    datasets = hparams["fold_datasets"](manifests, run)
+    frozen = run.frozen_modules()
     search = None
     if hparams.get("search", False):
         search = hparams["block_search"](datasets, run_opts, frozen)
         # Retrain the derived network from scratch: fresh objects from the YAML.
         hparams = load_hyperpyyaml(
-            yaml_text,
-            {
-                **overrides,
-                "downstream_model": "blocks",
-                "architecture": search["architecture"],
-            },
+            yaml_text, {**overrides, **recipe.derived_network(search)}
         )
     brain = EmotionBrain(
         modules={**hparams["modules"], **frozen},
@@ -114,13 +86,7 @@ def run_fold(
         max_key=hparams["selection_metric"],
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
-    outcome, best = recipe.fold_outcome(
-        brain, hparams["selection_metric"], selection_set, label_encoder
-    )
-    outcome["model_folder"] = recipe.export_selected_model(hparams, best)
-    if search is not None:
-        outcome["search"] = recipe.search_summary(search)
-    return recipe.save_outcome(hparams["experiment_folder"], outcome)
+    return recipe.finish_fold(brain, hparams, selection_set, run, search)
 
 
 def main(argv):
@@ -138,10 +104,9 @@ def main(argv):
         SMALL_CORPUS_DEFAULTS,
     )
     hparams = load_hyperpyyaml(yaml_text, {**overrides, "split_name": "setup"})
-    output_folder = hparams["output_folder"]
-    with recipe.locked_output_folder(output_folder):
+    with recipe.locked_output_folder(hparams["output_folder"]):
         sb.create_experiment_directory(
-            experiment_directory=output_folder,
+            experiment_directory=hparams["output_folder"],
             hyperparams_to_save=hparams_file,
             overrides=overrides,
         )
@@ -157,45 +122,36 @@ def main(argv):
                 "test": hparams["test_csv"],
             },
         )
-        replacements = {
-            "data_root": hparams["data_folder"],
-            "prep_root": hparams["prepare_folder"],
-        }
         folds = recipe.selected_splits(splits, hparams["fold"])
-        label_encoder = recipe.shared_label_encoder(splits, output_folder)
         upstream = recipe.frozen_upstream(
             hparams["upstream"], hparams.get("ssl_source")
         )
-        caches = None
+        run = recipe.RunContext.start(
+            "custom",
+            yaml_text,
+            prepare_kwargs,
+            splits,
+            upstream,
+            output_folder=hparams["output_folder"],
+            data_folder=hparams["data_folder"],
+            prepare_folder=hparams["prepare_folder"],
+        )
         if hparams["use_cache"]:
-            caches = recipe.build_feature_caches(
+            run.caches = hparams["feature_cache"](
                 upstream,
                 [splits[fold] for fold in folds],
-                replacements,
-                cache_folder=hparams["cache_folder"],
-                crop_seconds=hparams["crop_seconds"],
-                eval_crop_seconds=hparams["eval_crop_seconds"],
-                precision=hparams["cache_precision"],
-                batch_size=hparams["cache_batch_size"],
+                run.replacements,
                 device=run_opts.get("device"),
             )
-        derived = recipe.derived_hparams(upstream, label_encoder)
-        provenance = recipe.run_provenance(
-            "custom", yaml_text, prepare_kwargs, label_encoder, upstream
-        )
         ranking = hparams.get("architecture_ranking")
         del hparams  # each fold loads its own objects
         outcomes = {
             fold: run_fold(
                 yaml_text,
-                {**overrides, **derived, "split_name": fold},
+                run.fold_overrides(overrides, fold),
                 run_opts,
                 splits[fold],
-                replacements,
-                label_encoder,
-                caches,
-                upstream,
-                provenance,
+                run,
             )
             for fold in folds
         }
@@ -205,7 +161,7 @@ def main(argv):
             hparams_file,
             overrides,
             prepare_kwargs,
-            output_folder,
+            run.output_folder,
             architecture_ranking=ranking,
         )
 
