@@ -29,7 +29,7 @@ search continues with the right temperature. Every epoch the search log gets the
 temperature, softmax(theta) and the mean L2 norm of theta's gradient per layer, and
 ``theta_trajectory.csv`` / ``.md`` in the search folder get one row per layer.
 
-After the last epoch :func:`run_search_phase` derives the architecture (argmax theta per
+After the last epoch :func:`search_architecture` derives the architecture (argmax theta per
 layer), saves it with softmax(theta) as ``architecture.json`` and draws the heatmap PNG
 (final probabilities and their trajectory over the epochs).
 """

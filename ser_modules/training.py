@@ -2,8 +2,9 @@
 
 ``EmotionBrain`` trains a downstream model on frozen upstream features, read either from
 the feature cache (``batch.feats``, the default) or computed on the fly from the waveform
-(``batch.sig``). Everything dataset-specific lives in the preparation scripts and in the
-defaults each ``recipes/<DATASET>/train.py`` passes to :mod:`ser_modules.recipe`.
+(``batch.sig``). Each ``recipes/<DATASET>/train.py`` builds it with the objects of its
+hparams; everything dataset-specific lives in the preparation scripts and in the defaults
+of each ``train.py``.
 """
 
 import logging
