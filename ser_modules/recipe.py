@@ -243,6 +243,14 @@ def fold_manifests(
         ``{fold: {split: csv path}}``.
     """
     given = dict(given or {})
+    if prepare_kwargs and (
+        skip_prep or any(path is not None for path in given.values())
+    ):
+        logger.warning(
+            "Preparation options %s are ignored: the manifests are %s.",
+            prepare_kwargs,
+            "given" if any(given.values()) else f"those in {prepare_folder}",
+        )
     if any(path is not None for path in given.values()):
         missing = [split for split, path in given.items() if path is None]
         if missing:
