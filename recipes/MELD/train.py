@@ -13,7 +13,8 @@ upstream and the feature cache -> per fold: [BAS search ->] train the downstream
 select its checkpoint on the validation set, test it, export it as ``<fold>/model`` ->
 ``<output_folder>/results.{json,md}``. Every phase is skipped when it already finished, so
 a killed run resumes where it stopped; ``--fold=k`` runs one fold.
-Multi-GPU: ``torchrun --standalone --nproc_per_node=N`` recipes/MELD/train.py ``...``.
+Multi-GPU: ``torchrun --standalone --nproc_per_node=N recipes/MELD/train.py ...`` (``batch_size`` is
+per process; on CPU add ``--device=cpu --distributed_backend=gloo``).
 """
 
 import sys
