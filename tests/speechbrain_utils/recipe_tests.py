@@ -14,6 +14,7 @@ import sys
 from time import time
 
 from hyperpyyaml import load_hyperpyyaml
+
 from speechbrain.utils.data_utils import download_file  # noqa: F401
 from speechbrain.utils.logger import get_logger, setup_logging
 
