@@ -22,7 +22,9 @@ this tree, not another installed copy.
 import concurrent.futures
 import csv
 import glob
+import hashlib
 import os
+import re
 import stat
 import sys
 
@@ -112,6 +114,21 @@ def in_repository(tmp_path, monkeypatch):
     """See :func:`use_this_checkout`."""
     use_this_checkout(str(tmp_path / "bin"), monkeypatch)
     return tmp_path
+
+
+def test_the_vendored_tools_are_speechbrains_files_unchanged():
+    folder = os.path.join(ROOT, "tests", "speechbrain_utils")
+    with open(os.path.join(folder, "NOTICE"), encoding="utf-8") as handle:
+        released = dict(
+            (name, digest)
+            for digest, name in re.findall(
+                r"^([0-9a-f]{64})  (\S+)$", handle.read(), re.M
+            )
+        )
+    assert set(released) == {"recipe_tests.py", "check_yaml.py"}
+    for name, digest in released.items():
+        with open(os.path.join(folder, name), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest, name
 
 
 def test_every_hparams_file_of_the_recipes_is_listed():
