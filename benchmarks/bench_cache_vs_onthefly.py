@@ -6,7 +6,7 @@ The upstream is a random WavLM with the WavLM Large shape (``--upstream large``,
 ``HuggingFaceUpstream`` (with its fast CPU path), as in every recipe. The data is the
 generated mini corpus (1.5-3.5 s utterances). The downstream is the SUPERB classifier on the
 weighted sum of all hidden states, trained with ``EmotionBrain`` exactly as
-``hparams/superb_wavlm.yaml`` wires it.
+``hparams/superb_ssl.yaml`` wires it.
 
 Measured, for one training epoch over ``--utterances`` utterances (forward, loss, backward,
 SGD step):
@@ -87,6 +87,8 @@ def one_epoch(hparams, datasets, modules, folder):
     brain = EmotionBrain(
         modules=modules,
         opt_class=hparams["opt_class"],
+        lr_scheduler=hparams["lr_scheduler"],
+        train_logger=hparams["train_logger"],
         hparams=hparams,
         run_opts={"device": "cpu", "noprogressbar": True},
         checkpointer=None,
@@ -179,7 +181,7 @@ def main():
         )
 
         with open(
-            os.path.join(ROOT, "hparams", "superb_wavlm.yaml"), encoding="utf-8"
+            os.path.join(ROOT, "hparams", "superb_ssl.yaml"), encoding="utf-8"
         ) as handle:
             yaml_text = handle.read()
         overrides = {

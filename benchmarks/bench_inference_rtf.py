@@ -318,7 +318,7 @@ def main(argv=None):
                     os.path.join(folder_root, "ssl"), num_layers
                 )
                 folder = export_untrained_split(
-                    "superb_wavlm.yaml",
+                    "superb_ssl.yaml",
                     {
                         "ssl_source": source,
                         "input_dim": 1024,

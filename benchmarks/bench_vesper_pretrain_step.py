@@ -51,6 +51,7 @@ from ser_modules.vesper.pretraining import (
     StudentFromCNN,
     TeacherTargets,
     VesperPretrainBrain,
+    warmup_cosine_lr,
 )
 
 SAMPLE_RATE = 16000
@@ -86,7 +87,7 @@ class NaiveVesperPretrainBrain(VesperPretrainBrain):
         cnn_feats, frame_mask = encoder.extract_cnn_features(
             wavs, wav_lens
         )  # (B, T, 512)
-        phoneme_mask, word_mask = self.hparams.masker(
+        phoneme_mask, word_mask = self.masker(
             normalize_waveforms(wavs, lengths), wav_lens, cnn_feats.shape[1]
         )
         outputs = self.modules.student(
@@ -188,6 +189,15 @@ def make_brain(variant, student, teacher, loss, hparams, device, precision):
         opt_class=functools.partial(
             torch.optim.AdamW, lr=5e-4, betas=(0.9, 0.999), weight_decay=0.01
         ),
+        masker=hparams["masker"],
+        lr_schedule=functools.partial(
+            warmup_cosine_lr,
+            peak_lr=hparams["peak_lr"],
+            final_lr=hparams["final_lr"],
+            warmup_epochs=hparams["warmup_epochs"],
+            total_epochs=hparams["number_of_epochs"],
+        ),
+        train_logger=None,
         hparams={
             **hparams,
             "naive_teacher": teacher,

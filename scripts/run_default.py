@@ -325,14 +325,14 @@ def run_pipeline(args, work):
     ]
     runs = {
         "3L-BAS": [
-            "hparams/bas_vesper.yaml",
+            "hparams/bas_ssl.yaml",
             "--search_layers=3",
             f"--search_epochs={args.epochs}",
             "--search_lr=0.02",
         ],
-        "3L-baseline": ["hparams/transformer_vesper.yaml", "--num_layers=3"],
-        "simple-FFN": ["hparams/ffn_vesper.yaml"],
-        "SUPERB classifier": ["hparams/superb_vesper.yaml"],
+        "3L-baseline": ["hparams/transformer_ssl.yaml", "--num_layers=3"],
+        "simple-FFN": ["hparams/ffn_ssl.yaml"],
+        "SUPERB classifier": ["hparams/superb_ssl.yaml"],
     }
     folders = {
         name: step_folder(

@@ -15,7 +15,7 @@ per seed, its mean and spread, and its rank (1 = best mean UA). A BAS run given
 ``--architecture_ranking=OUT/ranking.json`` then reports in its ``results.md`` where the
 architecture it derived ranks on each fold (:func:`derived_ranks`).
 
-Every trained architecture is one recipe split run (``ser_modules.recipe.run_split``):
+Every trained architecture is one fold run of the recipe (its ``train.py``'s ``run_fold``):
 it keeps its ``test_outcome.json``, so an interrupted ranking resumes where it stopped, and
 the feature cache is built once for all of them.
 """
@@ -348,12 +348,25 @@ def parse_seeds(text):
     return seeds
 
 
-def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
+def run_ranking(
+    argv, prepare_function, dataset_defaults, dataset_name, run_fold
+):
     """Train every architecture of the space on the selected folds and seeds; write the ranking.
 
-    Arguments are those of :func:`ser_modules.recipe.run_recipe`; ``argv`` additionally
-    takes ``--rank_layers`` (default: the YAML's ``search_layers``) and ``--rank_seeds``
-    (default: the YAML's ``seed``).
+    Arguments
+    ---------
+    argv : list of str
+        The recipe's command line, plus ``--rank_layers`` (default: the YAML's
+        ``search_layers``) and ``--rank_seeds`` (default: the YAML's ``seed``).
+    prepare_function : callable
+        The dataset's ``prepare_<dataset>``.
+    dataset_defaults : dict
+        The dataset's defaults (see :func:`ser_modules.recipe.recipe_overrides`).
+    dataset_name : str
+        Name written in the ranking.
+    run_fold : callable
+        The recipe's ``run_fold`` (``recipes/<DATASET>/train.py``): each architecture is
+        trained exactly as the BAS run retrains its derived one.
 
     Returns
     -------
@@ -362,15 +375,7 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
     """
     import speechbrain as sb
 
-    from ser_modules.manifest import read_csv
-    from ser_modules.recipe import (
-        build_feature_caches,
-        load_hparams,
-        parse_overrides,
-        run_split,
-        selected_splits,
-        split_preparation_arguments,
-    )
+    from ser_modules import recipe
     from ser_modules.run_identity import (
         RESULTS_FORMAT,
         model_record,
@@ -379,18 +384,19 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
         run_identity,
         upstream_record,
     )
-    from ser_modules.training import build_label_encoder
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--rank_layers", type=int, default=None)
     parser.add_argument("--rank_seeds", default=None)
     own, argv = parser.parse_known_args(argv)
-    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_function)
+    prepare_kwargs, argv = recipe.split_preparation_arguments(
+        argv, prepare_function
+    )
     hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
-    overrides = {**dataset_defaults, **parse_overrides(cli_overrides)}
-    with open(hparams_file, encoding="utf-8") as handle:
-        yaml_text = handle.read()
-    setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
+    yaml_text, overrides = recipe.recipe_overrides(
+        hparams_file, cli_overrides, dataset_name, dataset_defaults
+    )
+    setup = recipe.load_hparams(yaml_text, {**overrides, "split_name": "setup"})
     output_folder = setup["output_folder"]
     num_layers = own.rank_layers or int(
         setup.get("search_layers", setup.get("num_layers", 3))
@@ -399,42 +405,39 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
         parse_seeds(own.rank_seeds) if own.rank_seeds else [int(setup["seed"])]
     )
     os.makedirs(output_folder, exist_ok=True)
-    splits = prepare_function(
+    splits = recipe.fold_manifests(
+        prepare_function,
+        prepare_kwargs,
         data_folder=setup["data_folder"],
-        save_folder=setup["prepare_folder"],
+        prepare_folder=setup["prepare_folder"],
         skip_prep=setup["skip_prep"],
-        **prepare_kwargs,
+        given={
+            "train": setup.get("train_csv"),
+            "valid": setup.get("valid_csv"),
+            "test": setup.get("test_csv"),
+        },
     )
-    if not splits:
-        raise RuntimeError(
-            f"The preparation wrote no manifests in {setup['prepare_folder']}."
-        )
-    replacements = {
-        "data_root": setup["data_folder"],
-        "prep_root": setup["prepare_folder"],
-    }
-    split_names = selected_splits(splits, setup["fold"])
-    all_csvs = [path for name in splits for path in splits[name].values()]
-    label_encoder = build_label_encoder(
-        all_csvs, os.path.join(output_folder, "label_encoder.txt")
+    split_names = recipe.selected_splits(splits, setup["fold"])
+    upstream = recipe.frozen_upstream(
+        setup["upstream"], setup.get("ssl_source")
     )
-    upstream = setup["upstream"]()
-    caches = None
+    run = recipe.RunContext.start(
+        dataset_name,
+        yaml_text,
+        prepare_kwargs,
+        splits,
+        upstream,
+        output_folder=output_folder,
+        data_folder=setup["data_folder"],
+        prepare_folder=setup["prepare_folder"],
+    )
     if setup["use_cache"]:
-        rows = {
-            row["ID"]: row
-            for name in split_names
-            for path in splits[name].values()
-            for row in read_csv(path)
-        }
-        caches = build_feature_caches(
-            setup, upstream, list(rows.values()), replacements, run_opts
+        run.caches = setup["feature_cache"](
+            upstream,
+            [splits[name] for name in split_names],
+            run.replacements,
+            device=run_opts.get("device"),
         )
-    derived = {
-        "input_dim": upstream.output_dim,
-        "num_upstream_layers": upstream.num_layers,
-        "num_classes": len(label_encoder),
-    }
     metric = setup["selection_metric"]
     # The space the BAS run searches: the candidates of the YAML's super net.
     candidates = (
@@ -491,9 +494,7 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
                     output_folder, "runs", key, f"seed{seed}", split_name
                 )
                 run_overrides = {
-                    **overrides,
-                    **derived,
-                    "split_name": split_name,
+                    **run.fold_overrides(overrides, split_name),
                     "seed": seed,
                     "search": False,
                     "downstream_model": "blocks",
@@ -501,15 +502,12 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
                     "num_layers": num_layers,
                     "experiment_folder": folder,
                 }
-                outcome = run_split(
+                outcome = run_fold(
                     yaml_text,
                     run_overrides,
                     run_opts,
                     splits[split_name],
-                    replacements,
-                    label_encoder,
-                    caches,
-                    upstream,
+                    run,
                 )
                 score = float(outcome["scores"][metric])
                 scores.setdefault(key, []).append(score)
@@ -538,7 +536,9 @@ def run_ranking(argv, prepare_function, dataset_defaults, dataset_name):
     return record
 
 
-def main(prepare_function, dataset_defaults, dataset_name):
+def main(prepare_function, dataset_defaults, dataset_name, run_fold):
     """Entry point of ``recipes/<DATASET>/rank_architectures.py``."""
     logging.basicConfig(level=logging.INFO)
-    run_ranking(sys.argv[1:], prepare_function, dataset_defaults, dataset_name)
+    run_ranking(
+        sys.argv[1:], prepare_function, dataset_defaults, dataset_name, run_fold
+    )

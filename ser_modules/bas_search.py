@@ -29,7 +29,7 @@ search continues with the right temperature. Every epoch the search log gets the
 temperature, softmax(theta) and the mean L2 norm of theta's gradient per layer, and
 ``theta_trajectory.csv`` / ``.md`` in the search folder get one row per layer.
 
-After the last epoch :func:`run_search_phase` derives the architecture (argmax theta per
+After the last epoch :func:`search_architecture` derives the architecture (argmax theta per
 layer), saves it with softmax(theta) as ``architecture.json`` and draws the heatmap PNG
 (final probabilities and their trajectory over the epochs).
 """
@@ -97,7 +97,7 @@ def annealed_temperature(epoch, num_epochs, initial=5.0, final=0.1):
 
 def search_temperature(hparams, epoch):
     """The temperature of a search epoch under the hparams' ``search_mode``."""
-    mode = search_mode(hparams)
+    mode = search_mode_of(hparams)
     if mode == "decisive":
         return annealed_temperature(
             epoch,
@@ -110,7 +110,7 @@ def search_temperature(hparams, epoch):
     )
 
 
-def search_mode(hparams):
+def search_mode_of(hparams):
     """``search_mode`` of the hparams, checked (``decisive`` when absent)."""
     mode = (
         hparams.get("search_mode", "decisive")
@@ -136,7 +136,7 @@ class BASSearchBrain(EmotionBrain):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.mode = search_mode(self.hparams.__dict__)
+        self.mode = search_mode_of(self.hparams.__dict__)
         self._theta_grad_sums = None
         self._theta_grad_steps = 0
         self._count_theta_grads = True
@@ -185,7 +185,7 @@ class BASSearchBrain(EmotionBrain):
             "opt_class": self.optimizer,
             "theta_opt_class": self.theta_optimizer,
         }
-        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
+        self.lr_scheduler = self.scheduler_class(self.optimizer)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable(
@@ -275,7 +275,7 @@ class BASSearchBrain(EmotionBrain):
                 )
                 for index, row in enumerate(probabilities)
             )
-            self.hparams.train_logger.log_stats(
+            self.train_logger.log_stats(
                 stats_meta={
                     "epoch": epoch,
                     "temperature": float(supernet.temperature),
@@ -457,8 +457,75 @@ def theta_split_datasets(train_set, fraction, seed):
     return weight_part, theta_part
 
 
-def run_search_phase(hparams, run_opts, datasets, modules):
+def search_architecture(
+    datasets,
+    run_opts,
+    frozen_modules,
+    *,
+    search_folder,
+    supernet,
+    layer_combiner,
+    opt_class,
+    theta_opt_class,
+    lr_scheduler,
+    epoch_counter,
+    search_logger,
+    checkpointer,
+    search_mode,
+    search_epochs,
+    initial_temperature,
+    final_temperature,
+    temperature_decay,
+    theta_fraction,
+    theta_dataloader_opts,
+    train_dataloader_opts,
+    valid_dataloader_opts,
+    seed,
+    split_name,
+    num_classes,
+    selection_metric,
+    input_norm=None,
+):
     """Search (or reload) the architecture of one split.
+
+    The BAS hparams files wire every argument but the first three (``block_search:
+    !name:ser_modules.bas_search.search_architecture``), so a recipe calls
+    ``hparams["block_search"](datasets, run_opts, frozen_modules)``.
+
+    Arguments
+    ---------
+    datasets : dict
+        ``{"train": ..., "valid": ...}`` datasets of the split.
+    run_opts : dict
+        SpeechBrain's run options.
+    frozen_modules : dict
+        Modules that are not trained (the upstream when features are not cached).
+    search_folder : str
+        Where ``architecture.json``, the heatmap and the theta trajectory are written.
+    supernet, layer_combiner, input_norm : torch.nn.Module
+        The super net (``BASSuperNet``) and the modules before it (``input_norm`` optional).
+    opt_class, theta_opt_class, lr_scheduler : callable
+        Factories of the weights' optimiser, theta's optimiser and the weights' scheduler.
+    epoch_counter, search_logger, checkpointer
+        The search's own epoch counter, log and checkpointer (in ``search_folder``).
+    search_mode : str
+        ``decisive``, ``paper`` or ``fbnet`` (see the module docstring).
+    search_epochs : int
+        Number of search epochs (sets the temperature schedule of ``decisive``).
+    initial_temperature, final_temperature, temperature_decay : float
+        The Gumbel-softmax temperature schedule.
+    theta_fraction : float
+        ``fbnet``: held-out share of the training data for theta.
+    theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
+        Loader options of the theta batches, the training and the validation data.
+    seed : int
+        Seed of the held-out draw and of the loaders.
+    split_name : str
+        Name of the split (heatmap title).
+    num_classes : int
+        Number of labels (validation scores).
+    selection_metric : str
+        Metric of the search's checkpoint selection (``WA``, ``UA`` or ``WF1``).
 
     Returns
     -------
@@ -466,7 +533,21 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         ``architecture`` (list of block names), ``probabilities`` (L x K softmax(theta)),
         ``candidates``, ``ties`` (layers whose argmax was a tie), and the file paths.
     """
-    search_folder = hparams["search_folder"]
+    brain_hparams = {
+        "search_mode": search_mode,
+        "search_epochs": search_epochs,
+        "initial_temperature": initial_temperature,
+        "final_temperature": final_temperature,
+        "temperature_decay": temperature_decay,
+        "theta_opt_class": theta_opt_class,
+        "theta_dataloader_opts": theta_dataloader_opts,
+        "search_folder": search_folder,
+        "epoch_counter": epoch_counter,
+        "seed": seed,
+        "num_classes": num_classes,
+        "selection_metric": selection_metric,
+    }
+    mode = search_mode_of(brain_hparams)
     architecture_path = os.path.join(search_folder, ARCHITECTURE_FILE)
     heatmap_path = os.path.join(search_folder, HEATMAP_FILE)
     if os.path.isfile(architecture_path):
@@ -479,35 +560,32 @@ def run_search_phase(hparams, run_opts, datasets, modules):
         }
 
     search_modules = {
-        **modules,
-        "layer_combiner": hparams["search_layer_combiner"],
-        "downstream": hparams["supernet"],
+        **frozen_modules,
+        "layer_combiner": layer_combiner,
+        "downstream": supernet,
     }
-    if "search_input_norm" in hparams:
-        search_modules["input_norm"] = hparams["search_input_norm"]
+    if input_norm is not None:
+        search_modules["input_norm"] = input_norm
     brain = BASSearchBrain(
         modules=search_modules,
-        opt_class=hparams["search_opt_class"],
-        hparams={
-            **hparams,
-            "lr_scheduler": hparams["search_lr_scheduler"],
-            "epoch_counter": hparams["search_epoch_counter"],
-            "train_logger": hparams["search_logger"],
-        },
+        opt_class=opt_class,
+        lr_scheduler=lr_scheduler,
+        train_logger=search_logger,
+        hparams=brain_hparams,
         run_opts=run_opts,
-        checkpointer=hparams["search_checkpointer"],
+        checkpointer=checkpointer,
     )
     train_set = datasets["train"]
-    if search_mode(hparams) == "fbnet":
+    if mode == "fbnet":
         train_set, brain.theta_set = theta_split_datasets(
-            train_set, hparams["theta_fraction"], hparams["seed"]
+            train_set, theta_fraction, seed
         )
     brain.fit(
-        hparams["search_epoch_counter"],
+        epoch_counter,
         train_set=train_set,
         valid_set=datasets["valid"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["test_dataloader_opts"],
+        train_loader_kwargs=train_dataloader_opts,
+        valid_loader_kwargs=valid_dataloader_opts,
     )
     supernet = brain.supernet
     architecture, ties = derive_architecture(supernet)
@@ -521,7 +599,7 @@ def run_search_phase(hparams, run_opts, datasets, modules):
     logger.info("Derived architecture: %s", " -> ".join(architecture))
     logger.info(
         "Final softmax(theta) (search_mode=%s):\n%s",
-        search_mode(hparams),
+        mode,
         "\n".join(
             f"L{i + 1} max {float(row.max()):.3f}"
             for i, row in enumerate(probabilities)
@@ -547,7 +625,7 @@ def run_search_phase(hparams, run_opts, datasets, modules):
             probabilities,
             supernet.candidates,
             heatmap_path,
-            title=f"BAS softmax(theta), {hparams['split_name']}",
+            title=f"BAS softmax(theta), {split_name}",
             trajectory=trajectory,
         )
         save_architecture(

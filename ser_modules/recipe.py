@@ -1,30 +1,25 @@
-"""The flow every emotion-classification recipe runs, top to bottom.
+"""Library functions of the emotion-classification recipes.
 
-``recipes/<DATASET>/train.py`` is a thin script: it hands its preparation function and its
-dataset defaults to :func:`run_recipe`, which
-
-1. parses the command line (a HyperPyYAML file, SpeechBrain run options, hparam overrides,
-   and the options of the dataset's preparation function such as ``--split=speaker``),
-2. prepares the manifests (once, on the main process),
-3. builds the frozen upstream and, by default, the feature cache of every utterance,
-4. for every fold (or the single split): optionally searches an architecture (BAS), trains
-   the downstream model, selects the checkpoint on the validation set, tests it, and
-   exports it as a model folder ``<split>/model`` (see :mod:`ser_modules.inference`),
-5. aggregates the folds into ``results.json``, ``results.md`` and a confusion-matrix PNG.
+Each ``recipes/<DATASET>/train.py`` is a SpeechBrain script that reads top to bottom as the
+flow of the recipe (parse the command line, prepare the manifests, build the frozen
+upstream and its feature cache, then per fold: [BAS search ->] train -> select -> test ->
+export, and aggregate the folds); the functions here are the steps of that flow that all
+datasets share, with explicit arguments (the script reads the hparams and passes them).
 
 Every phase leaves its result on disk and is skipped when re-run, so a crashed run resumes
 where it stopped (inside a phase, SpeechBrain's checkpoints resume the epoch). A fold's
 folder holds a fingerprint of what produces it (:mod:`ser_modules.fingerprint`): a re-run
 with other options, another corpus or other code is refused with the differing keys, never
-answered with the old results. The output folder is locked while a run uses it.
+answered with the old results. The output folder is locked while a run uses it
+(:func:`locked_output_folder`).
 """
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
 import os
-import sys
 
 import speechbrain as sb
 import yaml
@@ -45,14 +40,8 @@ from ser_modules.model_export import export_model_folder
 from ser_modules.model_folder import check_upstream_files
 from ser_modules.run_identity import (
     RESULTS_FORMAT,
-    preparation_options,
-    recipe_identity,
 )
-from ser_modules.training import (
-    EmotionBrain,
-    build_datasets,
-    build_label_encoder,
-)
+from ser_modules.training import build_datasets, build_label_encoder
 from ser_modules.upstreams.base import minimum_samples
 
 logger = logging.getLogger(__name__)
@@ -130,6 +119,173 @@ def load_hparams(yaml_text, overrides):
     return load_hyperpyyaml(yaml_text, overrides)
 
 
+def recipe_overrides(hparams_file, overrides, dataset_name, *default_groups):
+    """The run's overrides: dataset defaults under the command line's, checked.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The recipe's HyperPyYAML file.
+    overrides : str or dict
+        The command line's overrides (as ``sb.parse_arguments`` returns them).
+    dataset_name : str
+        Put in the default output folder, ``results/<dataset>/<hparams stem>[_<ssl
+        folder name>]/<seed>``, so the runs of two corpora (or two SSL models) never meet in
+        one folder.
+    *default_groups : dict
+        Defaults of the dataset. A group applies when the hparams file declares every key
+        of it (top-level keys, read with a YAML parser) and is skipped as a whole
+        otherwise, so a training setup is never half applied; the command line wins per
+        key.
+
+    Returns
+    -------
+    (str, dict)
+        The text of the hparams file and the overrides to load it with.
+    """
+    with open(hparams_file, encoding="utf-8") as handle:
+        yaml_text = handle.read()
+    declared = declared_values(yaml_text)
+    command_line = parse_overrides(overrides)
+    merged = {}
+    for group in default_groups:
+        if set(group) <= set(declared):
+            merged.update(group)
+            logger.info("%s defaults applied: %s", dataset_name, group)
+    merged.update(command_line)
+    check_override_types(yaml_text, merged, hparams_file)
+    if "output_folder" not in merged:
+        seed = merged.get("seed", declared.get("seed", 0))
+        name = os.path.splitext(os.path.basename(hparams_file))[0]
+        if merged.get("ssl_source"):
+            folder = os.path.basename(os.path.normpath(merged["ssl_source"]))
+            name = f"{name}_{folder}"
+        merged["output_folder"] = os.path.join(
+            "results", dataset_name, name, str(seed)
+        )
+    return yaml_text, merged
+
+
+@contextlib.contextmanager
+def locked_output_folder(output_folder):
+    """One run per output folder: a second one fails here instead of deleting the first
+    one's checkpoints (the lock dies with the process; other DDP ranks do not lock)."""
+    if sb.utils.distributed.if_main_process():
+        with FolderLock(output_folder, what="this output folder"):
+            yield
+    else:
+        yield
+
+
+MANIFEST_SPLITS = ("train", "valid", "test")
+
+
+def existing_folds(prepare_folder, splits=MANIFEST_SPLITS):
+    """The manifests an earlier preparation left in ``prepare_folder`` (corpus not read).
+
+    ``<prepare_folder>/<fold>/{train,valid,test}.csv`` for every fold folder, or
+    ``<prepare_folder>/{train,valid,test}.csv`` as the one split ``main``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the folder, when it holds neither.
+    """
+    found = {}
+    if os.path.isdir(prepare_folder):
+        for name in sorted(os.listdir(prepare_folder)):
+            paths = {
+                split: os.path.join(prepare_folder, name, f"{split}.csv")
+                for split in splits
+            }
+            if all(os.path.isfile(path) for path in paths.values()):
+                found[name] = paths
+        top = {
+            split: os.path.join(prepare_folder, f"{split}.csv")
+            for split in splits
+        }
+        if not found and all(os.path.isfile(path) for path in top.values()):
+            found["main"] = top
+    if not found:
+        raise FileNotFoundError(
+            f"skip_prep=True but {prepare_folder} holds no manifests ({', '.join(splits)}.csv, "
+            "directly or in fold folders): run once without --skip_prep, point "
+            "--prepare_folder to an earlier run's folder, or give --train_csv, --valid_csv "
+            "and --test_csv."
+        )
+    return found
+
+
+def fold_manifests(
+    prepare_function,
+    prepare_kwargs,
+    data_folder,
+    prepare_folder,
+    skip_prep,
+    given=None,
+):
+    """The manifests of every fold: given on the command line, found, or prepared now.
+
+    Arguments
+    ---------
+    prepare_function : callable
+        ``prepare_<dataset>(data_folder, save_folder, ..., skip_prep)``, run on the main
+        process when neither ``given`` nor ``skip_prep`` says otherwise.
+    prepare_kwargs : dict
+        Options of the preparation (from the command line).
+    data_folder, prepare_folder : str
+        The corpus and the folder of its manifests.
+    skip_prep : bool
+        Use the manifests already in ``prepare_folder`` (:func:`existing_folds`).
+    given : dict, optional
+        ``{"train": csv or None, "valid": ..., "test": ...}`` (the ``*_csv`` hparams). When
+        any is set, all must be, and they are the one split ``main``: nothing is prepared.
+
+    Returns
+    -------
+    dict
+        ``{fold: {split: csv path}}``.
+    """
+    given = dict(given or {})
+    if prepare_kwargs and (
+        skip_prep or any(path is not None for path in given.values())
+    ):
+        logger.warning(
+            "Preparation options %s are ignored: the manifests are %s.",
+            prepare_kwargs,
+            "given" if any(given.values()) else f"those in {prepare_folder}",
+        )
+    if any(path is not None for path in given.values()):
+        missing = [split for split, path in given.items() if path is None]
+        if missing:
+            raise ValueError(
+                f"Manifests given for some splits but not for {missing}: pass "
+                + " ".join(f"--{split}_csv=FILE" for split in missing)
+                + " too (or none of them, to prepare the corpus)."
+            )
+        for split, path in given.items():
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--{split}_csv={path} does not exist.")
+        return {"main": given}
+    if skip_prep:
+        return existing_folds(
+            prepare_folder, splits=tuple(given) or MANIFEST_SPLITS
+        )
+    splits = sb.utils.distributed.run_on_main(
+        prepare_function,
+        kwargs={
+            "data_folder": data_folder,
+            "save_folder": prepare_folder,
+            **prepare_kwargs,
+        },
+    )
+    if not splits:
+        raise RuntimeError(
+            f"The preparation wrote no manifests in {prepare_folder}."
+        )
+    return splits
+
+
 def selected_splits(splits, fold):
     """The split names to run: every fold, or the one named by ``--fold=k``."""
     names = sorted(splits, key=lambda name: (len(name), name))
@@ -143,8 +299,47 @@ def selected_splits(splits, fold):
     return [wanted]
 
 
-def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
+def shared_label_encoder(splits, output_folder):
+    """One label encoder for every fold (``<output_folder>/label_encoder.txt``)."""
+    all_csvs = [path for name in splits for path in splits[name].values()]
+    return sb.utils.distributed.run_on_main(
+        build_label_encoder,
+        args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")],
+    )
+
+
+def build_feature_caches(
+    upstream,
+    manifests,
+    replacements,
+    cache_folder,
+    crop_seconds,
+    eval_crop_seconds,
+    precision,
+    batch_size,
+    device=None,
+):
     """Extract (once) the features every split needs: one cache per distinct crop.
+
+    Arguments
+    ---------
+    upstream : ser_modules.upstreams.base.Upstream
+        The frozen upstream.
+    manifests : list of dict
+        ``{split: csv}`` of every fold to run (an utterance in several folds is
+        extracted once).
+    replacements : dict
+        ``$data_root`` / ``$prep_root`` of the manifests.
+    cache_folder : str
+        Where the caches live (keyed by content, so runs can share one).
+    crop_seconds, eval_crop_seconds : float
+        Crops of training and evaluation.
+    precision : str
+        ``fp32`` or ``bf16`` storage.
+    batch_size : int
+        Utterances per extraction batch.
+    device : str, optional
+        Extraction device (default: SpeechBrain's inferred device).
 
     Returns
     -------
@@ -154,27 +349,36 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
     """
     from ser_modules.feature_cache import FeatureCache
 
-    def make(crop_seconds):
+    rows = list(
+        {
+            row["ID"]: row
+            for fold in manifests
+            for path in fold.values()
+            for row in read_csv(path)
+        }.values()
+    )
+
+    def make(seconds):
         return FeatureCache(
-            hparams["cache_folder"],
+            cache_folder,
             upstream,
-            crop_seconds=crop_seconds,
+            crop_seconds=seconds,
             crop_mode="first",
-            precision=hparams["cache_precision"],
+            precision=precision,
         )
 
-    train_cache = make(hparams["crop_seconds"])
+    train_cache = make(crop_seconds)
     caches = {"train": train_cache, "eval": train_cache}
-    if hparams["eval_crop_seconds"] != hparams["crop_seconds"]:
-        caches["eval"] = make(hparams["eval_crop_seconds"])
-    device = run_opts.get("device") or sb.utils.distributed.infer_device()
+    if eval_crop_seconds != crop_seconds:
+        caches["eval"] = make(eval_crop_seconds)
+    device = device or sb.utils.distributed.infer_device()
     for cache in {id(c): c for c in caches.values()}.values():
         sb.utils.distributed.run_on_main(
             cache.build,
             kwargs={
                 "rows": rows,
                 "replacements": replacements,
-                "batch_size": hparams["cache_batch_size"],
+                "batch_size": batch_size,
                 "device": device,
             },
         )
@@ -184,23 +388,140 @@ def build_feature_caches(hparams, upstream, rows, replacements, run_opts):
     return caches
 
 
-def train_and_test(
-    hparams,
-    run_opts,
-    datasets,
-    modules,
-    label_encoder,
-    brain_class=EmotionBrain,
+def frozen_upstream(upstream_factory, ssl_source=None):
+    """Build the frozen upstream; a truncated model folder is named, not a bare error."""
+    check_upstream_files(ssl_source)
+    return upstream_factory()
+
+
+def fold_datasets(
+    manifests,
+    run,
+    crop_seconds,
+    eval_crop_seconds,
+    train_crop_mode,
+    sample_rate,
 ):
-    """Train one split's downstream model, select on validation, test; return the outcome."""
-    brain = brain_class(
-        modules=modules,
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
+    """A fold's train / valid / test datasets: cached features, or audio when the run has
+    no cache (see :func:`ser_modules.training.build_datasets`).
+
+    The hparams files wire the crops and the sample rate (``fold_datasets: !name:...``);
+    a recipe calls ``hparams["fold_datasets"](manifests, run)``.
+
+    Arguments
+    ---------
+    manifests : dict
+        ``{split: csv}`` of the fold.
+    run : RunContext
+        The run's labels, upstream, caches and path replacements.
+    crop_seconds, eval_crop_seconds : float
+        Crops of training and evaluation (the first seconds of each utterance).
+    train_crop_mode : str
+        ``first`` or ``random`` (on-the-fly features only).
+    sample_rate : int
+        Rate the audio is resampled to.
+    """
+    return build_datasets(
+        manifests,
+        run.replacements,
+        run.label_encoder,
+        feature_caches=run.caches,
+        crop_seconds=crop_seconds,
+        train_crop_mode=train_crop_mode,
+        sample_rate=sample_rate,
+        eval_crop_seconds=eval_crop_seconds,
+        min_samples=minimum_samples(run.upstream),
     )
-    selection_set = hparams["selection_set"]
+
+
+def derived_hparams(upstream, label_encoder):
+    """The hparams a run fills in from its upstream and its labels."""
+    return {
+        "input_dim": upstream.output_dim,
+        "num_upstream_layers": upstream.num_layers,
+        "num_classes": len(label_encoder),
+    }
+
+
+def run_provenance(
+    dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream
+):
+    """What every fold of a run shares in its fingerprint (see :func:`begin_fold`)."""
+    return {
+        "dataset": dataset_name,
+        "hparams_file_sha256": text_sha256(yaml_text),
+        "preparation": prepare_kwargs,
+        "labels": [
+            label_encoder.decode_ndim(i) for i in range(len(label_encoder))
+        ],
+        "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
+        "code": code_version(),
+    }
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every fold of a run shares: built once, after the preparation."""
+
+    dataset_name: str
+    output_folder: str
+    replacements: dict
+    label_encoder: object
+    upstream: object
+    provenance: dict
+    derived: dict
+    caches: dict = None
+
+    @classmethod
+    def start(
+        cls,
+        dataset_name,
+        yaml_text,
+        prepare_kwargs,
+        splits,
+        upstream,
+        output_folder,
+        data_folder,
+        prepare_folder,
+    ):
+        """The labels of every fold, the manifests' path replacements, the hparams the
+        upstream and the labels fill in, and the run's shared fingerprint."""
+        label_encoder = shared_label_encoder(splits, output_folder)
+        return cls(
+            dataset_name=dataset_name,
+            output_folder=output_folder,
+            replacements={
+                "data_root": data_folder,
+                "prep_root": prepare_folder,
+            },
+            label_encoder=label_encoder,
+            upstream=upstream,
+            provenance=run_provenance(
+                dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream
+            ),
+            derived=derived_hparams(upstream, label_encoder),
+        )
+
+    def fold_overrides(self, overrides, fold):
+        """The overrides a fold's hparams are loaded with."""
+        return {**overrides, **self.derived, "split_name": fold}
+
+    def frozen_modules(self):
+        """Modules the Brain runs but does not train: the upstream when nothing is cached
+        (it is not checkpointed; the cache makes it unnecessary)."""
+        return {} if self.caches is not None else {"upstream": self.upstream}
+
+
+def derived_network(search):
+    """The overrides that retrain a BAS search's derived network from scratch."""
+    return {
+        "downstream_model": "blocks",
+        "architecture": search["architecture"],
+    }
+
+
+def checked_selection_set(selection_set):
+    """``valid`` (default) or ``test`` (the papers' protocol, warned about)."""
     if selection_set not in ("valid", "test"):
         raise ValueError(
             f"selection_set must be 'valid' or 'test' (paper protocol), got {selection_set!r}"
@@ -209,30 +530,21 @@ def train_and_test(
         logger.warning(
             "Paper protocol: selecting the checkpoint on the TEST set (selection_set=test)."
         )
-    brain.fit(
-        hparams["epoch_counter"],
-        train_set=datasets["train"],
-        valid_set=datasets[selection_set],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    metric = hparams["selection_metric"]
-    brain.evaluate(
-        datasets["test"],
-        max_key=metric,
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    best = brain.checkpointer.find_checkpoint(max_key=metric)
+    return selection_set
+
+
+def fold_outcome(brain, selection_metric, selection_set, label_encoder):
+    """The outcome of a fold whose model was trained and tested by ``brain``."""
+    best = brain.checkpointer.find_checkpoint(max_key=selection_metric)
     outcome = dict(brain.test_outcome)
     outcome["selected_epoch"] = (
         int(best.meta["epoch"]) if best is not None else None
     )
-    outcome["selection"] = {"metric": metric, "set": selection_set}
+    outcome["selection"] = {"metric": selection_metric, "set": selection_set}
     outcome["labels"] = [
         label_encoder.decode_ndim(i) for i in range(len(label_encoder))
     ]
-    outcome["model_folder"] = export_selected_model(hparams, best)
-    return outcome
+    return outcome, best
 
 
 def export_selected_model(hparams, checkpoint):
@@ -252,175 +564,18 @@ def export_selected_model(hparams, checkpoint):
     return model_folder
 
 
-def run_recipe(argv, prepare_function, dataset_defaults, dataset_name):
-    """Run a whole recipe from the command line (see the module docstring).
-
-    Arguments
-    ---------
-    argv : list of str
-        ``sys.argv[1:]``.
-    prepare_function : callable
-        ``prepare_<dataset>(data_folder, save_folder, ..., skip_prep)``.
-    dataset_defaults : dict
-        Hparams this dataset changes unless the command line sets them (crop lengths,
-        selection metric ...).
-    dataset_name : str
-        Name written in the results.
-
-    Returns
-    -------
-    dict
-        The aggregated results (also written to ``<output_folder>/results.json``).
-    """
-    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_function)
-    hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
-    overrides = {**dataset_defaults, **parse_overrides(cli_overrides)}
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as handle:
-        yaml_text = handle.read()
-    check_override_types(yaml_text, overrides, hparams_file)
-    if "output_folder" not in overrides:
-        # The YAML default (results/<hparams>/<seed>) is the same for every corpus: put the
-        # dataset in it, so the recipes of two corpora never meet in one folder.
-        seed = overrides.get(
-            "seed", _plain_yaml_values(yaml_text).get("seed", 0)
-        )
-        stem = os.path.splitext(os.path.basename(hparams_file))[0]
-        overrides["output_folder"] = os.path.join(
-            "results", dataset_name, stem, str(seed)
-        )
-    setup = load_hparams(yaml_text, {**overrides, "split_name": "setup"})
-    output_folder = setup["output_folder"]
-    # One run per output folder: a second one fails here instead of deleting the first
-    # one's checkpoints (the lock dies with the process).
-    lock = (
-        FolderLock(output_folder, what="this output folder")
-        if sb.utils.distributed.if_main_process()
-        else contextlib.nullcontext()
-    )
-    with lock:
-        return _run_locked(
-            setup,
-            yaml_text,
-            overrides,
-            run_opts,
-            hparams_file,
-            prepare_function,
-            prepare_kwargs,
-            dataset_name,
-        )
-
-
-def _run_locked(
-    setup,
-    yaml_text,
-    overrides,
-    run_opts,
-    hparams_file,
-    prepare_function,
-    prepare_kwargs,
-    dataset_name,
-):
-    """The body of :func:`run_recipe`, run while the output folder is locked."""
-    output_folder = setup["output_folder"]
-    sb.create_experiment_directory(
-        experiment_directory=output_folder,
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-
-    splits = sb.utils.distributed.run_on_main(
-        prepare_function,
-        kwargs={
-            "data_folder": setup["data_folder"],
-            "save_folder": setup["prepare_folder"],
-            "skip_prep": setup["skip_prep"],
-            **prepare_kwargs,
-        },
-    )
-    if not splits:
-        raise RuntimeError(
-            f"The preparation wrote no manifests in {setup['prepare_folder']}: with skip_prep=True, "
-            "the manifests of an earlier run must already be there."
-        )
-    replacements = {
-        "data_root": setup["data_folder"],
-        "prep_root": setup["prepare_folder"],
-    }
-    split_names = selected_splits(splits, setup["fold"])
-    all_csvs = [path for name in splits for path in splits[name].values()]
-    label_encoder = sb.utils.distributed.run_on_main(
-        build_label_encoder,
-        args=[all_csvs, os.path.join(output_folder, "label_encoder.txt")],
-    )
-
-    check_upstream_files(
-        setup.get("ssl_source")
-    )  # a truncated download is named, not a bare error
-    upstream = setup["upstream"]()
-    caches = None
-    if setup["use_cache"]:
-        rows = {
-            row["ID"]: row
-            for name in split_names
-            for path in splits[name].values()
-            for row in read_csv(path)
-        }
-        caches = build_feature_caches(
-            setup, upstream, list(rows.values()), replacements, run_opts
-        )
-    derived = {
-        "input_dim": upstream.output_dim,
-        "num_upstream_layers": upstream.num_layers,
-        "num_classes": len(label_encoder),
-    }
-    provenance = {
-        "dataset": dataset_name,
-        "hparams_file_sha256": text_sha256(yaml_text),
-        "preparation": prepare_kwargs,
-        "labels": [
-            label_encoder.decode_ndim(i) for i in range(len(label_encoder))
+def search_summary(search):
+    """The part of a BAS search's result a fold's outcome keeps."""
+    return {
+        "architecture": list(search["architecture"]),
+        "candidates": list(search["candidates"]),
+        "probabilities": [
+            list(map(float, row)) for row in search["probabilities"]
         ],
-        "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
-        "code": code_version(),
+        "ties": list(search["ties"]),
+        "architecture_file": search["architecture_file"],
+        "heatmap": search["heatmap"],
     }
-
-    outcomes = {}
-    for split_name in split_names:
-        outcomes[split_name] = run_split(
-            yaml_text,
-            {**overrides, **derived, "split_name": split_name},
-            run_opts,
-            splits[split_name],
-            replacements,
-            label_encoder,
-            caches,
-            upstream,
-            provenance=provenance,
-        )
-    architecture_ranking = setup.get("architecture_ranking")
-    identity = recipe_identity(
-        dataset_name,
-        setup,
-        hparams_file,
-        yaml_text,
-        overrides,
-        preparation_options(prepare_function, prepare_kwargs),
-        {name: splits[name] for name in split_names},
-        upstream,
-    )
-    del setup
-    results = summarise(
-        outcomes,
-        dataset_name,
-        hparams_file,
-        overrides,
-        prepare_kwargs,
-        output_folder,
-        identity=identity,
-        architecture_ranking=architecture_ranking,
-    )
-    return results
 
 
 def check_override_types(yaml_text, overrides, hparams_file):
@@ -434,7 +589,7 @@ def check_override_types(yaml_text, overrides, hparams_file):
     ValueError
         Naming the option, the value, the expected type and the hparams file.
     """
-    defaults = _plain_yaml_values(yaml_text)
+    defaults = declared_values(yaml_text)
     for name, value in overrides.items():
         default = defaults.get(name)
         if isinstance(default, bool):
@@ -454,7 +609,7 @@ def check_override_types(yaml_text, overrides, hparams_file):
             )
 
 
-def _plain_yaml_values(yaml_text):
+def declared_values(yaml_text):
     """Top-level plain values of a HyperPyYAML text (tagged entries skipped)."""
 
     class TolerantLoader(yaml.SafeLoader):
@@ -496,37 +651,29 @@ def fold_fingerprint(
     }
 
 
-def run_split(
-    yaml_text,
-    overrides,
-    run_opts,
-    csv_paths,
-    replacements,
-    label_encoder,
-    caches,
-    upstream,
-    provenance=None,
-):
-    """Run (or reload, when already finished) one fold: [BAS search -> derive ->] train -> test.
+def begin_fold(hparams, overrides, manifests, run):
+    """Check a fold's fingerprint; return its outcome when it already finished.
 
-    With ``search: True`` in the hparams (the BAS recipes) the super net is searched first;
-    the derived architecture then replaces ``architecture`` and is trained from scratch
-    with ``downstream_model: blocks``. Each phase's result is a file, so a re-run skips it.
+    The fingerprint is written before any work, so checkpoints, search results and the
+    outcome of the fold all belong to it: a re-run with anything changed is refused,
+    naming it.
+
+    Returns
+    -------
+    dict or None
+        The saved ``test_outcome.json``, or None when the fold is still to run.
     """
-    hparams = load_hparams(yaml_text, overrides)
     outcome_path = os.path.join(
         hparams["experiment_folder"], "test_outcome.json"
     )
     if sb.utils.distributed.if_main_process():
-        # Written before any work, so checkpoints, search results and the outcome of the
-        # fold all belong to it: a re-run with anything changed is refused, naming it.
         fingerprint = fold_fingerprint(
             hparams,
             overrides,
-            csv_paths,
-            replacements,
-            caches,
-            provenance or {},
+            manifests,
+            run.replacements,
+            run.caches,
+            run.provenance,
         )
         check_fingerprint(
             hparams["experiment_folder"],
@@ -535,57 +682,29 @@ def run_split(
             has_results=fold_has_results,
         )
     sb.utils.distributed.ddp_barrier()
-    if os.path.isfile(outcome_path):
-        logger.info(
-            "%s already finished: reusing %s",
-            overrides["split_name"],
-            outcome_path,
-        )
-        with open(outcome_path, encoding="utf-8") as handle:
-            return json.load(handle)
-    datasets = build_datasets(
-        csv_paths,
-        replacements,
-        label_encoder,
-        feature_caches=caches,
-        crop_seconds=hparams["crop_seconds"],
-        train_crop_mode=hparams["train_crop_mode"],
-        sample_rate=hparams["sample_rate"],
-        eval_crop_seconds=hparams["eval_crop_seconds"],
-        min_samples=minimum_samples(upstream),
+    if not os.path.isfile(outcome_path):
+        return None
+    logger.info(
+        "%s already finished: reusing %s", overrides["split_name"], outcome_path
     )
-    frozen = {} if caches is not None else {"upstream": upstream}
-    search = None
-    if hparams.get("search", False):
-        from ser_modules.bas_search import run_search_phase
+    with open(outcome_path, encoding="utf-8") as handle:
+        return json.load(handle)
 
-        search = run_search_phase(hparams, run_opts, datasets, frozen)
-        # Retrain the derived network from scratch: fresh objects from the YAML.
-        hparams = load_hparams(
-            yaml_text,
-            {
-                **overrides,
-                "downstream_model": "blocks",
-                "architecture": search["architecture"],
-            },
-        )
-    modules = {**hparams["modules"], **frozen}
-    outcome = train_and_test(
-        hparams, run_opts, datasets, modules, label_encoder
+
+def finish_fold(brain, hparams, selection_set, run, search=None):
+    """After the test: export the selected model, write ``test_outcome.json`` (the fold is
+    done) and return the fold's outcome."""
+    outcome, best = fold_outcome(
+        brain, hparams["selection_metric"], selection_set, run.label_encoder
     )
+    outcome["model_folder"] = export_selected_model(hparams, best)
     if search is not None:
-        outcome["search"] = {
-            "architecture": list(search["architecture"]),
-            "candidates": list(search["candidates"]),
-            "probabilities": [
-                list(map(float, row)) for row in search["probabilities"]
-            ],
-            "ties": list(search["ties"]),
-            "architecture_file": search["architecture_file"],
-            "heatmap": search["heatmap"],
-        }
+        outcome["search"] = search_summary(search)
     if sb.utils.distributed.if_main_process():
-        atomic_write_text(outcome_path, json.dumps(outcome) + "\n")
+        atomic_write_text(
+            os.path.join(hparams["experiment_folder"], "test_outcome.json"),
+            json.dumps(outcome) + "\n",
+        )
     return outcome
 
 
@@ -601,8 +720,8 @@ def summarise(
 ):
     """Aggregate folds; write results.json, results.md and the confusion-matrix PNG.
 
-    ``identity`` (:mod:`ser_modules.run_identity`) says what the run was. With
-    ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
+    ``identity`` (:meth:`RunContext.identity`, :mod:`ser_modules.run_identity`) says what
+    the run was. With ``architecture_ranking`` (a ``ranking.json`` of ``rank_architectures.py``) the BAS
     search results also say where each fold's derived architecture ranks in it."""
     from ser_modules.reports.run_report import (
         plot_confusion_matrix,
@@ -682,8 +801,3 @@ def summarise(
         print(table)
         print(f"Results: {os.path.join(output_folder, 'results.json')}")
     return results
-
-
-def main(prepare_function, dataset_defaults, dataset_name):
-    """Entry point of ``recipes/<DATASET>/train.py``."""
-    run_recipe(sys.argv[1:], prepare_function, dataset_defaults, dataset_name)

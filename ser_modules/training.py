@@ -2,8 +2,9 @@
 
 ``EmotionBrain`` trains a downstream model on frozen upstream features, read either from
 the feature cache (``batch.feats``, the default) or computed on the fly from the waveform
-(``batch.sig``). Everything dataset-specific lives in the preparation scripts and in the
-defaults each ``recipes/<DATASET>/train.py`` passes to :mod:`ser_modules.recipe`.
+(``batch.sig``). Each ``recipes/<DATASET>/train.py`` builds it with the objects of its
+hparams; everything dataset-specific lives in the preparation scripts and in the defaults
+of each ``train.py``.
 """
 
 import logging
@@ -34,10 +35,24 @@ class EmotionBrain(sb.Brain):
     (``(feats, lens) -> logits``), when features are not cached, ``upstream``, and
     optionally ``input_norm`` (``(frames, lens, epoch) -> frames``, applied after the
     layer combiner).
-    Expected hparams: ``selection_metric`` (WA, UA or WF1), ``train_logger``,
-    ``lr_scheduler`` (a ``torch.optim.lr_scheduler`` factory stepped once per epoch) and
-    ``num_classes``.
+    Expected hparams: ``selection_metric`` (WA, UA or WF1), ``num_classes``, ``seed``
+    and ``epoch_counter``.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        Those of ``sb.Brain`` (``modules``, ``opt_class``, ``hparams``, ``run_opts``,
+        ``checkpointer``).
+    lr_scheduler : callable
+        ``optimizer -> torch.optim.lr_scheduler`` factory, stepped once per epoch.
+    train_logger : speechbrain.utils.train_logger.TrainLogger
+        Where the epochs' statistics are logged.
     """
+
+    def __init__(self, *args, lr_scheduler, train_logger, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheduler_class = lr_scheduler
+        self.train_logger = train_logger
 
     def make_dataloader(
         self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
@@ -138,7 +153,7 @@ class EmotionBrain(sb.Brain):
         trainable = [p for p in self.modules.parameters() if p.requires_grad]
         self.optimizer = self.opt_class(trainable)
         self.optimizers_dict = {"opt_class": self.optimizer}
-        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
+        self.lr_scheduler = self.scheduler_class(self.optimizer)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
@@ -172,7 +187,7 @@ class EmotionBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             self.lr_scheduler.step()
-            self.hparams.train_logger.log_stats(
+            self.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
@@ -185,7 +200,7 @@ class EmotionBrain(sb.Brain):
                 num_to_keep=1,
             )
         else:
-            self.hparams.train_logger.log_stats(
+            self.train_logger.log_stats(
                 stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )

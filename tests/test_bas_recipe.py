@@ -207,7 +207,7 @@ def test_utterances_shorter_than_one_upstream_frame_train_without_nan(
         *bas_arguments(
             corpus_with_short_utterances,
             output,
-            hparams="hparams/bas_wavlm.yaml",
+            hparams="hparams/bas_ssl.yaml",
         ),
         f"--ssl_source={tiny_wavlm}",
         "--search_epochs=1",

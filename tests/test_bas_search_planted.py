@@ -10,7 +10,7 @@ chance. A block with self-attention lets a frame see the other token and solves 
 search that works must move softmax(theta) of a one-layer super net away from ``ffn`` to
 the attention blocks, decisively; a search whose theta is frozen or whose gradient is cut
 leaves it at 1/3 and fails. The search runs exactly as the recipe runs it
-(``run_search_phase`` with the hparams of ``hparams/bas_fbank.yaml``, default search mode).
+(``block_search`` as ``hparams/bas_fbank.yaml`` wires it, default search mode).
 """
 
 import os
@@ -23,7 +23,6 @@ from hyperpyyaml import load_hyperpyyaml
 from ser_modules.bas_search import (
     TRAJECTORY_FILE,
     read_trajectory_rows,
-    run_search_phase,
 )
 from ser_modules.downstream.blocks import CANDIDATES
 
@@ -98,7 +97,7 @@ def search_planted(tmp_path, **overrides):
         "train": planted_xor_dataset(192, seed=1),
         "valid": planted_xor_dataset(32, seed=2),
     }
-    return run_search_phase(hparams, {"device": "cpu"}, datasets, {}), hparams
+    return hparams["block_search"](datasets, {"device": "cpu"}, {}), hparams
 
 
 @pytest.fixture(scope="module")

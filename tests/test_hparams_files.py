@@ -98,7 +98,7 @@ def test_the_scanner_finds_code_keys_and_run_options():
         "crop_seconds",
         "theta_dataloader_opts",
         "search",
-        "search_input_norm",
+        "block_search",
         "fold",
     } <= CODE_KEYS
     assert {"ckpt_interval_steps", "precision"} <= RUN_OPTIONS
@@ -164,3 +164,60 @@ def test_file_loads_with_its_placeholders_filled(path, tmp_path, tiny_wavlm):
         assert hparams["c_grid"] and hparams["feature_level"] == "functionals"
         return
     assert "checkpointer" in hparams and "modules" in hparams
+
+
+# One hparams file per method and upstream family --------------------------------------
+
+# Words that name an upstream kind (or a model of one) in a hparams file.
+UPSTREAM_WORDS = re.compile(r"wavlm|hubert|vesper\d*|wav2vec2|fbank|ssl", re.I)
+
+
+def content_without_upstream(text):
+    """The non-comment lines of a hparams file with its output folder and every upstream
+    kind name blanked: two files equal under it differ only by those."""
+    lines = []
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].rstrip()
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith("output_folder:"):
+            line = "output_folder: <blanked>"
+        lines.append(UPSTREAM_WORDS.sub("<upstream>", line))
+    return "\n".join(lines)
+
+
+def test_the_comparison_flags_copies_that_differ_by_kind_and_output_folder():
+    wavlm = "# WavLM\noutput_folder: !ref results/a_wavlm/<seed>\nupstream: !name:U\n    kind: wavlm\nlr: 0.1\n"
+    hubert = "# HuBERT\noutput_folder: !ref results/a_hubert/<seed>\nupstream: !name:U\n    kind: hubert  # HuBERT\nlr: 0.1\n"
+    other_lr = hubert.replace("lr: 0.1", "lr: 0.2")
+    assert content_without_upstream(wavlm) == content_without_upstream(hubert)
+    assert content_without_upstream(wavlm) != content_without_upstream(other_lr)
+
+
+def test_no_two_hparams_files_differ_only_by_upstream_kind_or_output_folder():
+    seen = {}
+    for path in HPARAMS_FILES:
+        with open(path, encoding="utf-8") as handle:
+            key = content_without_upstream(handle.read())
+        name = os.path.basename(path)
+        assert key not in seen, f"{name} is a copy of {seen.get(key)}"
+        seen[key] = name
+
+
+@pytest.mark.parametrize("method", ["superb", "transformer", "ffn", "bas"])
+def test_a_training_default_is_declared_once_per_method_and_family(method):
+    """Changing e.g. the SUPERB classifier's learning rate for every SSL upstream is one
+    edit: one file per method holds it for the Hugging Face upstreams (kind read from the
+    model folder), one for the feature upstreams."""
+    declaring = sorted(
+        os.path.basename(path)
+        for path in HPARAMS_FILES
+        if os.path.basename(path).startswith(f"{method}_")
+        and re.search(r"^lr:", open(path, encoding="utf-8").read(), re.M)
+    )
+    assert declaring == [f"{method}_fbank.yaml", f"{method}_ssl.yaml"]
+    with open(
+        os.path.join(REPO_ROOT, "hparams", f"{method}_ssl.yaml"),
+        encoding="utf-8",
+    ) as handle:
+        assert re.search(r"^    kind: auto$", handle.read(), re.M)

@@ -420,13 +420,13 @@ def test_cli_reports_a_broken_model_folder_without_traceback(
 
 @pytest.fixture(scope="module")
 def untrained_wavlm_split(tmp_path_factory):
-    """A split of superb_wavlm.yaml on a tiny random WavLM, checkpointed untrained."""
+    """A split of superb_ssl.yaml on a tiny random WavLM, checkpointed untrained."""
     folder = tmp_path_factory.mktemp("wavlm_split")
     tiny = save_tiny_model(
         str(folder / "tiny_wavlm"), kind="wavlm", num_layers=2
     )
     with open(
-        os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml"),
+        os.path.join(REPO_ROOT, "hparams", "superb_ssl.yaml"),
         encoding="utf-8",
     ) as handle:
         hparams = load_hyperpyyaml(

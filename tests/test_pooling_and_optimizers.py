@@ -93,25 +93,23 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
         custom = load_recipe_module("recipes/custom/train.py")
     finally:
         sys.path.pop(0)
+    from ser_modules.recipe import recipe_overrides
+
+    groups = (custom.DATASET_DEFAULTS, custom.SMALL_CORPUS_DEFAULTS)
+    both = {**custom.DATASET_DEFAULTS, **custom.SMALL_CORPUS_DEFAULTS}
+
+    def applied(name):
+        path = os.path.join(REPO_ROOT, "hparams", name)
+        _, overrides = recipe_overrides(path, "", "custom", *groups)
+        return {key: overrides[key] for key in both if key in overrides}
+
     for name in (
         "superb_fbank.yaml",
         "ffn_fbank.yaml",
         "transformer_fbank.yaml",
     ):
-        defaults = custom.dataset_defaults(
-            os.path.join(REPO_ROOT, "hparams", name)
-        )
-        assert defaults == {
-            **custom.DATASET_DEFAULTS,
-            **custom.SMALL_CORPUS_DEFAULTS,
-        }
-        assert (
-            defaults["optimizer"] == "adamw" and defaults["pooling"] == "stats"
-        )
-    # SSL files keep their papers' training setup (they have no optimizer switch)
-    assert (
-        custom.dataset_defaults(
-            os.path.join(REPO_ROOT, "hparams", "superb_wavlm.yaml")
-        )
-        == custom.DATASET_DEFAULTS
-    )
+        assert applied(name) == both
+        assert both["optimizer"] == "adamw" and both["pooling"] == "stats"
+    # SSL files and BAS keep their papers' training setup (no optimizer switch)
+    assert applied("superb_ssl.yaml") == custom.DATASET_DEFAULTS
+    assert applied("bas_fbank.yaml") == custom.DATASET_DEFAULTS

@@ -34,7 +34,7 @@ from ser_modules.resume import (
 )
 from ser_modules.upstreams.tiny import save_tiny_model
 
-SUPERB_WAVLM = "hparams/superb_wavlm.yaml"
+SUPERB_WAVLM = "hparams/superb_ssl.yaml"
 CUSTOM = "recipes/custom/train.py"
 METRICS = ("WA", "UA", "WF1")
 # The SUPERB classifier and the two Table IV downstream models (the downstream switch).

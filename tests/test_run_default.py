@@ -28,15 +28,15 @@ def alive(pid):
 def test_another_epoch_count_trains_into_another_folder(tmp_path):
     work = str(tmp_path)
     one = run_default.step_folder(
-        work, "3L-BAS", ["hparams/bas_vesper.yaml", "--number_of_epochs=1"]
+        work, "3L-BAS", ["hparams/bas_ssl.yaml", "--number_of_epochs=1"]
     )
     twenty = run_default.step_folder(
-        work, "3L-BAS", ["hparams/bas_vesper.yaml", "--number_of_epochs=20"]
+        work, "3L-BAS", ["hparams/bas_ssl.yaml", "--number_of_epochs=20"]
     )
     assert one != twenty
     assert (
         run_default.step_folder(
-            work, "3L-BAS", ["hparams/bas_vesper.yaml", "--number_of_epochs=1"]
+            work, "3L-BAS", ["hparams/bas_ssl.yaml", "--number_of_epochs=1"]
         )
         == one
     )

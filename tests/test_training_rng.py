@@ -29,8 +29,20 @@ def test_a_plain_dataloader_iterator_consumes_the_global_rng():
 def test_brain_dataloaders_leave_the_global_rng_alone(
     brain_class, stage, tmp_path
 ):
+    # The Brains' own arguments (not used by their dataloaders).
+    own_arguments = {
+        EmotionBrain: {"lr_scheduler": None, "train_logger": None},
+        VesperPretrainBrain: {
+            "masker": None,
+            "lr_schedule": None,
+            "train_logger": None,
+        },
+    }[brain_class]
     brain = brain_class(
-        modules={}, hparams={"seed": 7}, run_opts={"device": "cpu"}
+        modules={},
+        hparams={"seed": 7},
+        run_opts={"device": "cpu"},
+        **own_arguments,
     )
     loader = brain.make_dataloader(
         list(range(8)),

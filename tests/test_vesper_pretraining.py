@@ -297,7 +297,7 @@ def test_the_exported_student_trains_the_emotion_classifier(
     output_folder = workspace["root"] / "classifier"
     run_in_process(
         "recipes/custom/train.py",
-        "hparams/superb_vesper.yaml",
+        "hparams/superb_ssl.yaml",
         f"--data_folder={workspace['corpus']}",
         "--labels_csv=labels.csv",
         "--split=stratified",

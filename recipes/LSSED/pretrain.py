@@ -31,6 +31,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from lssed_prepare import prepare_lssed
 
+from ser_modules import recipe
 from ser_modules.audio import crop_or_pad, load_audio, seconds_to_samples
 from ser_modules.fingerprint import (
     FolderLock,
@@ -39,11 +40,6 @@ from ser_modules.fingerprint import (
     file_sha256,
     plain_hparams,
     text_sha256,
-)
-from ser_modules.recipe import (
-    check_override_types,
-    parse_overrides,
-    split_preparation_arguments,
 )
 from ser_modules.vesper.export import export_to_huggingface
 from ser_modules.vesper.pretraining import VesperPretrainBrain, crop_seed
@@ -164,13 +160,15 @@ def check_dimensions(hparams):
 
 def main(argv):
     """Prepare, pretrain and export (see the module docstring); returns the export folder."""
-    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_lssed)
+    prepare_kwargs, argv = recipe.split_preparation_arguments(
+        argv, prepare_lssed
+    )
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    overrides = parse_overrides(overrides)
+    overrides = recipe.parse_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as handle:
         yaml_text = handle.read()
-    check_override_types(yaml_text, overrides, hparams_file)
+    recipe.check_override_types(yaml_text, overrides, hparams_file)
     hparams = load_hyperpyyaml(yaml_text, overrides)
     check_dimensions(hparams)
     main_process = sb.utils.distributed.if_main_process()
@@ -232,15 +230,15 @@ def pretrain(
         overrides=overrides,
     )
 
-    # 1. Manifests of the unlabeled audio (written once, skipped when unchanged).
-    splits = sb.utils.distributed.run_on_main(
+    # 1. Manifests of the unlabeled audio (given, found with skip_prep, or written once
+    #    and skipped when unchanged).
+    splits = recipe.fold_manifests(
         prepare_lssed,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["prepare_folder"],
-            "skip_prep": hparams["skip_prep"],
-            **prepare_kwargs,
-        },
+        prepare_kwargs,
+        data_folder=hparams["data_folder"],
+        prepare_folder=hparams["prepare_folder"],
+        skip_prep=hparams["skip_prep"],
+        given={"train": hparams["train_csv"], "valid": hparams["valid_csv"]},
     )
     csv_paths = splits["main"]
     if sb.utils.distributed.if_main_process():
@@ -268,6 +266,9 @@ def pretrain(
     brain = VesperPretrainBrain(
         modules=modules,
         opt_class=hparams["opt_class"],
+        masker=hparams["masker"],
+        lr_schedule=hparams["lr_schedule"],
+        train_logger=hparams["train_logger"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],

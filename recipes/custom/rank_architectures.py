@@ -11,13 +11,10 @@ a BAS run to have its ``results.md`` say where the derived architecture ranks.
 """
 
 from custom_prepare import prepare_custom
+from train import DATASET_DEFAULTS, run_fold
 
 from ser_modules.architecture_ranking import main
 
-DATASET_DEFAULTS = {
-    "crop_seconds": 6.5,
-    "selection_metric": "UA",
-}  # as train.py: the same recipe
-
 if __name__ == "__main__":
-    main(prepare_custom, DATASET_DEFAULTS, "custom")
+    # The same recipe as train.py: its defaults, and its fold run for every architecture.
+    main(prepare_custom, DATASET_DEFAULTS, "custom", run_fold)

@@ -8,18 +8,32 @@ The corpus is either a CSV of ``path,emotion,speaker`` (paths relative to --data
 or a tree ``<data_folder>/<emotion>/**/*.wav``; see ``custom_prepare.prepare_custom``.
 
 Custom corpora are usually small (hundreds of clips, not IEMOCAP's 5,531), where the
-papers' SGD settings under-train a downstream model learned from scratch. With an hparams
-file that has the ``optimizer`` and ``pooling`` switches (the feature-upstream files
-``*_fbank.yaml``), this recipe therefore trains with :data:`SMALL_CORPUS_DEFAULTS`
-(chosen on the validation sets of the Urdu corpus, see README "Results"); anything given on
-the command line still wins.
+papers' SGD settings under-train a downstream model learned from scratch. This recipe
+therefore trains with :data:`SMALL_CORPUS_DEFAULTS` when the hparams file declares every
+one of its keys (it has the ``optimizer`` and ``pooling`` switches: the feature-upstream
+files ``{superb,transformer,ffn}_fbank.yaml``, whose comments say so); a file without
+them keeps its own training setup, and anything given on the command line still wins.
+The defaults applied are logged.
+
+Flow: prepare the manifests (or take ``--train_csv/--valid_csv/--test_csv`` as given, or
+with ``--skip_prep=True`` the folds already in ``prepare_folder``) -> build the frozen
+upstream and the feature cache -> per fold: [BAS search ->] train the downstream model,
+select its checkpoint on the validation set, test it, export it as ``<fold>/model`` ->
+``<output_folder>/results.{json,md}``. Every phase is skipped when it already finished, so
+a killed run resumes where it stopped; ``--fold=k`` runs one fold.
+Multi-GPU: ``torchrun --standalone --nproc_per_node=N recipes/custom/train.py ...`` (``batch_size`` is
+per process; on CPU add ``--device=cpu --distributed_backend=gloo``).
 """
 
 import sys
 
+import speechbrain as sb
 from custom_prepare import prepare_custom
+from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.recipe import main
+from ser_modules import recipe
+from ser_modules.run_identity import preparation_options, recipe_identity
+from ser_modules.training import EmotionBrain
 
 DATASET_DEFAULTS = {"crop_seconds": 6.5, "selection_metric": "UA"}
 
@@ -37,33 +51,134 @@ SMALL_CORPUS_DEFAULTS = {
 }
 
 
-def top_level_keys(hparams_file):
-    """Top-level keys of a YAML file (without loading it: it may hold !PLACEHOLDER)."""
-    with open(hparams_file, encoding="utf-8") as handle:
-        return {
-            line.split(":", 1)[0]
-            for line in handle
-            if line[:1].isalpha() and ":" in line
+def run_fold(yaml_text, overrides, run_opts, manifests, run):
+    """[BAS search ->] train -> select -> test -> export one fold; returns its outcome."""
+    hparams = load_hyperpyyaml(yaml_text, overrides)
+    finished = recipe.begin_fold(hparams, overrides, manifests, run)
+    if finished is not None:
+        return finished
+    datasets = hparams["fold_datasets"](manifests, run)
+    frozen = run.frozen_modules()
+    search = None
+    if hparams.get("search", False):
+        search = hparams["block_search"](datasets, run_opts, frozen)
+        # Retrain the derived network from scratch: fresh objects from the YAML.
+        hparams = load_hyperpyyaml(
+            yaml_text, {**overrides, **recipe.derived_network(search)}
+        )
+    brain = EmotionBrain(
+        modules={**hparams["modules"], **frozen},
+        opt_class=hparams["opt_class"],
+        lr_scheduler=hparams["lr_scheduler"],
+        train_logger=hparams["train_logger"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    selection_set = recipe.checked_selection_set(hparams["selection_set"])
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set=datasets["train"],
+        valid_set=datasets[selection_set],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    brain.evaluate(
+        datasets["test"],
+        max_key=hparams["selection_metric"],
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    return recipe.finish_fold(brain, hparams, selection_set, run, search)
+
+
+def main(argv):
+    """Run the recipe on the command line ``argv``; returns the aggregated results."""
+    prepare_kwargs, argv = recipe.split_preparation_arguments(
+        argv, prepare_custom
+    )
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    yaml_text, overrides = recipe.recipe_overrides(
+        hparams_file,
+        overrides,
+        "custom",
+        DATASET_DEFAULTS,
+        SMALL_CORPUS_DEFAULTS,
+    )
+    hparams = load_hyperpyyaml(yaml_text, {**overrides, "split_name": "setup"})
+    with recipe.locked_output_folder(hparams["output_folder"]):
+        sb.create_experiment_directory(
+            experiment_directory=hparams["output_folder"],
+            hyperparams_to_save=hparams_file,
+            overrides=overrides,
+        )
+        splits = recipe.fold_manifests(
+            prepare_custom,
+            prepare_kwargs,
+            data_folder=hparams["data_folder"],
+            prepare_folder=hparams["prepare_folder"],
+            skip_prep=hparams["skip_prep"],
+            given={
+                "train": hparams["train_csv"],
+                "valid": hparams["valid_csv"],
+                "test": hparams["test_csv"],
+            },
+        )
+        folds = recipe.selected_splits(splits, hparams["fold"])
+        upstream = recipe.frozen_upstream(
+            hparams["upstream"], hparams.get("ssl_source")
+        )
+        run = recipe.RunContext.start(
+            "custom",
+            yaml_text,
+            prepare_kwargs,
+            splits,
+            upstream,
+            output_folder=hparams["output_folder"],
+            data_folder=hparams["data_folder"],
+            prepare_folder=hparams["prepare_folder"],
+        )
+        if hparams["use_cache"]:
+            run.caches = hparams["feature_cache"](
+                upstream,
+                [splits[fold] for fold in folds],
+                run.replacements,
+                device=run_opts.get("device"),
+            )
+        ranking = hparams.get("architecture_ranking")
+        # What the run is, for results.json (ser_modules.run_identity).
+        identity = recipe_identity(
+            "custom",
+            hparams,
+            hparams_file,
+            yaml_text,
+            overrides,
+            preparation_options(prepare_custom, prepare_kwargs),
+            {fold: splits[fold] for fold in folds},
+            upstream,
+        )
+        del hparams  # each fold loads its own objects
+        outcomes = {
+            fold: run_fold(
+                yaml_text,
+                run.fold_overrides(overrides, fold),
+                run_opts,
+                splits[fold],
+                run,
+            )
+            for fold in folds
         }
-
-
-def dataset_defaults(hparams_file):
-    """:data:`DATASET_DEFAULTS`, plus the small-corpus training defaults when the hparams
-    file has their switches (a file without them keeps its own training setup)."""
-    keys = top_level_keys(hparams_file)
-    if set(SMALL_CORPUS_DEFAULTS) <= keys:
-        return {**DATASET_DEFAULTS, **SMALL_CORPUS_DEFAULTS}
-    return dict(DATASET_DEFAULTS)
+        return recipe.summarise(
+            outcomes,
+            "custom",
+            hparams_file,
+            overrides,
+            prepare_kwargs,
+            run.output_folder,
+            identity=identity,
+            architecture_ranking=ranking,
+        )
 
 
 if __name__ == "__main__":
-    first = (
-        sys.argv[1]
-        if len(sys.argv) > 1 and not sys.argv[1].startswith("-")
-        else None
-    )
-    main(
-        prepare_custom,
-        dataset_defaults(first) if first else DATASET_DEFAULTS,
-        "custom",
-    )
+    main(sys.argv[1:])

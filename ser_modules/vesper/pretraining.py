@@ -223,10 +223,27 @@ class VesperPretrainBrain(sb.Brain):
     (:class:`ser_modules.vesper.losses.VesperPretrainingLoss`, holding the predictors)
     and, unless the targets come from a cache (``batch.targets``), ``teacher``
     (:class:`TeacherTargets`, which stays in eval mode when the Brain calls
-    ``modules.train()``). Hparams read: ``masker``, ``objective`` (vesper | distill),
-    ``peak_lr``, ``final_lr``, ``warmup_epochs``, ``number_of_epochs``,
-    ``epoch_counter``, ``train_logger``, ``seed``.
+    ``modules.train()``). Hparams read: ``objective`` (vesper | distill),
+    ``epoch_counter``, ``seed``.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        Those of ``sb.Brain``.
+    masker : ser_modules.vesper.masking.EnergyGuidedMasker
+        Draws the phoneme- and word-level masks of a batch.
+    lr_schedule : callable
+        ``progress_epochs -> learning rate`` (see :func:`warmup_cosine_lr`), set before
+        every step.
+    train_logger : speechbrain.utils.train_logger.TrainLogger
+        Where the epochs' losses are logged.
     """
+
+    def __init__(self, *args, masker, lr_schedule, train_logger, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.masker = masker
+        self.lr_schedule = lr_schedule
+        self.train_logger = train_logger
 
     def on_fit_start(self):
         """Drop checkpoints a kill cut short, recover, register the completion record.
@@ -302,7 +319,7 @@ class VesperPretrainBrain(sb.Brain):
                     self.validation_seed(batch.id)
                 )
             lengths = relative_to_absolute(wav_lens, wavs.shape[1])  # (B,)
-            phoneme_mask, word_mask = self.hparams.masker(
+            phoneme_mask, word_mask = self.masker(
                 normalize_waveforms(wavs, lengths),
                 wav_lens,
                 num_frames,
@@ -339,13 +356,7 @@ class VesperPretrainBrain(sb.Brain):
         """Set the warm-up + cosine learning rate of this step."""
         epoch = self.hparams.epoch_counter.current
         progress = (epoch - 1) + (self.step - 1) / max(1, self.steps_per_epoch)
-        lr = warmup_cosine_lr(
-            progress,
-            self.hparams.peak_lr,
-            self.hparams.final_lr,
-            self.hparams.warmup_epochs,
-            self.hparams.number_of_epochs,
-        )
+        lr = self.lr_schedule(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -382,7 +393,7 @@ class VesperPretrainBrain(sb.Brain):
             self.train_stats = stats
             return
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
+            self.train_logger.log_stats(
                 stats_meta={
                     "epoch": epoch,
                     "lr": self.optimizer.param_groups[0]["lr"],
