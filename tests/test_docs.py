@@ -11,6 +11,7 @@
 """
 
 import ast
+import functools
 import glob
 import itertools
 import os
@@ -280,3 +281,188 @@ def test_no_file_cites_what_the_repository_does_not_hold():
         "files cite documents that are not in the repository (bring what they need into "
         f"the recipe's README and cite that): {citations}"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line options named in the READMEs
+# ---------------------------------------------------------------------------------------
+
+OPTION = re.compile(r"(?<![\w-])--([A-Za-z_][\w-]*)")
+CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
+TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.MULTILINE)
+# torchrun's own options, written before the script.
+LAUNCHER_OPTIONS = {"standalone", "nproc_per_node", "nnodes", "node_rank"}
+# Options of other people's code that a README quotes (the Shiftformer authors' script).
+QUOTED_FOREIGN_OPTIONS = {"ndiv", "bidirectional", "shift"}
+# Preparation options renamed on a recipe's command line (ser_modules.recipe).
+RENAMED_ON_RECIPES = {"seed": "split_seed"}
+
+
+def hparams_keys(path):
+    with open(path, encoding="utf-8") as handle:
+        return set(TOP_LEVEL_KEY.findall(handle.read()))
+
+
+def preparation_options(recipe_folder):
+    """Parameters of the ``prepare_*`` functions of a recipe folder's ``*_prepare.py``."""
+    names = set()
+    for path in glob.glob(os.path.join(recipe_folder, "*_prepare.py")):
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), filename=path)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith(
+                "prepare_"
+            ):
+                names.update(argument.arg for argument in node.args.args)
+    return names
+
+
+def argparse_options(path):
+    """``--name`` strings of a Python file (its argparse options)."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    return {
+        node.value[2:]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"--[A-Za-z_][\w-]*", node.value)
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def speechbrain_run_options():
+    import speechbrain as sb
+
+    return set(sb.core.RunOptions().as_dict())
+
+
+def commands(text):
+    """Shell command lines of the code blocks (continuations joined, comments cut)."""
+    for block in CODE_BLOCK.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("#"):
+                continue
+            if "python " in line or line.startswith("torchrun "):
+                yield line
+
+
+def options_a_command_accepts(tokens):
+    """What the script or module of a command line accepts, or None if it is not ours."""
+    for index, token in enumerate(tokens):
+        if token == "-m" and index + 1 < len(tokens):
+            module = module_file(tokens[index + 1])
+            if module is None:
+                return None, index
+            return argparse_options(module), index + 1
+        if re.fullmatch(r"recipes/[^/]+/\w+\.py", token):
+            script = os.path.join(REPO_ROOT, token)
+            if not os.path.isfile(script):
+                return None, index
+            folder = os.path.dirname(script)
+            preparation = preparation_options(folder)
+            if token.endswith("_prepare.py"):
+                return preparation, index
+            accepted = {RENAMED_ON_RECIPES.get(n, n) for n in preparation}
+            accepted |= speechbrain_run_options() | argparse_options(script)
+            with open(script, encoding="utf-8") as handle:
+                for module in re.findall(
+                    r"from (ser_modules[\w.]*) import", handle.read()
+                ):
+                    accepted |= argparse_options(module_file(module))
+            hparams = [
+                path
+                for other in tokens[index + 1 :]
+                if other.startswith("hparams/")
+                for path in expand_braces(other)
+            ]
+            for path in hparams:
+                full = os.path.join(REPO_ROOT, path)
+                if not os.path.isfile(full):
+                    return None, index  # reported by the reference test
+                accepted |= hparams_keys(full)
+            return accepted, index
+    return None, len(tokens)
+
+
+def unknown_command_options(readme):
+    """``(command, option)`` for every option a README's command gives that its script,
+    hparams file, preparation and SpeechBrain do not know."""
+    with open(readme, encoding="utf-8") as handle:
+        text = without_migration_sections(handle.read())
+    unknown = []
+    for line in commands(text):
+        tokens = line.replace("[", " ").replace("]", " ").split()
+        accepted, start = options_a_command_accepts(tokens)
+        if accepted is None:
+            continue
+        for token in tokens[start + 1 :]:
+            match = OPTION.match(token)
+            if match and match.group(1) not in accepted:
+                unknown.append((line[:60], "--" + match.group(1)))
+    return unknown
+
+
+@pytest.mark.parametrize(
+    "readme",
+    [os.path.relpath(path, REPO_ROOT) for path in readme_files()],
+)
+def test_every_option_of_a_readme_command_is_accepted_by_its_script(readme):
+    unknown = unknown_command_options(os.path.join(REPO_ROOT, readme))
+    assert not unknown, (
+        f"{readme}: options that the script, its hparams file, its preparation and "
+        f"SpeechBrain do not accept: {unknown}"
+    )
+
+
+def test_the_option_check_names_an_option_nobody_accepts(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "```bash\n"
+        "python recipes/IEMOCAP/train.py hparams/superb_fbank.yaml \\\n"
+        "    --data_folder=/x --protocol=speaker --split_seed=3 --precision=bf16 \\\n"
+        "    --number_of_epochs=3 --number_of_epoch=3\n"
+        "python recipes/MELD/meld_prepare.py --data_folder=/x --split=speaker\n"
+        "python -m ser_modules.infer model clip.wav --output p.json --outptu q\n"
+        "```\n",
+        encoding="utf-8",
+    )
+    assert [option for _, option in unknown_command_options(str(readme))] == [
+        "--number_of_epoch",
+        "--split",
+        "--outptu",
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def options_anything_accepts():
+    """Every option some script, hparams file, preparation or SpeechBrain accepts."""
+    accepted = set(LAUNCHER_OPTIONS | QUOTED_FOREIGN_OPTIONS)
+    accepted |= speechbrain_run_options()
+    for path in glob.glob(os.path.join(REPO_ROOT, "hparams", "*.yaml")):
+        accepted |= hparams_keys(path)
+    for folder in glob.glob(os.path.join(REPO_ROOT, "recipes", "*")):
+        preparation = preparation_options(folder)
+        accepted |= preparation | {
+            RENAMED_ON_RECIPES.get(n, n) for n in preparation
+        }
+    for root in ("ser_modules", "recipes", "benchmarks", "scripts"):
+        for path in glob.glob(
+            os.path.join(REPO_ROOT, root, "**", "*.py"), recursive=True
+        ):
+            accepted |= argparse_options(path)
+    return accepted
+
+
+@pytest.mark.parametrize(
+    "readme",
+    [os.path.relpath(path, REPO_ROOT) for path in readme_files()],
+)
+def test_every_option_a_readme_names_exists_somewhere(readme):
+    """Options in prose (``--fold=2``, ``--skip_prep=True``) are not tied to one command;
+    each must at least be accepted by some script, hparams file or preparation."""
+    with open(os.path.join(REPO_ROOT, readme), encoding="utf-8") as handle:
+        text = without_migration_sections(handle.read())
+    unknown = sorted(set(OPTION.findall(text)) - options_anything_accepts())
+    assert not unknown, f"{readme} names options nothing accepts: {unknown}"
