@@ -355,6 +355,14 @@ def options_a_command_accepts(tokens):
             module = module_file(tokens[index + 1])
             if module is None:
                 return None, index
+            if os.path.basename(module) == "__init__.py":
+                # A package runs its __main__.py, which may parse in any of its modules.
+                options = set()
+                for path in glob.glob(
+                    os.path.join(os.path.dirname(module), "*.py")
+                ):
+                    options |= argparse_options(path)
+                return options, index + 1
             return argparse_options(module), index + 1
         if re.fullmatch(r"recipes/[^/]+/\w+\.py", token):
             script = os.path.join(REPO_ROOT, token)
