@@ -10,7 +10,7 @@ word-level span (40 frames, 800 ms) that masks the output of the middle layer.
 The energy is the RMS of 400-sample frames with a 320-sample hop, the receptive field and
 stride of WavLM's CNN, so energy frame ``k`` is CNN frame ``k``. The decisions taken where
 the paper is silent, and where this module departs from the authors' code, are listed in
-``/work/shared/reference/vesper_spec.md`` ("Emotion-guided masking").
+``recipes/LSSED/README.md`` ("Design decisions", "Emotion-guided masking").
 """
 
 import math

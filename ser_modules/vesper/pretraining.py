@@ -1,6 +1,6 @@
 """Vesper pretraining: a SpeechBrain Brain that distils WavLM Large into Vesper-N.
 
-One step (paper III-B, ``vesper_spec.md``)::
+One step (paper III-B; ``recipes/LSSED/README.md``, "Design decisions")::
 
     waveform -> frozen CNN (once, shared by teacher and student)
       -> teacher (inference mode): raw outputs of layers M/2 and M        [targets]
