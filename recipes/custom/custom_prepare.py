@@ -385,7 +385,13 @@ def prepare_custom(
         )
     if valid_fraction in (None, "None", "none", ""):
         valid_fraction = DEFAULT_VALID_FRACTION[valid_split]
-    valid_fraction = float(valid_fraction)
+    try:
+        valid_fraction = float(valid_fraction)
+    except ValueError as error:
+        raise ValueError(
+            f"--valid_fraction={valid_fraction!r} is not a number (default: 0.2 for "
+            "--valid_split=speaker, else 0.1)"
+        ) from error
     data_folder = os.path.abspath(data_folder)
     if labels_csv:
         labels_csv = os.path.join(
