@@ -13,6 +13,8 @@ theta with cross-entropy (BAS eq. 6). How theta is optimised is the hparam ``sea
     The literal reading of the BAS paper: theta is one more parameter of the weights' SGD
     (``search_lr``, momentum, weight decay); FBNet's per-epoch temperature decay
     ``tau_e = initial_temperature * exp(-temperature_decay * (e - 1))``.
+    With ``theta_held_out: True`` theta steps instead on a held-out share of the
+    training data, as in ``fbnet`` (see there).
 ``fbnet``
     FBNet's variant: theta with ``theta_opt_class`` on a held-out share
     (``theta_fraction``) of the training data, one theta step after every weight step;
@@ -110,6 +112,18 @@ def search_temperature(hparams, epoch):
     )
 
 
+def theta_on_held_out(hparams):
+    """Whether theta steps on a held-out share of the training data (``fbnet`` mode, or
+    ``decisive`` with ``theta_held_out: True``) rather than on the weights' batches."""
+    held_out = (
+        hparams.get("theta_held_out", False)
+        if isinstance(hparams, dict)
+        else getattr(hparams, "theta_held_out", False)
+    )
+    mode = search_mode_of(hparams)
+    return mode == "fbnet" or (mode == "decisive" and bool(held_out))
+
+
 def search_mode_of(hparams):
     """``search_mode`` of the hparams, checked (``decisive`` when absent)."""
     mode = (
@@ -137,6 +151,7 @@ class BASSearchBrain(EmotionBrain):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.mode = search_mode_of(self.hparams.__dict__)
+        self.held_out = theta_on_held_out(self.hparams.__dict__)
         self._theta_grad_sums = None
         self._theta_grad_steps = 0
         self._count_theta_grads = True
@@ -203,7 +218,7 @@ class BASSearchBrain(EmotionBrain):
         self.supernet.set_temperature(
             search_temperature(self.hparams.__dict__, epoch)
         )
-        if self.mode == "fbnet":
+        if self.held_out:
             # A fresh, epoch-seeded order; after an intra-epoch recovery skip the batches
             # already used (one per weight step), so the theta updates replay exactly.
             sampler = sb.dataio.sampler.ReproducibleRandomSampler(
@@ -229,7 +244,7 @@ class BASSearchBrain(EmotionBrain):
     def freeze_optimizers(self, optimizers):
         """The optimisers SpeechBrain's weight step runs: in ``fbnet`` mode not theta's
         (theta steps on its own held-out batch, see :meth:`fit_batch`)."""
-        if self.mode == "fbnet":
+        if self.held_out:
             return {
                 name: opt
                 for name, opt in optimizers.items()
@@ -244,10 +259,10 @@ class BASSearchBrain(EmotionBrain):
         on the batch. ``paper``: theta is in the weights' SGD. ``fbnet``: after the weight
         step, theta steps on the next held-out batch.
         """
-        self._count_theta_grads = self.mode != "fbnet"
+        self._count_theta_grads = not self.held_out
         loss = super().fit_batch(batch)
         self._count_theta_grads = True
-        if self.mode == "fbnet":
+        if self.held_out:
             theta_batch = next(self.theta_batches)
             with self.training_ctx:
                 predictions = self.compute_forward(theta_batch, sb.Stage.TRAIN)
@@ -477,6 +492,7 @@ def search_architecture(
     final_temperature,
     temperature_decay,
     theta_fraction,
+    theta_held_out,
     theta_dataloader_opts,
     train_dataloader_opts,
     valid_dataloader_opts,
@@ -515,7 +531,11 @@ def search_architecture(
     initial_temperature, final_temperature, temperature_decay : float
         The Gumbel-softmax temperature schedule.
     theta_fraction : float
-        ``fbnet``: held-out share of the training data for theta.
+        ``fbnet`` (and ``decisive`` with ``theta_held_out``): held-out share of the
+        training data for theta.
+    theta_held_out : bool
+        ``decisive``: step theta on the held-out ``theta_fraction`` (as ``fbnet`` does)
+        instead of the weights' batches.
     theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
         Loader options of the theta batches, the training and the validation data.
     seed : int
@@ -539,6 +559,7 @@ def search_architecture(
         "initial_temperature": initial_temperature,
         "final_temperature": final_temperature,
         "temperature_decay": temperature_decay,
+        "theta_held_out": theta_held_out,
         "theta_opt_class": theta_opt_class,
         "theta_dataloader_opts": theta_dataloader_opts,
         "search_folder": search_folder,
@@ -576,7 +597,7 @@ def search_architecture(
         checkpointer=checkpointer,
     )
     train_set = datasets["train"]
-    if mode == "fbnet":
+    if theta_on_held_out(brain_hparams):
         train_set, brain.theta_set = theta_split_datasets(
             train_set, theta_fraction, seed
         )

@@ -198,3 +198,67 @@ def draw_validation(
             np.asarray(speakers)[train_positions], valid_fraction, seed
         )
     return train_positions[kept], train_positions[valid]
+
+
+def draw_speaker_validation(
+    train_positions, labels, speakers, valid_fraction, seed
+):
+    """Hold out whole training speakers for validation, as label-stratified as they allow.
+
+    A validation set of the training speakers' own clips ranks models by how well they
+    recognise *known* speakers, which flatters models that memorise speakers (on Urdu a
+    valid UA of 0.96 went with a test UA of 0.68). This draws the validation speakers
+    with ``StratifiedGroupKFold`` (``round(1 / valid_fraction)`` speaker groups of the
+    training part, shuffled with ``seed``) and keeps the group that holds the most labels,
+    then the largest smallest label count, then the size nearest ``valid_fraction``: on
+    corpora whose speakers each act a few emotions, a plain random draw of speakers would
+    often leave whole labels out of validation.
+
+    Arguments
+    ---------
+    train_positions : sequence of int
+        Positions (into ``labels``) of the training part of a split.
+    labels : sequence of str
+        ``(N,)`` label of every utterance of the corpus.
+    speakers : sequence of str
+        ``(N,)`` speaker of every utterance of the corpus.
+    valid_fraction : float
+        Approximate share of the training utterances moved to validation, in (0, 1).
+    seed : int
+        Random state of the speaker shuffle.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        ``(train_positions, valid_positions)``: disjoint, together the input positions,
+        with no speaker on both sides.
+    """
+    _check_fraction(valid_fraction, "The validation fraction")
+    train_positions = np.sort(np.asarray(train_positions, dtype=int))
+    labels = np.asarray(labels)[train_positions]
+    speakers = np.asarray(speakers)[train_positions]
+    n_speakers = len(set(speakers.tolist()))
+    if n_speakers < 2:
+        raise ValueError(
+            "A speaker-disjoint validation set needs at least 2 training speakers; "
+            "use --valid_split=utterance."
+        )
+    n_groups = min(max(2, round(1.0 / valid_fraction)), n_speakers)
+    splitter = StratifiedGroupKFold(
+        n_splits=n_groups, shuffle=True, random_state=seed
+    )
+    target = valid_fraction * len(labels)
+    best, best_score = None, None
+    for kept, held_out in splitter.split(
+        np.zeros(len(labels)), labels, groups=speakers
+    ):
+        counts = collections.Counter(labels[held_out].tolist())
+        score = (
+            len(counts),
+            min(counts.values()),
+            -abs(len(held_out) - target),
+        )
+        if best_score is None or score > best_score:  # first of equals wins
+            best, best_score = (kept, held_out), score
+    kept, held_out = best
+    return train_positions[np.sort(kept)], train_positions[np.sort(held_out)]

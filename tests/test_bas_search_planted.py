@@ -204,3 +204,45 @@ def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
             "t",
             trajectory={"epochs": [1], "probabilities": torch.ones(1, 3, 3)},
         )
+
+
+def test_decisive_search_on_a_held_out_share_anneals_and_moves_theta(
+    tmp_path, monkeypatch
+):
+    import ser_modules.bas_search as bas_search
+
+    splits = []
+    original = bas_search.theta_split_datasets
+
+    def recording_split(train_set, fraction, seed):
+        weights, held_out = original(train_set, fraction, seed)
+        splits.append((set(weights.data_ids), set(held_out.data_ids)))
+        return weights, held_out
+
+    monkeypatch.setattr(bas_search, "theta_split_datasets", recording_split)
+    found, hparams = search_planted(
+        tmp_path, theta_held_out=True, search_epochs=3
+    )
+    ((weights, held_out),) = splits
+    assert len(held_out) == round(0.2 * 192) and not weights & held_out
+    assert not torch.allclose(
+        found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    )
+    rows = read_trajectory_rows(
+        os.path.join(hparams["search_folder"], TRAJECTORY_FILE)
+    )
+    temperatures = [
+        float(row["temperature"])
+        for row in rows
+        if row["candidate"] == CANDIDATES[0]
+    ]  # the decisive annealing, not FBNet's decay (5, 4.78, 4.56)
+    assert temperatures == pytest.approx([5.0, (5.0 * 0.1) ** 0.5, 0.1])
+    # The plain decisive mode and the paper mode keep theta on the weights' batches.
+    assert bas_search.theta_on_held_out({"search_mode": "decisive"}) is False
+    assert (
+        bas_search.theta_on_held_out(
+            {"search_mode": "paper", "theta_held_out": True}
+        )
+        is False
+    )
+    assert bas_search.theta_on_held_out({"search_mode": "fbnet"}) is True

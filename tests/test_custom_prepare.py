@@ -188,6 +188,7 @@ def test_speaker_kfold_writes_k_speaker_disjoint_folds(tmp_path, csv_corpus):
         labels_csv="labels.csv",
         n_folds=3,
         valid_fraction=0.25,
+        valid_split="utterance",
     )
     assert sorted(manifests) == ["fold1", "fold2", "fold3"]
     tested = []
@@ -207,6 +208,67 @@ def test_speaker_kfold_writes_k_speaker_disjoint_folds(tmp_path, csv_corpus):
         )
         tested += [row["ID"] for row in test]
     assert len(tested) == len(set(tested)) == 48
+
+
+def test_speaker_validation_holds_out_training_speakers_and_keeps_the_test_folds(
+    tmp_path, csv_corpus
+):
+    by_speaker = custom.prepare_custom(
+        csv_corpus, tmp_path / "speaker", labels_csv="labels.csv", n_folds=3
+    )
+    by_utterance = custom.prepare_custom(
+        csv_corpus,
+        tmp_path / "utterance",
+        labels_csv="labels.csv",
+        n_folds=3,
+        valid_split="utterance",
+    )
+    for name, fold in by_speaker.items():
+        train, valid, test = (
+            read_csv(fold[part]) for part in ("train", "valid", "test")
+        )
+        # The test fold is the one of the former default (validation by utterance).
+        assert [row["ID"] for row in test] == [
+            row["ID"] for row in read_csv(by_utterance[name]["test"])
+        ]
+        train_speakers = {row["spk_id"] for row in train}
+        valid_speakers = {row["spk_id"] for row in valid}
+        test_speakers = {row["spk_id"] for row in test}
+        # 4 training speakers, round(1 / 0.2) = 5 groups capped at 4: one speaker.
+        assert len(valid_speakers) == 1 and len(train_speakers) == 3
+        assert not valid_speakers & train_speakers
+        assert not test_speakers & (train_speakers | valid_speakers)
+        assert collections.Counter(
+            row["emo"] for row in valid
+        ) == dict.fromkeys(("angry", "happy", "neutral", "sad"), 2)
+    with pytest.raises(ValueError, match="valid_split"):
+        custom.prepare_custom(
+            csv_corpus,
+            tmp_path / "bad",
+            labels_csv="labels.csv",
+            valid_split="speakers",
+        )
+
+
+def test_default_test_folds_are_the_speaker_kfold_of_the_sorted_corpus(
+    tmp_path, csv_corpus
+):
+    from ser_modules.splits import speaker_kfold
+
+    manifests = custom.prepare_custom(
+        csv_corpus, tmp_path / "out", labels_csv="labels.csv"
+    )
+    rows = sorted(
+        (row for fold in manifests.values() for row in read_csv(fold["test"])),
+        key=lambda row: row["ID"],
+    )
+    folds = speaker_kfold(
+        [row["emo"] for row in rows], [row["spk_id"] for row in rows], 5, 1234
+    )
+    for number, (_, test) in enumerate(folds, start=1):
+        assert [rows[i]["ID"] for i in test] == [
+            row["ID"] for row in read_csv(manifests[f"fold{number}"]["test"])
+        ]
 
 
 def test_stratified_split_writes_one_label_stratified_split(

@@ -7,6 +7,7 @@ import pytest
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ser_modules.splits import (
+    draw_speaker_validation,
     draw_validation,
     leave_one_group_out,
     speaker_holdout_split,
@@ -157,3 +158,25 @@ def test_validation_by_speaker_moves_whole_training_speakers():
     assert len(set(speakers[valid])) == 2
     assert not set(speakers[train]) & set(speakers[valid])
     assert set(speakers[valid]) < {f"spk{index:02d}" for index in range(8)}
+
+
+def test_speaker_validation_prefers_a_group_that_holds_every_label():
+    # Speakers act one emotion each (as most Urdu speakers do): 3 per label, sizes 2-6.
+    labels, speakers = [], []
+    for emotion in ("ang", "hap", "neu", "sad"):
+        for index, size in enumerate((2, 4, 6)):
+            labels += [emotion] * size
+            speakers += [f"{emotion}{index}"] * size
+    labels, speakers = np.array(labels), np.array(speakers)
+    training = np.arange(len(labels))
+    train, valid = draw_speaker_validation(training, labels, speakers, 0.34, 3)
+    assert sorted(train.tolist() + valid.tolist()) == training.tolist()
+    assert not set(speakers[train]) & set(speakers[valid])
+    assert set(labels[valid]) == {"ang", "hap", "neu", "sad"}
+    assert np.array_equal(
+        valid, draw_speaker_validation(training, labels, speakers, 0.34, 3)[1]
+    )
+    with pytest.raises(ValueError, match="2 training speakers"):
+        draw_speaker_validation(
+            training[:2], labels, speakers, 0.2, 0
+        )  # one speaker

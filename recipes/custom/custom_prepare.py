@@ -13,8 +13,12 @@ Two ways to describe the corpus:
 Labels are lower-cased. Protocols (``--split``):
 
 * ``speaker_kfold`` (default): K speaker-disjoint, label-stratified folds written to
-  ``foldK/{train,valid,test}.csv``; validation is a label-stratified share of the training
-  speakers' utterances;
+  ``foldK/{train,valid,test}.csv``; by default (``--valid_split=speaker``) validation is a
+  group of whole training speakers (about ``valid_fraction`` = 20 % of the training clips,
+  label-stratified as far as the speakers allow), so that it ranks models and checkpoints
+  by how they do on unseen speakers, as the test fold does; ``--valid_split=utterance``
+  (the former default) draws a label-stratified 10 % of the training speakers' own clips.
+  Either way the test folds are the same (they depend only on the corpus, K and the seed);
 * ``stratified``: label-stratified random split of the utterances (speakers shared);
   validation is a label-stratified share of the training utterances;
 * ``speaker_holdout``: a share of the speakers held out for test and another share of the
@@ -49,6 +53,7 @@ from ser_modules.manifest import (
     write_csv,
 )
 from ser_modules.splits import (
+    draw_speaker_validation,
     draw_validation,
     speaker_holdout_split,
     speaker_kfold,
@@ -241,8 +246,29 @@ def to_manifest_rows(entries, data_folder):
     return rows, skipped
 
 
-def split_positions(rows, split, n_folds, test_fraction, valid_fraction, seed):
-    """``{name: {"train", "valid", "test": positions}}`` for the chosen protocol."""
+VALID_SPLITS = ("speaker", "utterance")
+# Validation share of the training clips when --valid_fraction is not given: a speaker-
+# disjoint validation set needs more clips to hold every label (on Urdu, whose speakers
+# each act one or two emotions, 10 % of the training speakers leaves labels with 0-2
+# clips; 20 % holds 4-6 speakers and every label in every fold).
+DEFAULT_VALID_FRACTION = {"speaker": 0.2, "utterance": 0.1}
+
+
+def split_positions(
+    rows,
+    split,
+    n_folds,
+    test_fraction,
+    valid_fraction,
+    seed,
+    valid_split="utterance",
+):
+    """``{name: {"train", "valid", "test": positions}}`` for the chosen protocol.
+
+    ``valid_split`` (``"speaker"`` or ``"utterance"``) applies to ``speaker_kfold``: whole
+    training speakers or a share of their clips for validation. The test positions do not
+    depend on it.
+    """
     labels = [row["emo"] for row in rows]
     speakers = [row["spk_id"] for row in rows]
     if split == "speaker_kfold":
@@ -250,7 +276,14 @@ def split_positions(rows, split, n_folds, test_fraction, valid_fraction, seed):
         for number, (train, test) in enumerate(
             speaker_kfold(labels, speakers, n_folds, seed), start=1
         ):
-            train, valid = draw_validation(train, labels, valid_fraction, seed)
+            if valid_split == "speaker":
+                train, valid = draw_speaker_validation(
+                    train, labels, speakers, valid_fraction, seed
+                )
+            else:
+                train, valid = draw_validation(
+                    train, labels, valid_fraction, seed
+                )
             folds[f"fold{number}"] = {
                 "train": train,
                 "valid": valid,
@@ -299,9 +332,10 @@ def prepare_custom(
     split="speaker_kfold",
     n_folds=5,
     test_fraction=0.2,
-    valid_fraction=0.1,
+    valid_fraction=None,
     seed=1234,
     skip_prep=False,
+    valid_split="speaker",
 ):
     """Write manifests of a labelled emotion corpus described by a CSV or a folder tree.
 
@@ -322,12 +356,17 @@ def prepare_custom(
         Number of folds of ``speaker_kfold``.
     test_fraction : float
         Share of the utterances (``stratified``) or speakers (``speaker_holdout``) for test.
-    valid_fraction : float
-        Share of the training utterances (speakers for ``speaker_holdout``) for validation.
+    valid_fraction : float, optional
+        Share of the training utterances (speakers for ``speaker_holdout``) for validation;
+        ``None``: 0.2 for a speaker-disjoint validation set of ``speaker_kfold``, else 0.1.
     seed : int
         Random state of every draw.
     skip_prep : bool
         Do nothing and return the manifest paths.
+    valid_split : str
+        ``speaker_kfold`` only: ``"speaker"`` (default) holds out whole training speakers
+        for validation, ``"utterance"`` a label-stratified share of their clips (the
+        earlier default). The test folds are the same either way.
 
     Returns
     -------
@@ -336,6 +375,23 @@ def prepare_custom(
     """
     if split not in PROTOCOLS:
         raise ValueError(f"Unknown split {split!r}: use one of {PROTOCOLS}.")
+    if valid_split not in VALID_SPLITS:
+        raise ValueError(
+            f"Unknown valid_split {valid_split!r}: use one of {VALID_SPLITS}."
+        )
+    if split != "speaker_kfold":
+        valid_split = (
+            "utterance"  # the other protocols keep their own validation
+        )
+    if valid_fraction in (None, "None", "none", ""):
+        valid_fraction = DEFAULT_VALID_FRACTION[valid_split]
+    try:
+        valid_fraction = float(valid_fraction)
+    except ValueError as error:
+        raise ValueError(
+            f"--valid_fraction={valid_fraction!r} is not a number (default: 0.2 for "
+            "--valid_split=speaker, else 0.1)"
+        ) from error
     data_folder = os.path.abspath(data_folder)
     if labels_csv:
         labels_csv = os.path.join(
@@ -361,6 +417,7 @@ def prepare_custom(
         "test_fraction": test_fraction,
         "valid_fraction": valid_fraction,
         "seed": seed,
+        "valid_split": valid_split,
     }
     if skip_prep:
         return manifests
@@ -394,7 +451,13 @@ def prepare_custom(
         skipped_path, "".join(f"{path}\t{reason}\n" for path, reason in skipped)
     )
     for name, positions in split_positions(
-        rows, split, n_folds, test_fraction, valid_fraction, seed
+        rows,
+        split,
+        n_folds,
+        test_fraction,
+        valid_fraction,
+        seed,
+        valid_split,
     ).items():
         for part in SPLITS:
             write_csv(
