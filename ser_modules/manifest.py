@@ -308,7 +308,8 @@ def parse_value(text, default, name=None):
         The value as typed, e.g. ``"0.2"``, ``"True"`` or ``"none"``.
     default : object
         The parameter's default: a bool, int or float default converts ``text`` to that
-        type; a ``None`` default turns ``"none"`` into ``None``; anything else keeps the text.
+        type; a ``None`` default turns ``"none"`` into ``None`` and a number into an int or
+        float; anything else keeps the text.
     name : str, optional
         The option's name, used in the error message.
 
@@ -339,8 +340,16 @@ def parse_value(text, default, name=None):
         raise ValueError(
             f"{option} is not {expected} (default {default!r})"
         ) from error
-    if default is None and text.lower() == "none":
-        return None
+    if default is None:
+        # An optional option (e.g. ``valid_fraction``, whose default depends on another
+        # option): "none" keeps the default, a number is a number.
+        if text.lower() == "none":
+            return None
+        for convert in (int, float):
+            try:
+                return convert(text)
+            except ValueError:
+                pass
     return text
 
 

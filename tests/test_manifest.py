@@ -445,12 +445,13 @@ def test_cli_float_parameter_given_as_an_integer_becomes_a_float(tmp_path):
     )
 
 
-def test_cli_none_default_accepts_none_and_keeps_other_text(tmp_path):
+def test_cli_none_default_accepts_none_numbers_and_other_text(tmp_path):
     calls = []
     prepare = _fake_prepare(calls, tmp_path)
-    preparation_cli(prepare, REQUIRED + ["--seed", "None"])
-    preparation_cli(prepare, REQUIRED + ["--seed", "2013"])
-    assert calls[0]["seed"] is None and calls[1]["seed"] == "2013"
+    for text in ("None", "2013", "0.25", "abc"):
+        preparation_cli(prepare, REQUIRED + ["--seed", text])
+    assert [call["seed"] for call in calls] == [None, 2013, 0.25, "abc"]
+    assert isinstance(calls[1]["seed"], int)
 
 
 @pytest.mark.parametrize(
