@@ -1,26 +1,32 @@
-"""The field's classic baseline as a recipe: openSMILE functionals + a linear SVM.
+"""The field's classic baseline: openSMILE functionals + a linear SVM.
 
     python recipes/custom/baseline.py hparams/svm_egemaps.yaml \
         --data_folder=/path/to/corpus --labels_csv=labels.csv
 
-On the same manifests as the neural recipes (the dataset's preparation function writes
-them), for every fold: the eGeMAPSv02 functionals (88 per utterance; ``--features=compare``
-for the 6,373 ComParE_2016 ones) of the first ``crop_seconds`` of each utterance, a
-``StandardScaler`` fitted on the fold's training set, and a linear SVM (scikit-learn
-``SVC(kernel="linear")``) whose ``C`` is chosen on the fold's validation set by the
-selection metric; the SVM trained on the training set with that ``C`` is tested. The folds are
-aggregated by :func:`ser_modules.recipe.summarise` into the same ``results.json`` /
-``results.md`` / confusion matrix as a learned model, so ``python -m ser_modules.reports``
-shows it as a row next to them. A finished fold is not redone when the command is run again.
+Each ``recipes/<DATASET>/baseline.py`` reads top to bottom as the flow of the baseline
+(the same manifests, folds and dataset defaults as that dataset's ``train.py``); the
+functions here are its steps, with explicit arguments. For every fold: the eGeMAPSv02
+functionals (88 per utterance; ``--features=compare`` for the 6,373 ComParE_2016 ones) of
+the first ``crop_seconds`` of each utterance (:func:`extract_functionals`), a
+``StandardScaler`` fitted on the fold's training set and a linear SVM (scikit-learn
+``SVC(kernel="linear")``) whose ``C`` is chosen on the selection set by the selection
+metric; the SVM trained on the training set with that ``C`` is tested
+(:func:`select_and_test`, :func:`run_fold`). The folds are aggregated by
+:func:`ser_modules.recipe.summarise` into the same ``results.json`` (with the run's
+identity, :mod:`ser_modules.run_identity`) / ``results.md`` / confusion matrix as a
+learned model, so ``python -m ser_modules.reports`` shows it as a row next to them.
+
+A finished fold is not redone when the command is run again, and only when its
+fingerprint (:func:`ser_modules.recipe.fold_fingerprint`: hparams, manifests, audio,
+labels, feature set, code) is the one stored with it.
 """
 
+import dataclasses
 import json
 import logging
 import os
-import sys
 
 import numpy as np
-import speechbrain as sb
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -31,22 +37,15 @@ from ser_modules.audio import (
     load_audio,
     seconds_to_samples,
 )
-from ser_modules.fingerprint import json_sha256
-from ser_modules.manifest import DATA_ROOT, atomic_write_text, read_csv
+from ser_modules.fingerprint import check_fingerprint, json_sha256
+from ser_modules.manifest import atomic_write_text, read_csv, resolve_path
 from ser_modules.metrics import classification_scores
 from ser_modules.recipe import (
-    load_hparams,
-    parse_overrides,
-    selected_splits,
-    split_preparation_arguments,
-    summarise,
+    fold_fingerprint,
+    fold_has_results,
+    run_provenance,
+    shared_label_encoder,
 )
-from ser_modules.run_identity import (
-    preparation_options,
-    protocol_record,
-    run_identity,
-)
-from ser_modules.training import build_label_encoder
 from ser_modules.upstreams.opensmile import (
     FEATURE_SETS as OPENSMILE_FEATURE_SETS,
 )
@@ -55,9 +54,22 @@ from ser_modules.upstreams.opensmile import (
     build_smile,
     feature_set_name,
     opensmile_functionals,
+    opensmile_version,
 )
 
 logger = logging.getLogger(__name__)
+
+CLASSIFIER = "StandardScaler + SVC(kernel='linear')"
+
+
+def check_feature_level(feature_level):
+    """The baseline classifies utterance-level functionals; refuse anything else."""
+    if feature_level != "functionals":
+        raise ValueError(
+            f"feature_level={feature_level!r}: the classic baseline classifies "
+            "utterance-level functionals; frame-level LLDs are the upstream of the "
+            "neural recipes (train.py with --features=egemaps)."
+        )
 
 
 def make_svm(c, class_weight=None, max_iter=-1):
@@ -124,6 +136,16 @@ def select_and_test(
     }
 
 
+def manifest_rows(splits, folds):
+    """The rows of every manifest of the folds to run, each utterance once."""
+    rows = {}
+    for fold in folds:
+        for path in splits[fold].values():
+            for row in read_csv(path):
+                rows.setdefault(row["ID"], row)
+    return list(rows.values())
+
+
 def extract_functionals(
     rows, replacements, feature_set, sample_rate, crop_seconds
 ):
@@ -137,13 +159,7 @@ def extract_functionals(
     smile = build_smile(feature_set, "functionals")
     features, padded = {}, []
     for row in rows:
-        path = row["wav"]
-        for key, value in replacements.items():
-            path = path.replace(f"${key}", str(value))
-        if DATA_ROOT in path or "$prep_root" in path:
-            raise ValueError(
-                f"Unresolved placeholder in manifest path {path} (utterance {row['ID']})."
-            )
+        path = resolve_path(row["wav"], replacements, row["ID"])
         rate = sample_rate or audio_info(path)[1]
         waveform = load_audio(path, rate)
         num_samples = (
@@ -168,20 +184,157 @@ def extract_functionals(
     return features
 
 
-def run_fold(hparams, csv_paths, features, label_encoder, experiment_folder):
-    """One fold: choose C on valid, test; reuse ``test_outcome.json`` when it exists."""
-    outcome_path = os.path.join(experiment_folder, "test_outcome.json")
-    if os.path.isfile(outcome_path):
-        logger.info(
-            "%s already finished: reusing %s",
-            os.path.basename(experiment_folder),
-            outcome_path,
+@dataclasses.dataclass
+class BaselineRun:
+    """What every fold of a baseline run shares: built once, after the preparation."""
+
+    splits: dict
+    replacements: dict
+    label_encoder: object
+    provenance: dict
+    extraction: dict
+
+    @classmethod
+    def start(
+        cls,
+        dataset_name,
+        yaml_text,
+        prepare_kwargs,
+        splits,
+        folds,
+        upstream_identity,
+        output_folder,
+        data_folder,
+        prepare_folder,
+    ):
+        """The labels of every fold (``<output_folder>/label_encoder.txt``), the
+        manifests' path replacements and the run's shared fingerprint.
+
+        Arguments
+        ---------
+        dataset_name, yaml_text, prepare_kwargs
+            See :func:`ser_modules.recipe.run_provenance`.
+        splits : dict
+            ``{fold: {split: csv}}`` of every fold (:func:`ser_modules.recipe.fold_manifests`).
+        folds : list of str
+            The folds to run: their utterances are the ones :meth:`functionals` extracts.
+        upstream_identity : dict
+            ``upstream_record(...)["identity"]``.
+        output_folder, data_folder, prepare_folder : str
+            The run's folders.
+        """
+        label_encoder = shared_label_encoder(splits, output_folder)
+        return cls(
+            splits=splits,
+            replacements={
+                "data_root": data_folder,
+                "prep_root": prepare_folder,
+            },
+            label_encoder=label_encoder,
+            provenance=run_provenance(
+                dataset_name,
+                yaml_text,
+                prepare_kwargs,
+                label_encoder,
+                upstream_identity,
+            ),
+            extraction={"rows": manifest_rows(splits, folds)},
         )
+
+    def finished_fold(self, hparams, overrides, fold, experiment_folder):
+        """Check the fold's fingerprint; return its ``test_outcome.json`` when it finished.
+
+        The fingerprint (:func:`ser_modules.recipe.fold_fingerprint`) is written before any
+        work: a re-run with anything changed is refused, naming it.
+
+        Returns
+        -------
+        dict or None
+            The saved outcome, or None when the fold is still to run.
+        """
+        fingerprint = fold_fingerprint(
+            hparams,
+            overrides,
+            self.splits[fold],
+            self.replacements,
+            None,
+            self.provenance,
+        )
+        check_fingerprint(
+            experiment_folder,
+            fingerprint,
+            f"{fold} of {hparams['output_folder']}",
+            has_results=fold_has_results,
+        )
+        outcome_path = os.path.join(experiment_folder, "test_outcome.json")
+        if not os.path.isfile(outcome_path):
+            return None
+        logger.info("%s already finished: reusing %s", fold, outcome_path)
         with open(outcome_path, encoding="utf-8") as handle:
             return json.load(handle)
+
+    def functionals(self, feature_set, sample_rate, crop_seconds):
+        """:func:`extract_functionals` of every utterance of the folds to run, extracted
+        on the first call only (a re-run whose folds all finished reads no audio)."""
+        key = (feature_set, sample_rate, crop_seconds)
+        if self.extraction.get("key") != key:
+            self.extraction["features"] = extract_functionals(
+                self.extraction["rows"],
+                self.replacements,
+                feature_set,
+                sample_rate,
+                crop_seconds,
+            )
+            self.extraction["key"] = key
+        return self.extraction["features"]
+
+
+def write_results(results, output_folder):
+    """``<output_folder>/results.json`` again, with the baseline's own entries added
+    to what :func:`ser_modules.recipe.summarise` wrote."""
+    atomic_write_text(
+        os.path.join(output_folder, "results.json"),
+        json.dumps(results, indent=2) + "\n",
+    )
+
+
+def run_fold(
+    manifests,
+    features,
+    label_encoder,
+    experiment_folder,
+    c_grid,
+    selection_metric="UA",
+    selection_set="valid",
+    class_weight=None,
+    max_iter=-1,
+):
+    """One fold: choose C on the selection set, test; writes ``test_outcome.json``.
+
+    Arguments
+    ---------
+    manifests : dict
+        ``{"train": csv, "valid": csv, "test": csv}`` of the fold.
+    features : dict
+        ``{utt_id: (F,)}`` covering the fold's utterances (:func:`extract_functionals`).
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        The run's label encoder (every fold shares it).
+    experiment_folder : str
+        The fold's folder.
+    c_grid, selection_metric, class_weight, max_iter
+        See :func:`select_and_test`.
+    selection_set : str
+        ``valid``, or ``test`` (the papers' protocol: C chosen on the test set).
+
+    Returns
+    -------
+    dict
+        The fold's outcome, as :func:`ser_modules.recipe.summarise` reads it, with the
+        chosen ``selected_C`` and the ``valid_scores`` of every C.
+    """
     sets = {}
     for name in ("train", "valid", "test"):
-        rows = read_csv(csv_paths[name])
+        rows = read_csv(manifests[name])
         ids = [row["ID"] for row in rows]
         X = np.stack([features[utt_id] for utt_id in ids])  # (N, F)
         y = np.array(
@@ -189,16 +342,15 @@ def run_fold(hparams, csv_paths, features, label_encoder, experiment_folder):
         )  # (N,)
         sets[name] = (ids, X, y)
     labels = list(range(len(label_encoder)))
-    metric = hparams["selection_metric"]
     chosen = select_and_test(
         sets["train"][1:],
-        sets["valid"][1:],
+        sets[selection_set][1:],
         sets["test"][1:],
-        hparams["c_grid"],
+        c_grid,
         labels,
-        metric=metric,
-        class_weight=hparams["class_weight"],
-        max_iter=hparams["max_iter"],
+        metric=selection_metric,
+        class_weight=class_weight,
+        max_iter=max_iter,
     )
     ids, _, targets = sets["test"]
     scores = classification_scores(
@@ -214,46 +366,55 @@ def run_fold(hparams, csv_paths, features, label_encoder, experiment_folder):
         "valid_scores": {
             str(c): score for c, score in chosen["valid_scores"].items()
         },
-        "selection": {"metric": metric, "set": "valid"},
+        "selection": {"metric": selection_metric, "set": selection_set},
         "labels": [label_encoder.decode_ndim(i) for i in labels],
     }
     os.makedirs(experiment_folder, exist_ok=True)
-    atomic_write_text(outcome_path, json.dumps(outcome) + "\n")
+    atomic_write_text(
+        os.path.join(experiment_folder, "test_outcome.json"),
+        json.dumps(outcome) + "\n",
+    )
     logger.info(
-        "%s: C=%g (valid %s %.4f), test UA %.4f",
+        "%s: C=%g (%s %s %.4f), test UA %.4f",
         os.path.basename(experiment_folder),
         chosen["C"],
-        metric,
+        selection_set,
+        selection_metric,
         chosen["valid_scores"][chosen["C"]],
         scores["UA"],
     )
     return outcome
 
 
-def baseline_model_record(hparams):
+def model_record(c_grid, class_weight, max_iter):
     """The ``identity["model"]`` of a baseline run (see :mod:`ser_modules.run_identity`)."""
     return {
         "downstream_model": "linear_svm",
-        "classifier": "StandardScaler + SVC(kernel='linear')",
-        "c_grid": [float(c) for c in hparams["c_grid"]],
-        "class_weight": hparams["class_weight"],
-        "max_iter": hparams["max_iter"],
+        "classifier": CLASSIFIER,
+        "c_grid": [float(c) for c in c_grid],
+        "class_weight": class_weight,
+        "max_iter": max_iter,
         "search": False,
         "layer_selection": None,
     }
 
 
-def functionals_upstream_record(hparams):
-    """The ``identity["upstream"]`` of a baseline run: openSMILE functionals of a set."""
-    import opensmile
+def upstream_record(features, sample_rate):
+    """The ``identity["upstream"]`` of a baseline run: openSMILE functionals of a set.
 
-    features = hparams["features"]
+    Arguments
+    ---------
+    features : str
+        ``egemaps`` or ``compare``.
+    sample_rate : int or None
+        The rate the audio is read at (None: each file's own).
+    """
     identity = {
         "kind": "opensmile",
         "feature_set": feature_set_name(features),
         "feature_level": "functionals",
-        "opensmile_version": opensmile.__version__,
-        "sample_rate": hparams["sample_rate"],
+        "opensmile_version": opensmile_version(),
+        "sample_rate": sample_rate,
     }
     return {
         "kind": "opensmile",
@@ -268,135 +429,13 @@ def functionals_upstream_record(hparams):
     }
 
 
-def run_baseline(argv, prepare_function, dataset_defaults, dataset_name):
-    """Run the classic baseline from the command line (see the module docstring).
-
-    Arguments
-    ---------
-    argv : list of str
-        ``sys.argv[1:]``: the hparams file, overrides and the preparation's options.
-    prepare_function : callable
-        The dataset's ``prepare_<dataset>`` (the same manifests as the neural recipes).
-    dataset_defaults : dict
-        The dataset's defaults (``crop_seconds``, ``selection_metric``) the command line
-        can override; keys the baseline's hparams do not have are ignored.
-    dataset_name : str
-        Name written in the results.
-
-    Returns
-    -------
-    dict
-        The aggregated results (also in ``<output_folder>/results.json``).
-    """
-    prepare_kwargs, argv = split_preparation_arguments(argv, prepare_function)
-    hparams_file, _, cli_overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as handle:
-        yaml_text = handle.read()
-    # Top-level keys of the YAML (a dataset default for a key it lacks would be an error).
-    own_keys = {
-        line.split(":", 1)[0]
-        for line in yaml_text.splitlines()
-        if line[:1].isalpha() and ":" in line
-    }
-    defaults = {
-        key: value for key, value in dataset_defaults.items() if key in own_keys
-    }
-    overrides = {**defaults, **parse_overrides(cli_overrides)}
-    hparams = load_hparams(yaml_text, overrides)
-    if hparams["feature_level"] != "functionals":
-        raise ValueError(
-            f"feature_level={hparams['feature_level']!r}: the classic baseline classifies utterance-level "
-            "functionals; frame-level LLDs are the upstream of the neural recipes (--features=egemaps)."
-        )
-    output_folder = hparams["output_folder"]
-    sb.create_experiment_directory(
-        experiment_directory=output_folder,
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    splits = prepare_function(
-        data_folder=hparams["data_folder"],
-        save_folder=hparams["prepare_folder"],
-        skip_prep=hparams["skip_prep"],
-        **prepare_kwargs,
-    )
-    if not splits:
-        raise RuntimeError(
-            f"The preparation wrote no manifests in {hparams['prepare_folder']}."
-        )
-    replacements = {
-        "data_root": hparams["data_folder"],
-        "prep_root": hparams["prepare_folder"],
-    }
-    split_names = selected_splits(splits, hparams["fold"])
-    all_csvs = [path for name in splits for path in splits[name].values()]
-    label_encoder = build_label_encoder(
-        all_csvs, os.path.join(output_folder, "label_encoder.txt")
-    )
-    outcomes, features = {}, None
-    for split_name in split_names:
-        experiment_folder = os.path.join(output_folder, split_name)
-        if features is None and not os.path.isfile(
-            os.path.join(experiment_folder, "test_outcome.json")
-        ):
-            rows = {
-                row["ID"]: row
-                for name in split_names
-                for path in splits[name].values()
-                for row in read_csv(path)
-            }
-            features = extract_functionals(
-                list(rows.values()),
-                replacements,
-                hparams["features"],
-                hparams["sample_rate"],
-                hparams["crop_seconds"],
-            )
-        outcomes[split_name] = run_fold(
-            hparams,
-            splits[split_name],
-            features,
-            label_encoder,
-            experiment_folder,
-        )
-    identity = run_identity(
-        dataset_name,
-        hparams,
-        hparams_file,
-        yaml_text,
-        overrides,
-        protocol_record(
-            hparams,
-            preparation_options(prepare_function, prepare_kwargs),
-            {name: splits[name] for name in split_names},
-        ),
-        baseline_model_record(hparams),
-        functionals_upstream_record(hparams),
-    )
-    results = summarise(
-        outcomes,
-        dataset_name,
-        hparams_file,
-        overrides,
-        prepare_kwargs,
-        output_folder,
-        identity=identity,
-    )
-    results["classic_baseline"] = {
-        "feature_set": hparams["features"],
-        "classifier": "StandardScaler + SVC(kernel='linear')",
+def baseline_summary(features, outcomes):
+    """``results["classic_baseline"]``: the feature set and each fold's choice of C."""
+    return {
+        "feature_set": features,
+        "classifier": CLASSIFIER,
         "selected_C": {name: o["selected_C"] for name, o in outcomes.items()},
         "valid_scores": {
             name: o["valid_scores"] for name, o in outcomes.items()
         },
     }
-    atomic_write_text(
-        os.path.join(output_folder, "results.json"),
-        json.dumps(results, indent=2) + "\n",
-    )
-    return results
-
-
-def main(prepare_function, dataset_defaults, dataset_name):
-    """Entry point of ``recipes/<DATASET>/baseline.py``."""
-    run_baseline(sys.argv[1:], prepare_function, dataset_defaults, dataset_name)

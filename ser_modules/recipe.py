@@ -444,9 +444,12 @@ def derived_hparams(upstream, label_encoder):
 
 
 def run_provenance(
-    dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream
+    dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream_identity
 ):
-    """What every fold of a run shares in its fingerprint (see :func:`begin_fold`)."""
+    """What every fold of a run shares in its fingerprint (see :func:`begin_fold`).
+
+    ``upstream_identity`` is the upstream's ``identity()`` (model files by sha256: a
+    re-exported model is a change)."""
     return {
         "dataset": dataset_name,
         "hparams_file_sha256": text_sha256(yaml_text),
@@ -454,7 +457,7 @@ def run_provenance(
         "labels": [
             label_encoder.decode_ndim(i) for i in range(len(label_encoder))
         ],
-        "upstream": upstream.identity(),  # model files by sha256: a re-exported model is a change
+        "upstream": upstream_identity,
         "code": code_version(),
     }
 
@@ -497,7 +500,11 @@ class RunContext:
             label_encoder=label_encoder,
             upstream=upstream,
             provenance=run_provenance(
-                dataset_name, yaml_text, prepare_kwargs, label_encoder, upstream
+                dataset_name,
+                yaml_text,
+                prepare_kwargs,
+                label_encoder,
+                upstream.identity(),
             ),
             derived=derived_hparams(upstream, label_encoder),
         )

@@ -18,12 +18,9 @@ runs and machines.
 import collections
 
 import numpy as np
-from sklearn.model_selection import (
-    GroupShuffleSplit,
-    LeaveOneGroupOut,
-    StratifiedGroupKFold,
-    train_test_split,
-)
+
+# scikit-learn is imported inside the functions: it costs a second of every recipe
+# process's start, and a run on given manifests (--train_csv ...) splits nothing.
 
 
 def _check_fraction(fraction, name):
@@ -46,6 +43,8 @@ def leave_one_group_out(groups):
     list of (str, numpy.ndarray, numpy.ndarray)
         ``(held_out_group, train_positions, test_positions)`` per fold, in sorted group order.
     """
+    from sklearn.model_selection import LeaveOneGroupOut
+
     groups = np.asarray(groups)
     folds = []
     for train, test in LeaveOneGroupOut().split(groups, groups=groups):
@@ -77,6 +76,8 @@ def speaker_kfold(labels, speakers, n_folds, seed):
     list of (numpy.ndarray, numpy.ndarray)
         ``(train_positions, test_positions)`` for each of the K folds.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     labels, speakers = np.asarray(labels), np.asarray(speakers)
     n_speakers = len(set(speakers.tolist()))
     if not 2 <= n_folds <= n_speakers:
@@ -112,6 +113,8 @@ def stratified_split(labels, test_fraction, seed):
     (numpy.ndarray, numpy.ndarray)
         ``(kept_positions, held_out_positions)``.
     """
+    from sklearn.model_selection import train_test_split
+
     _check_fraction(test_fraction, "The held-out fraction")
     labels = np.asarray(labels)
     try:
@@ -149,6 +152,8 @@ def speaker_holdout_split(speakers, test_fraction, seed):
     (numpy.ndarray, numpy.ndarray)
         ``(kept_positions, held_out_positions)``, with no speaker on both sides.
     """
+    from sklearn.model_selection import GroupShuffleSplit
+
     _check_fraction(test_fraction, "The held-out fraction")
     speakers = np.asarray(speakers)
     if len(set(speakers.tolist())) < 2:

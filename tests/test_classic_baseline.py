@@ -196,3 +196,51 @@ def test_reports_name_the_baseline_from_its_identity(baseline_run):
     assert "| eGeMAPS functionals | linear SVM |" in build_report(
         [baseline_run]
     )
+
+
+def test_a_rerun_with_other_settings_is_refused(mini_corpus, baseline_run):
+    """A finished fold is reused only for the configuration that produced it."""
+    from ser_modules.fingerprint import FingerprintMismatch
+
+    with pytest.raises(FingerprintMismatch, match="crop_seconds"):
+        run_in_process(
+            BASELINE,
+            "hparams/svm_egemaps.yaml",
+            f"--data_folder={mini_corpus}",
+            "--labels_csv=labels.csv",
+            "--n_folds=2",
+            "--valid_fraction=0.25",
+            f"--output_folder={baseline_run}",
+            f"--c_grid={C_GRID}",
+            "--crop_seconds=0.5",
+        )
+
+
+def test_skip_prep_runs_on_the_folds_already_prepared(
+    mini_corpus, baseline_run, tmp_path
+):
+    """``--skip_prep=True`` takes the folds in ``prepare_folder`` (no corpus options,
+    no preparation) and gives the same choices and scores."""
+    output = str(tmp_path / "skip_prep")
+    run_in_process(
+        BASELINE,
+        "hparams/svm_egemaps.yaml",
+        f"--data_folder={mini_corpus}",
+        f"--prepare_folder={baseline_run}/prepared",
+        "--skip_prep=True",
+        f"--output_folder={output}",
+        f"--c_grid={C_GRID}",
+    )
+    results = {}
+    for folder in (baseline_run, output):
+        with open(
+            os.path.join(folder, "results.json"), encoding="utf-8"
+        ) as handle:
+            results[folder] = json.load(handle)
+    first, second = results[baseline_run], results[output]
+    assert not os.path.exists(os.path.join(output, "prepared"))
+    assert (
+        second["classic_baseline"]["selected_C"]
+        == first["classic_baseline"]["selected_C"]
+    )
+    assert second["folds"] == first["folds"]

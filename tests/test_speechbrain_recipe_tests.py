@@ -132,8 +132,9 @@ def test_the_vendored_tools_are_speechbrains_files_unchanged():
 
 
 def test_every_hparams_file_of_the_recipes_is_listed():
-    """Every emotion hparams file is listed for every train.py, every pretraining file
-    for pretrain.py: the CSVs cover all pairs a user can run."""
+    """Every emotion hparams file is listed for every train.py, the classic baseline's
+    for every baseline.py, every pretraining file for pretrain.py: the CSVs cover all
+    pairs a user can run."""
     listed = {(row["Script_file"], row["Hparam_file"]) for row in recipe_rows()}
     hparams = sorted(glob.glob("hparams/*.yaml", root_dir=ROOT))
     emotion = [h for h in hparams if "pretrain" not in h and "svm" not in h]
@@ -141,7 +142,14 @@ def test_every_hparams_file_of_the_recipes_is_listed():
         (f"recipes/{dataset}/train.py", h)
         for dataset in ("IEMOCAP", "MELD", "CREMA-D", "custom")
         for h in emotion
-    } | {("recipes/LSSED/pretrain.py", h) for h in hparams if "pretrain" in h}
+    }
+    expected |= {
+        (f"recipes/{dataset}/baseline.py", "hparams/svm_egemaps.yaml")
+        for dataset in ("IEMOCAP", "MELD", "CREMA-D", "custom")
+    }
+    expected |= {
+        ("recipes/LSSED/pretrain.py", h) for h in hparams if "pretrain" in h
+    }
     assert expected <= listed, sorted(expected - listed)
 
 

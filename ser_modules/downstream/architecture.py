@@ -11,7 +11,6 @@ import os
 import tempfile
 
 import torch
-from matplotlib.figure import Figure
 
 from ser_modules.downstream.blocks import CANDIDATES
 
@@ -202,7 +201,9 @@ def plot_theta_heatmap(
             )
         height = max(height, 2.2 * num_layers)
     # A bare Figure (no pyplot) renders PNGs with the Agg canvas, needs no display and
-    # touches no global backend state.
+    # touches no global backend state. Imported here: only the search draws figures.
+    from matplotlib.figure import Figure
+
     figure = Figure(
         figsize=(
             table_width + (6.0 if trajectory is not None else 0.0),

@@ -27,7 +27,6 @@ pooling, nor the SpecAugment spans.
 
 import numpy as np
 import torch
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from ser_modules.downstream.blocks import ShiftBlock
 from ser_modules.downstream.models import LayerStackClassifier, valid_frame_mask
@@ -88,6 +87,12 @@ class SpecAugment(torch.nn.Module):
         """
         if not (self.training and self.enabled):
             return x
+        # Imported here: transformers costs seconds to import, and only training with
+        # SpecAugment needs it.
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (
+            _compute_mask_indices,
+        )
+
         batch, num_frames, dim = x.shape
         spans = torch.zeros(
             batch, num_frames, dtype=torch.bool, device=x.device

@@ -33,6 +33,7 @@ fp32 (tested); ``fast_path=False`` runs the Hugging Face model itself, the refer
 The feature cache, inference and t-SNE all call this upstream, so they all get the fast path.
 """
 
+import importlib
 import json
 import logging
 import math
@@ -40,9 +41,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-from speechbrain.integrations.huggingface.hubert import HuBERT
-from speechbrain.integrations.huggingface.wav2vec2 import Wav2Vec2
-from speechbrain.integrations.huggingface.wavlm import WavLM
 
 from ser_modules.fingerprint import file_sha256
 from ser_modules.upstreams.base import (
@@ -56,7 +54,21 @@ from ser_modules.upstreams.fast_wavlm import FastSSLForward, unsupported_reason
 
 logger = logging.getLogger(__name__)
 
-LOBES = {"wavlm": WavLM, "hubert": HuBERT, "wav2vec2": Wav2Vec2}
+# SpeechBrain's lobe of each kind: (module, class). Imported when a model is built, so a
+# process that runs no Hugging Face model never imports transformers (seconds of imports).
+LOBES = {
+    "wavlm": ("speechbrain.integrations.huggingface.wavlm", "WavLM"),
+    "hubert": ("speechbrain.integrations.huggingface.hubert", "HuBERT"),
+    "wav2vec2": ("speechbrain.integrations.huggingface.wav2vec2", "Wav2Vec2"),
+}
+
+
+def lobe_class(kind):
+    """SpeechBrain's Hugging Face lobe class of ``kind`` (a key of :data:`LOBES`)."""
+    module, name = LOBES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -158,7 +170,7 @@ class HuggingFaceUpstream(Upstream):
             )
         self.kind = kind
         # save_path only serves hub downloads; a local source is read in place.
-        lobe = LOBES[kind](
+        lobe = lobe_class(kind)(
             source=self.source,
             save_path=self.source,
             freeze=True,

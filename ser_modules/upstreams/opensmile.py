@@ -56,6 +56,11 @@ def _import_opensmile():
     return opensmile
 
 
+def opensmile_version():
+    """The installed ``opensmile`` package's version (recorded in run identities)."""
+    return _import_opensmile().__version__
+
+
 def feature_set_name(feature_set):
     """The opensmile name (``eGeMAPSv02``) of a short name (``egemaps``); clear error otherwise."""
     if feature_set not in FEATURE_SETS:
@@ -221,13 +226,11 @@ class OpenSmileUpstream(Upstream):
 
     def identity(self):
         """Feature set, openSMILE version, hop and sample rate."""
-        import opensmile
-
         return {
             "kind": "opensmile",
             "feature_set": feature_set_name(self.feature_set),
             "feature_level": "lld",
-            "opensmile_version": opensmile.__version__,
+            "opensmile_version": opensmile_version(),
             "hop_length_ms": self.hop_length_ms,
             "sample_rate": self.sample_rate,
             "feature_version": FEATURE_VERSION,
