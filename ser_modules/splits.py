@@ -248,6 +248,8 @@ def draw_speaker_validation(
             "A speaker-disjoint validation set needs at least 2 training speakers; "
             "use --valid_split=utterance."
         )
+    from sklearn.model_selection import StratifiedGroupKFold
+
     n_groups = min(max(2, round(1.0 / valid_fraction)), n_speakers)
     splitter = StratifiedGroupKFold(
         n_splits=n_groups, shuffle=True, random_state=seed
