@@ -215,6 +215,8 @@ def upstream_record(upstream):
         record["model_type"] = config.get("model_type")
         record["num_hidden_layers"] = config.get("num_hidden_layers")
         record["hidden_size"] = config.get("hidden_size")
+        # A Vesper export marks itself in its config.json (ser_modules.vesper.export).
+        record["vesper"] = config.get("vesper")
     if kind == "opensmile":
         record["feature_set"] = identity.get("feature_set")
         record["feature_level"] = identity.get("feature_level")

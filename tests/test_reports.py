@@ -254,6 +254,11 @@ def test_upstream_name_comes_from_the_recorded_kind_and_shape(record, expected):
     assert paper_upstream_name(record) == expected
 
 
+def test_a_vesper_export_is_named_by_its_mark_whatever_its_width():
+    marked = {**hf_upstream(2, 32), "vesper": {"num_layers": 2}}
+    assert paper_upstream_name(marked) == "Vesper-2"
+
+
 def test_upstream_of_another_shape_is_named_by_its_shape_not_a_paper_model():
     assert (
         paper_upstream_name(hf_upstream(2, 32)) == "WavLM (2 layers, 32 dims)"

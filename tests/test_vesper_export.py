@@ -1,5 +1,7 @@
 """Specification of Vesper export (ser_modules/vesper/export.py): Hugging Face folders and authors' checkpoints."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,9 @@ def test_exported_folder_loads_as_wavlm_with_vesper_layer_outputs(tmp_path):
         ).hidden_states
         vesper = encoder(wavs, wav_lens, output_layers=range(4))
     assert wavlm.config.num_hidden_layers == 4
+    # The folder says it is a Vesper export (reports name it from this, not its path).
+    with open(tmp_path / "config.json", encoding="utf-8") as handle:
+        assert json.load(handle)["vesper"] == {"num_layers": 4}
     for layer in range(1, 4):
         assert (hidden_states[layer] - vesper[layer]).abs().max() < TOLERANCE, (
             f"layer {layer}"

@@ -219,9 +219,10 @@ def paper_upstream_name(upstream):
 
     The family is the ``model_type`` of the model's ``config.json``, the size its
     ``(num_hidden_layers, hidden_size)``: 24 x 1024 is Large, 12 x 768 Base. A Vesper
-    export is a WavLM model at WavLM Large's width with fewer layers (4 or 12), so a WavLM
-    model of 1024 dims and N < 24 layers is ``Vesper-N``. A model of another shape is named
-    by its shape, so that it never matches a paper's row.
+    export marks itself in its ``config.json`` (``vesper``, recorded in the identity) and is
+    ``Vesper-N`` whatever its width; a WavLM model of WavLM Large's width with N < 24 layers
+    and no mark (an export older than the mark) is ``Vesper-N`` too. A model of another
+    shape is named by its shape, so that it never matches a paper's row.
 
     Arguments
     ---------
@@ -241,7 +242,9 @@ def paper_upstream_name(upstream):
     model_type = upstream.get("model_type") or kind
     family = MODEL_TYPE_FAMILIES.get(model_type, model_type)
     layers, width = upstream["num_hidden_layers"], upstream["hidden_size"]
-    if model_type == "wavlm" and width == 1024 and layers < 24:
+    if upstream.get("vesper") or (
+        model_type == "wavlm" and width == 1024 and layers < 24
+    ):
         return f"Vesper-{layers}"
     size = PAPER_SIZES.get((layers, width))
     if size is None:

@@ -49,7 +49,8 @@ def export_to_huggingface(encoder, out_dir):
     encoder : VesperEncoder
         N-layer encoder (trained student or any other).
     out_dir : str | os.PathLike
-        Receives config.json (``num_hidden_layers`` = N), the weights and
+        Receives config.json (``num_hidden_layers`` = N, ``vesper`` = ``{"num_layers": N}``
+        marking the export), the weights and
         preprocessor_config.json (16 kHz, ``do_normalize`` = ``encoder.normalize_waveform``).
 
     Returns
@@ -59,6 +60,9 @@ def export_to_huggingface(encoder, out_dir):
     """
     config = copy.deepcopy(encoder.config)
     config.architectures = ["WavLMModel"]
+    # Says what the folder is (transformers keeps unknown config keys): a run's identity
+    # records it, so reports name the upstream Vesper-N whatever its folder is called.
+    config.vesper = {"num_layers": int(config.num_hidden_layers)}
     model = WavLMModel(config)
     state = {
         key: value.detach().cpu() for key, value in encoder.state_dict().items()
