@@ -127,6 +127,55 @@ def flatness(rows):
     }
 
 
+def seed_noise(rows, alpha=0.05):
+    """Which differences between architectures the seeds can resolve.
+
+    A one-way analysis of variance of the scores with the architecture as the factor and
+    the seeds as replicates (every architecture trained with the same number of seeds).
+
+    Arguments
+    ---------
+    rows : list of dict
+        A fold's ranking (:func:`rank_architectures`).
+    alpha : float
+        Significance level of the least significant difference.
+
+    Returns
+    -------
+    dict or None
+        ``architecture_share`` (between-architecture sum of squares over the total sum of
+        squares, eta squared: 1 when the seeds agree exactly, about (k - 1) / (N - 1) when
+        the architecture does not matter), ``anova_p`` (p-value of the F test that every
+        architecture has the same expected score) and ``lsd`` (Fisher's least significant
+        difference: two means further apart than this differ at level ``alpha``).
+        None with one seed, fewer than two architectures or unequal seed counts.
+    """
+    from scipy import stats
+
+    counts = {len(row["scores"]) for row in rows}
+    if len(rows) < 2 or len(counts) != 1 or counts == {1}:
+        return None
+    n = counts.pop()
+    k = len(rows)
+    scores = [value for row in rows for value in row["scores"]]
+    grand = statistics.fmean(scores)
+    between = n * sum((row["mean"] - grand) ** 2 for row in rows)
+    within = sum((v - row["mean"]) ** 2 for row in rows for v in row["scores"])
+    df_within = k * (n - 1)
+    mse = within / df_within
+    if mse > 0:
+        anova_p = float(stats.f.sf((between / (k - 1)) / mse, k - 1, df_within))
+    else:  # the seeds agree exactly: any difference of means is real
+        anova_p = 0.0 if between > 0 else 1.0
+    total = between + within
+    return {
+        "architecture_share": between / total if total > 0 else 0.0,
+        "anova_p": anova_p,
+        "lsd": float(stats.t.ppf(1 - alpha / 2, df_within))
+        * math.sqrt(2 * mse / n),
+    }
+
+
 def load_ranking(path):
     """Read a ``ranking.json`` written by :func:`write_ranking` (clear error otherwise)."""
     with open(path, encoding="utf-8") as handle:
@@ -167,6 +216,8 @@ def derived_ranks(architectures, ranking):
         if row is None:
             continue
         total = len(rows)
+        top = math.ceil(total / 3)
+        noise = seed_noise(rows)
         ranks[fold] = {
             "rank": row["rank"],
             "of": total,
@@ -174,7 +225,11 @@ def derived_ranks(architectures, ranking):
             "std": row["std"],
             "best": rows[0]["architecture"],
             "best_mean": rows[0]["mean"],
-            "top_third": row["rank"] <= math.ceil(total / 3),
+            "top_third": row["rank"] <= top,
+            # Not below the worst of the top third by more than the seeds can resolve.
+            "within_noise_of_top_third": None
+            if noise is None
+            else row["mean"] >= rows[top - 1]["mean"] - noise["lsd"],
         }
     return ranks
 
@@ -234,6 +289,16 @@ def ranks_markdown(search):
     if ranks:
         top = sum(1 for entry in ranks.values() if entry["top_third"])
         lines += ["", f"In the top third: {top} of {len(ranks)} ranked splits."]
+        resolved = [
+            entry["within_noise_of_top_third"]
+            for entry in ranks.values()
+            if entry.get("within_noise_of_top_third") is not None
+        ]
+        if resolved:
+            lines.append(
+                f"Not significantly below the top third (Fisher's least significant "
+                f"difference over the seeds, 5 %): {sum(resolved)} of {len(resolved)}."
+            )
     return lines
 
 
@@ -254,12 +319,22 @@ def ranking_markdown(record):
             if flat["seed_std"] is None
             else f"{flat['seed_std']:.4f}"
         )
+        noise = seed_noise(rows)
+        resolution = (
+            ""
+            if noise is None
+            else f" The architecture explains {100 * noise['architecture_share']:.0f} % "
+            f"of the variance of the scores (one-way ANOVA over the seeds, "
+            f"p = {noise['anova_p']:.2g}); means closer than {noise['lsd']:.4f} "
+            "(Fisher's least significant difference, 5 %) are not told apart."
+        )
         lines += [
             "",
             f"## {fold}",
             "",
             f"Best {flat['best']:.4f}, worst {flat['worst']:.4f} (range {flat['range']:.4f}); "
-            f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}.",
+            f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}."
+            + resolution,
             "",
             f"| rank | architecture | {metric} mean | std | per seed |",
             "|---|---|---|---|---|",

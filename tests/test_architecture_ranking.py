@@ -19,6 +19,7 @@ from ser_modules.architecture_ranking import (
     flatness,
     rank_architectures,
     ranking_markdown,
+    seed_noise,
 )
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.mini_corpus import generate_mini_corpus
@@ -71,6 +72,74 @@ def test_flatness_compares_the_spread_of_means_with_the_seed_noise():
     )
 
 
+def test_seed_noise_is_a_one_way_anova_over_the_seeds():
+    from scipy import stats
+
+    scores = {
+        "a": [0.70, 0.74, 0.66],
+        "b": [0.60, 0.68, 0.61],
+        "c": [0.40, 0.45, 0.38],
+        "d": [0.69, 0.62, 0.65],
+    }
+    rows = rank_architectures(scores)
+    noise = seed_noise(rows)
+    assert noise["anova_p"] == pytest.approx(
+        stats.f_oneway(*scores.values()).pvalue
+    )
+    # eta squared by hand: between-group over total sum of squares.
+    values = [v for group in scores.values() for v in group]
+    grand = sum(values) / len(values)
+    total = sum((v - grand) ** 2 for v in values)
+    within = sum(
+        (v - statistics.fmean(g)) ** 2 for g in scores.values() for v in g
+    )
+    assert noise["architecture_share"] == pytest.approx(1 - within / total)
+    # Fisher's LSD: t(0.975, N - k) * sqrt(2 * MSE / n), MSE = within / (N - k).
+    assert noise["lsd"] == pytest.approx(
+        stats.t.ppf(0.975, 8) * (2 * (within / 8) / 3) ** 0.5
+    )
+    # One seed, or unequal seed counts: nothing to resolve with.
+    assert seed_noise(rank_architectures({"a": [0.5], "b": [0.6]})) is None
+    assert seed_noise(rank_architectures({"a": [0.5, 0.6], "b": [0.6]})) is None
+    # Seeds that agree exactly: every difference is real.
+    exact = seed_noise(rank_architectures({"a": [0.5, 0.5], "b": [0.6, 0.6]}))
+    assert exact["anova_p"] == 0.0 and exact["lsd"] == 0.0
+    text = ranking_markdown({"folds": {"fold1": rows}, "seeds": [1, 2, 3]})
+    assert f"p = {noise['anova_p']:.2g}" in text
+    assert f"means closer than {noise['lsd']:.4f}" in text
+
+
+def test_derived_ranks_say_whether_a_rank_below_the_top_third_is_noise():
+    # 6 architectures, 2 seeds: the top third is ranks 1-2.
+    scores = {
+        "a": [0.80, 0.82],
+        "b": [0.70, 0.74],
+        "c": [0.68, 0.73],  # 0.015 below b: within the seeds' noise
+        "d": [0.30, 0.32],
+        "e": [0.31, 0.29],
+        "f": [0.20, 0.24],
+    }
+    rows = rank_architectures(scores)
+    lsd = seed_noise(rows)["lsd"]
+    assert 0.015 < lsd < 0.72 - 0.31
+    ranks = derived_ranks(
+        {"fold1": ["c"], "fold2": ["d"], "fold3": ["a"]},
+        {"folds": {"fold1": rows, "fold2": rows, "fold3": rows}},
+    )
+    assert not ranks["fold1"]["top_third"]
+    assert ranks["fold1"]["within_noise_of_top_third"]
+    assert not ranks["fold2"]["within_noise_of_top_third"]
+    assert ranks["fold3"]["top_third"]
+    assert ranks["fold3"]["within_noise_of_top_third"]
+    one_seed = rank_architectures({k: v[:1] for k, v in scores.items()})
+    assert (
+        derived_ranks({"fold1": ["c"]}, {"folds": {"fold1": one_seed}})[
+            "fold1"
+        ]["within_noise_of_top_third"]
+        is None
+    )
+
+
 def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     results = {
         "dataset": "custom",
@@ -93,6 +162,7 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
                     "best": "msa-msa",
                     "best_mean": 0.65,
                     "top_third": True,
+                    "within_noise_of_top_third": True,
                 }
             },
         },
@@ -103,6 +173,8 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
         in text
     )
     assert "In the top third: 1 of 1 ranked splits." in text
+    assert "significantly below the top third (Fisher's" in text
+    assert "5 %): 1 of 1." in text
     assert (
         "| fold1 | 0.700 | 0.900 |" in text
     )  # largest softmax(theta) per layer
