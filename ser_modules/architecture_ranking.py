@@ -230,6 +230,10 @@ def derived_ranks(architectures, ranking):
             "within_noise_of_top_third": None
             if noise is None
             else row["mean"] >= rows[top - 1]["mean"] - noise["lsd"],
+            # How many architectures beat it by more than the seeds can resolve.
+            "significantly_better": None
+            if noise is None
+            else sum(1 for r in rows if r["mean"] > row["mean"] + noise["lsd"]),
         }
     return ranks
 
@@ -295,9 +299,15 @@ def ranks_markdown(search):
             if entry.get("within_noise_of_top_third") is not None
         ]
         if resolved:
+            unbeaten = sum(
+                1
+                for entry in ranks.values()
+                if entry.get("significantly_better") == 0
+            )
             lines.append(
                 f"Not significantly below the top third (Fisher's least significant "
-                f"difference over the seeds, 5 %): {sum(resolved)} of {len(resolved)}."
+                f"difference over the seeds, 5 %): {sum(resolved)} of {len(resolved)}; "
+                f"no architecture significantly better: {unbeaten} of {len(resolved)}."
             )
     return lines
 

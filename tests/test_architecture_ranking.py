@@ -131,6 +131,10 @@ def test_derived_ranks_say_whether_a_rank_below_the_top_third_is_noise():
     assert not ranks["fold2"]["within_noise_of_top_third"]
     assert ranks["fold3"]["top_third"]
     assert ranks["fold3"]["within_noise_of_top_third"]
+    # c is beaten significantly only by a (0.81 vs 0.705); d by a, b and c.
+    assert ranks["fold1"]["significantly_better"] == 1
+    assert ranks["fold2"]["significantly_better"] == 3
+    assert ranks["fold3"]["significantly_better"] == 0
     one_seed = rank_architectures({k: v[:1] for k, v in scores.items()})
     assert (
         derived_ranks({"fold1": ["c"]}, {"folds": {"fold1": one_seed}})[
@@ -163,6 +167,7 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
                     "best_mean": 0.65,
                     "top_third": True,
                     "within_noise_of_top_third": True,
+                    "significantly_better": 0,
                 }
             },
         },
@@ -174,7 +179,7 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     )
     assert "In the top third: 1 of 1 ranked splits." in text
     assert "significantly below the top third (Fisher's" in text
-    assert "5 %): 1 of 1." in text
+    assert "5 %): 1 of 1; no architecture significantly better: 1 of 1." in text
     assert (
         "| fold1 | 0.700 | 0.900 |" in text
     )  # largest softmax(theta) per layer
