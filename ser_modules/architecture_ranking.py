@@ -433,9 +433,7 @@ def parse_seeds(text):
     return seeds
 
 
-def run_ranking(
-    argv, prepare_function, dataset_defaults, dataset_name, run_fold
-):
+def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
     """Train every architecture of the space on the selected folds and seeds; write the ranking.
 
     Arguments
@@ -445,8 +443,11 @@ def run_ranking(
         ``search_layers``) and ``--rank_seeds`` (default: the YAML's ``seed``).
     prepare_function : callable
         The dataset's ``prepare_<dataset>``.
-    dataset_defaults : dict
-        The dataset's defaults (see :func:`ser_modules.recipe.recipe_overrides`).
+    default_groups : sequence of dict
+        The recipe's default groups, exactly as its ``train.py`` passes them to
+        :func:`ser_modules.recipe.recipe_overrides` (dataset defaults, and for custom
+        corpora the small-corpus defaults), so each architecture trains as the BAS run
+        retrains its derived one.
     dataset_name : str
         Name written in the ranking.
     run_fold : callable
@@ -479,7 +480,7 @@ def run_ranking(
     )
     hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
     yaml_text, overrides = recipe.recipe_overrides(
-        hparams_file, cli_overrides, dataset_name, dataset_defaults
+        hparams_file, cli_overrides, dataset_name, *default_groups
     )
     setup = recipe.load_hparams(yaml_text, {**overrides, "split_name": "setup"})
     output_folder = setup["output_folder"]
@@ -621,9 +622,9 @@ def run_ranking(
     return record
 
 
-def main(prepare_function, dataset_defaults, dataset_name, run_fold):
+def main(prepare_function, default_groups, dataset_name, run_fold):
     """Entry point of ``recipes/<DATASET>/rank_architectures.py``."""
     logging.basicConfig(level=logging.INFO)
     run_ranking(
-        sys.argv[1:], prepare_function, dataset_defaults, dataset_name, run_fold
+        sys.argv[1:], prepare_function, default_groups, dataset_name, run_fold
     )

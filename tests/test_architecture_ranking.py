@@ -243,6 +243,10 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
     )
     assert identity["upstream"]["kind"] == "fbank"
     assert identity["protocol"]["preparation"]["split"] == "stratified"
+    # train.py's default groups, small-corpus defaults included (the command line wins)
+    assert ranking["overrides"]["optimizer"] == "adamw"
+    assert ranking["overrides"]["pooling"] == "stats"
+    assert ranking["overrides"]["lr"] == 0.05
 
     # The same architecture and seed trained by the recipe directly scores the same
     # (--seed is the training seed; the preparation's split seed is --split_seed).

@@ -107,9 +107,55 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
         "superb_fbank.yaml",
         "ffn_fbank.yaml",
         "transformer_fbank.yaml",
+        "bas_fbank.yaml",
     ):
         assert applied(name) == both
         assert both["optimizer"] == "adamw" and both["pooling"] == "stats"
-    # SSL files and BAS keep their papers' training setup (no optimizer switch)
+    # SSL files keep their papers' training setup (no optimizer switch)
     assert applied("superb_ssl.yaml") == custom.DATASET_DEFAULTS
-    assert applied("bas_fbank.yaml") == custom.DATASET_DEFAULTS
+    assert applied("bas_ssl.yaml") == custom.DATASET_DEFAULTS
+
+
+def test_small_corpus_defaults_reach_bas_retraining_but_not_its_search():
+    """bas_fbank under recipes/custom: the derived network retrains with AdamW and
+    weight decay 0.01, while the super net's SGD keeps its own search_weight_decay (the
+    search, and so the derived architecture, is the same as without the defaults)."""
+    import os
+    import sys
+
+    from hyperpyyaml import load_hyperpyyaml
+    from prepare_helpers import REPO_ROOT, load_recipe_module
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes", "custom"))
+    try:
+        custom = load_recipe_module("recipes/custom/train.py")
+    finally:
+        sys.path.pop(0)
+    from ser_modules.recipe import recipe_overrides
+
+    path = os.path.join(REPO_ROOT, "hparams", "bas_fbank.yaml")
+    yaml_text, overrides = recipe_overrides(
+        path,
+        "",
+        "custom",
+        custom.DATASET_DEFAULTS,
+        custom.SMALL_CORPUS_DEFAULTS,
+    )
+    hparams = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    retrain = hparams["opt_class"](weights)
+    search = hparams["search_opt_class"](weights)
+    assert isinstance(retrain, torch.optim.AdamW)
+    assert retrain.defaults["lr"] == custom.SMALL_CORPUS_DEFAULTS["lr"]
+    assert retrain.defaults["weight_decay"] == 0.01
+    assert type(search) is torch.optim.SGD
+    assert search.defaults["lr"] == hparams["search_lr"] == 0.005
+    assert search.defaults["weight_decay"] == hparams["search_weight_decay"]
+    assert hparams["search_weight_decay"] == 0.0001
+    assert hparams["pooling"] == "stats" and hparams["number_of_epochs"] == 50
+    # without the defaults (IEMOCAP & co.) the retraining is the paper's SGD
+    yaml_text, overrides = recipe_overrides(path, "", "IEMOCAP")
+    paper = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
+    sgd = paper["opt_class"](weights)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.005
+    assert sgd.defaults["weight_decay"] == 0.0001 and paper["pooling"] == "mean"

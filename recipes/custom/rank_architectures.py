@@ -11,10 +11,11 @@ a BAS run to have its ``results.md`` say where the derived architecture ranks.
 """
 
 from custom_prepare import prepare_custom
-from train import DATASET_DEFAULTS, run_fold
+from train import DEFAULT_GROUPS, run_fold
 
 from ser_modules.architecture_ranking import main
 
 if __name__ == "__main__":
-    # The same recipe as train.py: its defaults, and its fold run for every architecture.
-    main(prepare_custom, DATASET_DEFAULTS, "custom", run_fold)
+    # The same recipe as train.py: its default groups (dataset and small-corpus
+    # defaults), and its fold run for every architecture.
+    main(prepare_custom, DEFAULT_GROUPS, "custom", run_fold)

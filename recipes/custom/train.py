@@ -11,9 +11,10 @@ Custom corpora are usually small (hundreds of clips, not IEMOCAP's 5,531), where
 papers' SGD settings under-train a downstream model learned from scratch. This recipe
 therefore trains with :data:`SMALL_CORPUS_DEFAULTS` when the hparams file declares every
 one of its keys (it has the ``optimizer`` and ``pooling`` switches: the feature-upstream
-files ``{superb,transformer,ffn}_fbank.yaml``, whose comments say so); a file without
-them keeps its own training setup, and anything given on the command line still wins.
-The defaults applied are logged.
+files ``{superb,transformer,ffn,bas}_fbank.yaml``, whose comments say so; in BAS they set
+the retraining of the derived network, the search keeps its ``search_*`` settings); a
+file without them keeps its own training setup, and anything given on the command line
+still wins. The defaults applied are logged.
 
 Flow: prepare the manifests (or take ``--train_csv/--valid_csv/--test_csv`` as given, or
 with ``--skip_prep=True`` the folds already in ``prepare_folder``) -> build the frozen
@@ -49,6 +50,8 @@ SMALL_CORPUS_DEFAULTS = {
     "number_of_epochs": 50,
     "pooling": "stats",
 }
+# What main() and rank_architectures.py apply, in this order (the command line wins).
+DEFAULT_GROUPS = (DATASET_DEFAULTS, SMALL_CORPUS_DEFAULTS)
 
 
 def run_fold(yaml_text, overrides, run_opts, manifests, run):
@@ -102,8 +105,7 @@ def main(argv):
         hparams_file,
         overrides,
         "custom",
-        DATASET_DEFAULTS,
-        SMALL_CORPUS_DEFAULTS,
+        *DEFAULT_GROUPS,
     )
     hparams = load_hyperpyyaml(yaml_text, {**overrides, "split_name": "setup"})
     with recipe.locked_output_folder(hparams["output_folder"]):
