@@ -459,7 +459,6 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
     dict
         The ranking record (also in ``<output_folder>/ranking.json``).
     """
-    import speechbrain as sb
 
     from ser_modules import recipe
     from ser_modules.run_identity import (
@@ -478,7 +477,7 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
     prepare_kwargs, argv = recipe.split_preparation_arguments(
         argv, prepare_function
     )
-    hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, cli_overrides = recipe.parse_arguments(argv)
     yaml_text, overrides = recipe.recipe_overrides(
         hparams_file, cli_overrides, dataset_name, *default_groups
     )

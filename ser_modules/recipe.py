@@ -119,6 +119,66 @@ def load_hparams(yaml_text, overrides):
     return load_hyperpyyaml(yaml_text, overrides)
 
 
+def speechbrain_option_names():
+    """SpeechBrain's run options as command-line names (``--device``, ...)."""
+    from speechbrain.utils.run_opts import RunOptions
+
+    names = {
+        field.name
+        for field in dataclasses.fields(RunOptions)
+        if field.name not in ("param_file", "overridden_args")
+    }
+    return {f"--{name}" for name in names | {"help"}}
+
+
+def parse_arguments(argv):
+    """``sb.parse_arguments`` without argparse's prefix matching of SpeechBrain's options.
+
+    SpeechBrain parses its run options with :mod:`argparse`, which takes any unambiguous
+    prefix of an option for the option: ``--optimizer=sgd`` would silently become
+    ``--optimizer_step_limit=sgd`` and never reach the hparams (``--dev=cpu`` would set
+    the device). Every argument that is only a prefix of a run option is therefore taken
+    out before SpeechBrain parses and passed on as an hparams override, where an unknown
+    key gets its usual clear error; exact run options go to SpeechBrain as before.
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line after the program name.
+
+    Returns
+    -------
+    (str, RunOptions, str)
+        As ``sb.parse_arguments``: the hparams file, the run options and the overrides
+        (YAML text).
+    """
+    options = speechbrain_option_names()
+    kept, moved = [], []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        name, has_value, value = token.partition("=")
+        prefix_only = (
+            token.startswith("--")
+            and name not in options
+            and any(option.startswith(name) for option in options)
+        )
+        if not prefix_only:
+            kept.append(token)
+        elif has_value:
+            moved.append((name[2:], value))
+        elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            moved.append((name[2:], argv[index + 1]))
+            index += 1
+        else:
+            moved.append((name[2:], ""))
+        index += 1
+    hparams_file, run_opts, overrides = sb.parse_arguments(kept)
+    lines = [overrides] if overrides else []
+    lines += [f"{key}: {value}".rstrip() for key, value in moved]
+    return hparams_file, run_opts, "\n".join(lines)
+
+
 def recipe_overrides(hparams_file, overrides, dataset_name, *default_groups):
     """The run's overrides: dataset defaults under the command line's, checked.
 

@@ -1,5 +1,7 @@
 """How a recipe's command line is split between the preparation function and the hparams."""
 
+import yaml
+
 from ser_modules.recipe import split_preparation_arguments
 
 
@@ -42,3 +44,59 @@ def test_folders_and_skip_prep_stay_with_the_hparams():
         "--save_folder=/s",
         "--skip_prep=True",
     ]
+
+
+def test_a_prefix_of_a_speechbrain_option_is_an_hparams_override():
+    """argparse would read --optimizer=sgd as --optimizer_step_limit=sgd (a prefix of a
+    SpeechBrain run option) and drop it from the overrides; recipes must not."""
+    import speechbrain as sb
+
+    from ser_modules.recipe import parse_arguments
+
+    argv = [
+        "hparams/x.yaml",
+        "--optimizer=sgd",
+        "--lr=0.1",
+        "--pool",
+        "stats",
+        "--device=cpu",
+        "--ckpt_interval_steps",
+        "5",
+    ]
+    _, speechbrain_opts, _ = sb.parse_arguments(argv)
+    assert speechbrain_opts.optimizer_step_limit == "sgd"  # the trap
+    hparams_file, run_opts, overrides = parse_arguments(argv)
+    assert hparams_file == "hparams/x.yaml"
+    assert yaml.safe_load(overrides) == {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "pool": "stats",
+    }
+    assert run_opts.optimizer_step_limit is None
+    assert run_opts.device == "cpu" and run_opts.ckpt_interval_steps == 5
+
+
+def test_custom_recipe_trains_with_the_optimizer_given_on_the_command_line(
+    tmp_path,
+):
+    from recipe_helpers import read_results, run_in_process
+
+    output = str(tmp_path / "run")
+    run_in_process(
+        "recipes/custom/train.py",
+        "hparams/superb_fbank.yaml",
+        "--data_folder=tests/samples/audio",
+        "--train_csv=tests/samples/manifests/train.csv",
+        "--valid_csv=tests/samples/manifests/valid.csv",
+        "--test_csv=tests/samples/manifests/test.csv",
+        "--skip_prep=True",
+        "--number_of_epochs=1",
+        "--crop_seconds=1.0",
+        "--batch_size=4",
+        "--optimizer=sgd",
+        f"--output_folder={output}",
+    )
+    results = read_results(output)
+    # the command line wins over the small-corpus default (adamw)
+    assert results["overrides"]["optimizer"] == "sgd"
+    assert results["identity"]["hparams"]["optimizer"] == "sgd"

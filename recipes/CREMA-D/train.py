@@ -75,7 +75,7 @@ def main(argv):
     prepare_kwargs, argv = recipe.split_preparation_arguments(
         argv, prepare_cremad
     )
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = recipe.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     yaml_text, overrides = recipe.recipe_overrides(
         hparams_file, overrides, "CREMA-D", DATASET_DEFAULTS

@@ -57,7 +57,7 @@ def main(argv):
     prepare_kwargs, argv = recipe.split_preparation_arguments(
         argv, prepare_iemocap
     )
-    hparams_file, _, overrides = sb.parse_arguments(argv)
+    hparams_file, _, overrides = recipe.parse_arguments(argv)
     yaml_text, overrides = recipe.recipe_overrides(
         hparams_file, overrides, "IEMOCAP", DATASET_DEFAULTS
     )

@@ -163,7 +163,7 @@ def main(argv):
     prepare_kwargs, argv = recipe.split_preparation_arguments(
         argv, prepare_lssed
     )
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = recipe.parse_arguments(argv)
     overrides = recipe.parse_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as handle:
