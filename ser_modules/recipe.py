@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import os
+import re
 
 import speechbrain as sb
 import yaml
@@ -98,6 +99,22 @@ def split_preparation_arguments(argv, prepare_function):
     return prepare_kwargs, rest
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does.
+
+    HyperPyYAML parses with ruamel.yaml (YAML 1.2), where ``1e-3`` and ``5e-05`` are
+    numbers; PyYAML's YAML 1.1 reads them as strings, so ``--lr=1e-3`` was refused as
+    "not a number" (and a default written ``5e-05`` escaped the type check).
+    """
+
+
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"),
+)
+
+
 def parse_overrides(overrides):
     """SpeechBrain's override string as a dict (so dataset defaults can sit under it)."""
     if not overrides:
@@ -105,7 +122,7 @@ def parse_overrides(overrides):
     if isinstance(overrides, dict):
         return dict(overrides)
     try:
-        parsed = yaml.safe_load(overrides)
+        parsed = yaml.load(overrides, Loader=Yaml12Loader)
     except yaml.YAMLError as error:
         raise ValueError(
             f"Cannot read the command-line overrides {overrides!r}: use plain values "
@@ -679,7 +696,7 @@ def check_override_types(yaml_text, overrides, hparams_file):
 def declared_values(yaml_text):
     """Top-level plain values of a HyperPyYAML text (tagged entries skipped)."""
 
-    class TolerantLoader(yaml.SafeLoader):
+    class TolerantLoader(Yaml12Loader):
         pass
 
     TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)

@@ -100,3 +100,32 @@ def test_custom_recipe_trains_with_the_optimizer_given_on_the_command_line(
     # the command line wins over the small-corpus default (adamw)
     assert results["overrides"]["optimizer"] == "sgd"
     assert results["identity"]["hparams"]["optimizer"] == "sgd"
+
+
+def test_numbers_in_e_notation_are_numbers_as_hyperpyyaml_reads_them():
+    """YAML 1.2 (ruamel, HyperPyYAML) reads 1e-3 and 5e-05 as numbers; PyYAML's 1.1 as
+    strings, which refused --lr=1e-3 and let a 5e-05 default escape the type check."""
+    import os
+
+    import pytest
+    from hyperpyyaml import load_hyperpyyaml
+    from prepare_helpers import REPO_ROOT
+
+    from ser_modules.recipe import parse_overrides, recipe_overrides
+
+    text = "lr: 1e-3\nfinal_lr: 5e-05\nn: 3\nname: adamw\nw: -2E+3"
+    assert parse_overrides(text) == load_hyperpyyaml(text)
+    assert parse_overrides(text) == {
+        "lr": 0.001,
+        "final_lr": 0.00005,
+        "n": 3,
+        "name": "adamw",
+        "w": -2000.0,
+    }
+    path = os.path.join(
+        REPO_ROOT, "hparams", "bas_fbank.yaml"
+    )  # final_lr: 5e-05
+    _, overrides = recipe_overrides(path, "lr: 1e-3\nfinal_lr: 7e-6", "custom")
+    assert overrides["lr"] == 0.001 and overrides["final_lr"] == 0.000007
+    with pytest.raises(ValueError, match="--final_lr='abc' is not a number"):
+        recipe_overrides(path, "final_lr: abc", "custom")
