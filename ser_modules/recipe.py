@@ -177,6 +177,7 @@ def parse_arguments(argv):
         name, has_value, value = token.partition("=")
         prefix_only = (
             token.startswith("--")
+            and len(name) > 2
             and name not in options
             and any(option.startswith(name) for option in options)
         )
