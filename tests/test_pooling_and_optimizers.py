@@ -80,27 +80,39 @@ def test_optimizer_factory_builds_the_named_optimizer_with_its_settings():
         optimizer_factory("lamb", lr=0.1)
 
 
-def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_switches():
+def custom_recipe():
+    """``recipes/custom/train.py`` as a module (it imports custom_prepare beside it)."""
     import os
     import sys
 
     from prepare_helpers import REPO_ROOT, load_recipe_module
 
-    sys.path.insert(
-        0, os.path.join(REPO_ROOT, "recipes", "custom")
-    )  # train.py imports custom_prepare
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes", "custom"))
     try:
-        custom = load_recipe_module("recipes/custom/train.py")
+        return load_recipe_module("recipes/custom/train.py")
     finally:
         sys.path.pop(0)
+
+
+def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_switches():
+    import os
+
+    from prepare_helpers import REPO_ROOT
+
     from ser_modules.recipe import recipe_overrides
 
-    groups = (custom.DATASET_DEFAULTS, custom.SMALL_CORPUS_DEFAULTS)
+    custom = custom_recipe()
+    assert custom.DEFAULT_GROUPS == (
+        custom.DATASET_DEFAULTS,
+        custom.SMALL_CORPUS_DEFAULTS,
+    )
     both = {**custom.DATASET_DEFAULTS, **custom.SMALL_CORPUS_DEFAULTS}
 
     def applied(name):
         path = os.path.join(REPO_ROOT, "hparams", name)
-        _, overrides = recipe_overrides(path, "", "custom", *groups)
+        _, overrides = recipe_overrides(
+            path, "", "custom", *custom.DEFAULT_GROUPS
+        )
         return {key: overrides[key] for key in both if key in overrides}
 
     for name in (
@@ -121,25 +133,16 @@ def test_small_corpus_defaults_reach_bas_retraining_but_not_its_search():
     weight decay 0.01, while the super net's SGD keeps its own search_weight_decay (the
     search, and so the derived architecture, is the same as without the defaults)."""
     import os
-    import sys
 
     from hyperpyyaml import load_hyperpyyaml
-    from prepare_helpers import REPO_ROOT, load_recipe_module
+    from prepare_helpers import REPO_ROOT
 
-    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes", "custom"))
-    try:
-        custom = load_recipe_module("recipes/custom/train.py")
-    finally:
-        sys.path.pop(0)
     from ser_modules.recipe import recipe_overrides
 
+    custom = custom_recipe()
     path = os.path.join(REPO_ROOT, "hparams", "bas_fbank.yaml")
     yaml_text, overrides = recipe_overrides(
-        path,
-        "",
-        "custom",
-        custom.DATASET_DEFAULTS,
-        custom.SMALL_CORPUS_DEFAULTS,
+        path, "", "custom", *custom.DEFAULT_GROUPS
     )
     hparams = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
     weights = [torch.nn.Parameter(torch.zeros(2))]
