@@ -36,10 +36,12 @@ layer), saves it with softmax(theta) as ``architecture.json`` and draws the heat
 (final probabilities and their trajectory over the epochs).
 """
 
+import copy
 import csv
 import io
 import logging
 import os
+import shutil
 
 import speechbrain as sb
 import torch
@@ -53,7 +55,11 @@ from ser_modules.downstream import (
     save_architecture,
 )
 from ser_modules.manifest import atomic_write_text
-from ser_modules.resume import loader_generator, unwrap_module
+from ser_modules.resume import (
+    loader_generator,
+    own_random_streams,
+    unwrap_module,
+)
 from ser_modules.training import EmotionBrain
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,7 @@ ARCHITECTURE_FILE = "architecture.json"
 HEATMAP_FILE = "theta_heatmap.png"
 TRAJECTORY_FILE = "theta_trajectory.csv"
 TRAJECTORY_MARKDOWN = "theta_trajectory.md"
+RESTARTS_MARKDOWN = "restarts.md"
 SEARCH_MODES = ("decisive", "paper", "fbnet")
 
 
@@ -501,6 +508,7 @@ def search_architecture(
     num_classes,
     selection_metric,
     input_norm=None,
+    restarts=1,
 ):
     """Search (or reload) the architecture of one split.
 
@@ -539,13 +547,23 @@ def search_architecture(
     theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
         Loader options of the theta batches, the training and the validation data.
     seed : int
-        Seed of the held-out draw and of the loaders.
+        Seed of the search's random streams (Gumbel noise, dropout, the held-out draw,
+        the loaders), which :func:`ser_modules.resume.own_random_streams` keeps apart
+        from the recipe's; the hparams build the super net from it (``init_seed``).
     split_name : str
         Name of the split (heatmap title).
     num_classes : int
         Number of labels (validation scores).
     selection_metric : str
-        Metric of the search's checkpoint selection (``WA``, ``UA`` or ``WF1``).
+        Metric of the search's checkpoint selection (``WA``, ``UA`` or ``WF1``), and of
+        the choice between restarts.
+    input_norm : torch.nn.Module or None
+        Normalisation before the layer combiner (optional).
+    restarts : int
+        Number of searches, restart k from seed + k - 1 (the super net re-drawn from it)
+        in ``<search_folder>/restart<k>``; the one whose last epoch scores best on the
+        validation set is the result (``restarts.md`` lists them all). 1 (default): one
+        search, in ``search_folder`` itself.
 
     Returns
     -------
@@ -568,7 +586,7 @@ def search_architecture(
         "num_classes": num_classes,
         "selection_metric": selection_metric,
     }
-    mode = search_mode_of(brain_hparams)
+    search_mode_of(brain_hparams)  # an unknown mode is refused before any work
     architecture_path = os.path.join(search_folder, ARCHITECTURE_FILE)
     heatmap_path = os.path.join(search_folder, HEATMAP_FILE)
     if os.path.isfile(architecture_path):
@@ -580,34 +598,162 @@ def search_architecture(
             "heatmap": heatmap_path,
         }
 
-    search_modules = {
-        **frozen_modules,
+    if int(restarts) < 1:
+        raise ValueError(f"search_restarts must be >= 1, got {restarts}.")
+    if int(restarts) == 1:
+        # One search: the wired objects themselves, in search_folder (its layout as ever).
+        found = _search_once(
+            datasets,
+            run_opts,
+            frozen_modules,
+            folder=search_folder,
+            seed=int(seed),
+            modules={
+                "layer_combiner": layer_combiner,
+                "input_norm": input_norm,
+                "downstream": supernet,
+            },
+            checkpointer=checkpointer,
+            epoch_counter=epoch_counter,
+            search_logger=search_logger,
+            brain_hparams=brain_hparams,
+            opt_class=opt_class,
+            lr_scheduler=lr_scheduler,
+            theta_fraction=theta_fraction,
+            train_dataloader_opts=train_dataloader_opts,
+            valid_dataloader_opts=valid_dataloader_opts,
+            split_name=split_name,
+            selection_metric=selection_metric,
+        )
+        return {**found, "architecture_file": architecture_path}
+
+    # Several searches from other starting weights: restart k (1-based) runs in
+    # <search_folder>/restart<k> with seed + k - 1, from a copy of the modules as they
+    # were built (the super net re-drawn from that seed), with its own epoch counter,
+    # log and checkpoints, so a killed run resumes inside the restart it was in.
+    pristine = {
         "layer_combiner": layer_combiner,
+        "input_norm": input_norm,
         "downstream": supernet,
     }
-    if input_norm is not None:
-        search_modules["input_norm"] = input_norm
-    brain = BASSearchBrain(
-        modules=search_modules,
-        opt_class=opt_class,
-        lr_scheduler=lr_scheduler,
-        train_logger=search_logger,
-        hparams=brain_hparams,
-        run_opts=run_opts,
-        checkpointer=checkpointer,
-    )
-    train_set = datasets["train"]
-    if theta_on_held_out(brain_hparams):
-        train_set, brain.theta_set = theta_split_datasets(
-            train_set, theta_fraction, seed
+    records = []
+    for index in range(int(restarts)):
+        restart_seed = int(seed) + index
+        folder = os.path.join(search_folder, f"restart{index + 1}")
+        modules = {
+            name: None if module is None else copy.deepcopy(module)
+            for name, module in pristine.items()
+        }
+        modules["downstream"].reinitialise(restart_seed)
+        counter = type(epoch_counter)(epoch_counter.limit)
+        replacements = {id(epoch_counter): counter}
+        for name, module in pristine.items():
+            if module is not None:
+                replacements[id(module)] = modules[name]
+        restart_checkpointer = sb.utils.checkpoints.Checkpointer(
+            os.path.join(folder, "save"),
+            recoverables={
+                name: replacements.get(id(obj), obj)
+                for name, obj in checkpointer.recoverables.items()
+            },
         )
-    brain.fit(
-        epoch_counter,
-        train_set=train_set,
-        valid_set=datasets["valid"],
-        train_loader_kwargs=train_dataloader_opts,
-        valid_loader_kwargs=valid_dataloader_opts,
-    )
+        records.append(
+            _search_once(
+                datasets,
+                run_opts,
+                frozen_modules,
+                folder=folder,
+                seed=restart_seed,
+                modules=modules,
+                checkpointer=restart_checkpointer,
+                epoch_counter=counter,
+                search_logger=sb.utils.train_logger.FileTrainLogger(
+                    os.path.join(folder, "search_log.txt")
+                ),
+                brain_hparams=brain_hparams,
+                opt_class=opt_class,
+                lr_scheduler=lr_scheduler,
+                theta_fraction=theta_fraction,
+                train_dataloader_opts=train_dataloader_opts,
+                valid_dataloader_opts=valid_dataloader_opts,
+                split_name=f"{split_name}, restart {index + 1}",
+                selection_metric=selection_metric,
+            )
+        )
+    chosen = choose_restart(records, selection_metric)
+    if sb.utils.distributed.if_main_process():
+        write_restarts(search_folder, records, chosen, selection_metric)
+    sb.utils.distributed.ddp_barrier()
+    found = load_architecture(architecture_path)
+    return {
+        **found,
+        "architecture_file": architecture_path,
+        "heatmap": heatmap_path,
+    }
+
+
+def _search_once(
+    datasets,
+    run_opts,
+    frozen_modules,
+    *,
+    folder,
+    seed,
+    modules,
+    checkpointer,
+    epoch_counter,
+    search_logger,
+    brain_hparams,
+    opt_class,
+    lr_scheduler,
+    theta_fraction,
+    train_dataloader_opts,
+    valid_dataloader_opts,
+    split_name,
+    selection_metric,
+):
+    """One search in ``folder`` from random streams of its own (``seed``); reuses the
+    folder's ``architecture.json`` when that search already finished."""
+    architecture_path = os.path.join(folder, ARCHITECTURE_FILE)
+    heatmap_path = os.path.join(folder, HEATMAP_FILE)
+    if os.path.isfile(architecture_path):
+        logger.info("Search already finished: reusing %s", architecture_path)
+        return {**load_architecture(architecture_path), "heatmap": heatmap_path}
+    brain_hparams = {
+        **brain_hparams,
+        "seed": seed,
+        "search_folder": folder,
+        "epoch_counter": epoch_counter,
+    }
+    search_modules = {
+        **frozen_modules,
+        **{name: m for name, m in modules.items() if m is not None},
+    }
+    # Everything random in the search (Gumbel noise, dropout, the held-out draw) comes
+    # from `seed`, not from what the hparams built before, and the retraining after it
+    # gets the random streams it would have had without a search.
+    with own_random_streams(seed):
+        brain = BASSearchBrain(
+            modules=search_modules,
+            opt_class=opt_class,
+            lr_scheduler=lr_scheduler,
+            train_logger=search_logger,
+            hparams=brain_hparams,
+            run_opts=run_opts,
+            checkpointer=checkpointer,
+        )
+        train_set = datasets["train"]
+        if theta_on_held_out(brain_hparams):
+            train_set, brain.theta_set = theta_split_datasets(
+                train_set, theta_fraction, seed
+            )
+        brain.fit(
+            brain_hparams["epoch_counter"],
+            train_set=train_set,
+            valid_set=datasets["valid"],
+            train_loader_kwargs=train_dataloader_opts,
+            valid_loader_kwargs=valid_dataloader_opts,
+        )
     supernet = brain.supernet
     architecture, ties = derive_architecture(supernet)
     probabilities = architecture_probabilities(supernet)
@@ -617,10 +763,24 @@ def search_architecture(
             [t + 1 for t in ties],
             list(supernet.candidates),
         )
+    # The last epoch's validation scores: at the final temperature, of the derived path
+    # (evaluation runs the argmax block of every layer) with the searched weights.
+    last = checkpointer.find_checkpoint(
+        ckpt_predicate=lambda ckpt: selection_metric in ckpt.meta
+    )
+    valid = (
+        {}
+        if last is None
+        else {
+            key: float(last.meta[key])
+            for key in ("epoch", "loss", "WA", "UA", "WF1")
+            if key in last.meta
+        }
+    )
     logger.info("Derived architecture: %s", " -> ".join(architecture))
     logger.info(
         "Final softmax(theta) (search_mode=%s):\n%s",
-        mode,
+        search_mode_of(brain_hparams),
         "\n".join(
             f"L{i + 1} max {float(row.max()):.3f}"
             for i, row in enumerate(probabilities)
@@ -629,9 +789,7 @@ def search_architecture(
     if sb.utils.distributed.if_main_process():
         # architecture.json marks the phase as done, so it is written last: a run killed
         # while drawing the heatmap searches (recovers) again instead of missing the PNG.
-        rows = read_trajectory_rows(
-            os.path.join(search_folder, TRAJECTORY_FILE)
-        )
+        rows = read_trajectory_rows(os.path.join(folder, TRAJECTORY_FILE))
         trajectory = None
         if rows:
             epochs, values, temperatures = trajectory_array(
@@ -655,11 +813,88 @@ def search_architecture(
             probabilities,
             supernet.candidates,
             ties,
+            extra={"seed": seed, "valid": valid},
         )
     sb.utils.distributed.ddp_barrier()
-    found = load_architecture(architecture_path)
-    return {
-        **found,
-        "architecture_file": architecture_path,
-        "heatmap": heatmap_path,
-    }
+    return {**load_architecture(architecture_path), "heatmap": heatmap_path}
+
+
+def choose_restart(records, selection_metric):
+    """Index of the restart whose last search epoch scored best on the validation set
+    (``selection_metric``; ties: lower validation loss, then the earlier restart)."""
+    if not records:
+        raise ValueError("No search restarts to choose from.")
+    missing = [
+        index + 1
+        for index, record in enumerate(records)
+        if selection_metric not in record.get("valid", {})
+    ]
+    if missing:
+        raise ValueError(
+            f"Search restarts {missing} have no validation {selection_metric} in their "
+            "architecture.json (written before restarts existed?): delete those restart "
+            "folders and run again."
+        )
+
+    def rank(index):
+        valid = records[index]["valid"]
+        return (-valid[selection_metric], valid.get("loss", 0.0), index)
+
+    return min(range(len(records)), key=rank)
+
+
+def write_restarts(search_folder, records, chosen, selection_metric):
+    """The chosen restart's result as ``<search_folder>/architecture.json`` (with every
+    restart's summary), its heatmap and trajectory next to it, and ``restarts.md``."""
+    chosen_folder = os.path.join(search_folder, f"restart{chosen + 1}")
+    for name in (HEATMAP_FILE, TRAJECTORY_FILE, TRAJECTORY_MARKDOWN):
+        source = os.path.join(chosen_folder, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(search_folder, name))
+    summaries = [
+        {
+            "restart": index + 1,
+            "seed": record["seed"],
+            "architecture": list(record["architecture"]),
+            "max_probabilities": [
+                float(row.max()) for row in record["probabilities"]
+            ],
+            "valid": record["valid"],
+        }
+        for index, record in enumerate(records)
+    ]
+    lines = [
+        f"Chosen: restart {chosen + 1} (best validation {selection_metric} of the last "
+        "search epoch: the derived path with the searched weights).",
+        "",
+        f"| restart | seed | architecture | max softmax(theta) per layer | "
+        f"valid {selection_metric} | valid loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for summary in summaries:
+        mark = " (chosen)" if summary["restart"] == chosen + 1 else ""
+        valid = summary["valid"]
+        lines.append(
+            f"| {summary['restart']}{mark} | {summary['seed']} | "
+            f"{' -> '.join(summary['architecture'])} | "
+            f"{' / '.join(f'{p:.2f}' for p in summary['max_probabilities'])} | "
+            f"{valid[selection_metric]:.3f} | {valid.get('loss', float('nan')):.3f} |"
+        )
+    atomic_write_text(
+        os.path.join(search_folder, RESTARTS_MARKDOWN), "\n".join(lines) + "\n"
+    )
+    record = records[chosen]
+    # Written last: it marks the whole search (every restart) as done.
+    save_architecture(
+        os.path.join(search_folder, ARCHITECTURE_FILE),
+        record["architecture"],
+        record["probabilities"],
+        record["candidates"],
+        record["ties"],
+        extra={
+            "seed": record["seed"],
+            "valid": record["valid"],
+            "chosen_restart": chosen + 1,
+            "restarts": summaries,
+        },
+    )

@@ -660,6 +660,11 @@ def search_summary(search):
         "ties": list(search["ties"]),
         "architecture_file": search["architecture_file"],
         "heatmap": search["heatmap"],
+        **{
+            key: search[key]
+            for key in ("chosen_restart", "restarts")
+            if key in search
+        },
     }
 
 
@@ -855,6 +860,20 @@ def summarise(
             },
             "ties": {name: s["ties"] for name, s in searches.items()},
             "heatmaps": {name: s["heatmap"] for name, s in searches.items()},
+            **(
+                {
+                    "restarts": {
+                        name: {
+                            "chosen": s["chosen_restart"],
+                            "restarts": s["restarts"],
+                        }
+                        for name, s in searches.items()
+                        if "restarts" in s
+                    }
+                }
+                if any("restarts" in s for s in searches.values())
+                else {}
+            ),
             "candidates": candidates,
             "block_wins": block_win_counts(
                 [s["architecture"] for s in searches.values()], candidates

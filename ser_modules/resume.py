@@ -16,6 +16,7 @@ Used by :class:`ser_modules.training.EmotionBrain` and
 :class:`ser_modules.vesper.pretraining.VesperPretrainBrain`.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -119,6 +120,36 @@ class RandomState:
         )
         np.random.set_state(_numpy_state_from_data(state["numpy"]))
         torch.set_rng_state(state["torch"])
+
+
+@contextlib.contextmanager
+def own_random_streams(seed):
+    """Runs the block from random streams seeded with ``seed``, then restores the outer ones.
+
+    Python's, NumPy's and torch's generators (CPU, and every CUDA device when CUDA is
+    available) are seeded on entry and put back on exit, so what the block draws depends
+    on ``seed`` alone, and what runs after it draws exactly what it would have drawn
+    without the block. The BAS search runs this way (see
+    :func:`ser_modules.bas_search.search_architecture`): the super net's starting weights,
+    its Gumbel noise and dropout do not depend on the retraining network built before it,
+    and the retraining does not depend on how long the search ran.
+    """
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    devices = (
+        list(range(torch.cuda.device_count()))
+        if torch.cuda.is_available()
+        else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        try:
+            random.seed(int(seed))
+            np.random.seed(int(seed) % 2**32)
+            torch.manual_seed(int(seed))
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def loader_generator(seed, stage=None):

@@ -303,3 +303,47 @@ def test_search_over_the_extended_candidates_runs_end_to_end_and_plots_them_all(
 
     report = build_report([output])
     assert "| layer | msa_ffn | msa | ffn | shift | speechformer |" in report
+
+
+def test_search_restarts_are_reported_and_the_retraining_equals_training_the_architecture(
+    mini_corpus, uninterrupted_run, tmp_path
+):
+    # Three searches; the recipe retrains the one kept on validation.
+    output = str(tmp_path / "restarts")
+    run_in_process(
+        CUSTOM, *bas_arguments(mini_corpus, output, "--search_restarts=3")
+    )
+    results = read_results(output)
+    restarts = results["search"]["restarts"]["main"]
+    assert [r["seed"] for r in restarts["restarts"]] == [1986, 1987, 1988]
+    kept = restarts["restarts"][restarts["chosen"] - 1]
+    assert kept["valid"]["UA"] == max(
+        r["valid"]["UA"] for r in restarts["restarts"]
+    )
+    assert results["search"]["architectures"]["main"] == kept["architecture"]
+    with open(os.path.join(output, "results.md"), encoding="utf-8") as handle:
+        report = handle.read()
+    assert "Search restarts" in report and report.count("| main | ") >= 3
+    # Restart 1 is the single search of the uninterrupted run (same seed).
+    assert restarts["restarts"][0]["architecture"] == (
+        results_architecture := read_results(uninterrupted_run)["search"][
+            "architectures"
+        ]["main"]
+    )
+    # The search draws from its own streams: retraining the derived architecture is
+    # training it with --search=False, number for number.
+    plain = str(tmp_path / "plain")
+    architecture = "[" + ",".join(results_architecture) + "]"
+    run_in_process(
+        CUSTOM,
+        *bas_arguments(
+            mini_corpus,
+            plain,
+            "--search=False",
+            f"--architecture={architecture}",
+        ),
+    )
+    plain_ids, plain_probabilities = read_test_probabilities(plain)
+    ids, probabilities = read_test_probabilities(uninterrupted_run)
+    assert plain_ids == ids
+    np.testing.assert_array_equal(plain_probabilities, probabilities)

@@ -69,12 +69,12 @@ def planted_xor_dataset(num_items, seed):
     return dataset
 
 
-def search_planted(tmp_path, **overrides):
-    """Run the recipe's search phase on the planted problem; return its result."""
+def planted_hparams(tmp_path, **overrides):
+    """The recipe's BAS hparams, sized for the planted problem."""
     with open(
         os.path.join(ROOT, "hparams", "bas_fbank.yaml"), encoding="utf-8"
     ) as handle:
-        hparams = load_hyperpyyaml(
+        return load_hyperpyyaml(
             handle,
             {
                 "data_folder": str(tmp_path),
@@ -93,11 +93,22 @@ def search_planted(tmp_path, **overrides):
                 **overrides,
             },
         )
-    datasets = {
+
+
+def planted_datasets():
+    return {
         "train": planted_xor_dataset(192, seed=1),
         "valid": planted_xor_dataset(32, seed=2),
     }
-    return hparams["block_search"](datasets, {"device": "cpu"}, {}), hparams
+
+
+def search_planted(tmp_path, **overrides):
+    """Run the recipe's search phase on the planted problem; return its result."""
+    hparams = planted_hparams(tmp_path, **overrides)
+    return (
+        hparams["block_search"](planted_datasets(), {"device": "cpu"}, {}),
+        hparams,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +257,138 @@ def test_decisive_search_on_a_held_out_share_anneals_and_moves_theta(
         is False
     )
     assert bas_search.theta_on_held_out({"search_mode": "fbnet"}) is True
+
+
+def test_own_random_streams_depend_on_their_seed_and_leave_the_outer_ones_alone():
+    import random
+
+    import numpy as np
+
+    from ser_modules.resume import own_random_streams
+
+    def draws():
+        return (
+            torch.rand(3).tolist(),
+            random.random(),
+            float(np.random.rand()),
+        )
+
+    sb.utils.seed_everything(0, verbose=False)
+    with own_random_streams(7):
+        inside = draws()
+    after = draws()
+    sb.utils.seed_everything(0, verbose=False)
+    assert draws() == after  # as if the block had not run
+    sb.utils.seed_everything(123, verbose=False)
+    with own_random_streams(7):
+        assert draws() == inside  # whatever the outer streams were
+    with own_random_streams(8):
+        assert draws() != inside
+
+
+def supernet_state(hparams):
+    return {k: v.clone() for k, v in hparams["supernet"].state_dict().items()}
+
+
+def test_the_super_net_starts_from_search_seed_whatever_the_retraining_network(
+    tmp_path,
+):
+    # pooling=stats doubles the retraining classifier's input, so that network draws more
+    # random numbers before the super net is built; the super net must not notice.
+    mean = planted_hparams(tmp_path / "a", pooling="mean")
+    stats = planted_hparams(tmp_path / "b", pooling="stats")
+    assert sum(p.numel() for p in mean["downstream"].parameters()) != sum(
+        p.numel() for p in stats["downstream"].parameters()
+    )
+    first, second = supernet_state(mean), supernet_state(stats)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = supernet_state(planted_hparams(tmp_path / "c", search_seed=7))
+    assert not torch.equal(
+        first["classifier.weight"], other["classifier.weight"]
+    )
+    # reinitialise(seed) is a fresh super net built from that seed.
+    hparams = planted_hparams(tmp_path / "d", search_seed=7)
+    hparams["supernet"].reinitialise(1986)
+    again = supernet_state(hparams)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_search_leaves_the_recipes_random_streams_alone(tmp_path):
+    hparams = planted_hparams(tmp_path, search_epochs=2)
+    before = torch.get_rng_state()
+    hparams["block_search"](planted_datasets(), {"device": "cpu"}, {})
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_restarts_search_from_other_seeds_and_keep_the_best_on_validation(
+    tmp_path,
+):
+    import json
+
+    from ser_modules.bas_search import (
+        RESTARTS_MARKDOWN,
+        choose_restart,
+    )
+    from ser_modules.downstream import load_architecture
+
+    single, single_hparams = search_planted(tmp_path / "one", search_epochs=3)
+    found, hparams = search_planted(
+        tmp_path / "three", search_epochs=3, search_restarts=3
+    )
+    folder = hparams["search_folder"]
+    records = [
+        load_architecture(
+            os.path.join(folder, f"restart{k}", "architecture.json")
+        )
+        for k in (1, 2, 3)
+    ]
+    assert [r["seed"] for r in records] == [1986, 1987, 1988]
+    # Restart 1 is the single search, bit for bit (same seed, same starting weights).
+    assert torch.equal(records[0]["probabilities"], single["probabilities"])
+    with (
+        open(
+            os.path.join(single_hparams["search_folder"], TRAJECTORY_FILE)
+        ) as a,
+        open(os.path.join(folder, "restart1", TRAJECTORY_FILE)) as b,
+    ):
+        assert a.read() == b.read()
+    assert not torch.equal(
+        records[0]["probabilities"], records[1]["probabilities"]
+    )
+    # The result is the restart with the best last-epoch validation UA.
+    scores = [r["valid"]["UA"] for r in records]
+    assert all(r["valid"]["epoch"] == 3 for r in records)
+    chosen = choose_restart(records, "UA")
+    assert scores[chosen] == max(scores)
+    with open(os.path.join(folder, "architecture.json")) as handle:
+        written = json.load(handle)
+    assert written["chosen_restart"] == chosen + 1
+    assert found["architecture"] == records[chosen]["architecture"]
+    assert torch.equal(found["probabilities"], records[chosen]["probabilities"])
+    assert [r["architecture"] for r in written["restarts"]] == [
+        r["architecture"] for r in records
+    ]
+    with open(os.path.join(folder, RESTARTS_MARKDOWN)) as handle:
+        table = handle.read()
+    assert table.count("| seed |") == 1 and "(chosen)" in table
+    # A run killed before the choice reuses the finished restarts.
+    os.remove(os.path.join(folder, "architecture.json"))
+    again, _ = search_planted(
+        tmp_path / "three", search_epochs=3, search_restarts=3
+    )
+    assert again["architecture"] == found["architecture"]
+    assert torch.equal(again["probabilities"], found["probabilities"])
+
+
+def test_choose_restart_breaks_ties_on_loss_and_refuses_missing_scores():
+    from ser_modules.bas_search import choose_restart
+
+    def record(ua, loss):
+        return {"valid": {"UA": ua, "loss": loss}}
+
+    records = [record(0.5, 0.7), record(0.8, 0.9), record(0.8, 0.6)]
+    assert choose_restart(records, "UA") == 2
+    assert choose_restart(records[:2], "UA") == 1
+    with pytest.raises(ValueError, match="restarts \\[2\\]"):
+        choose_restart([record(0.5, 0.7), {"valid": {}}], "UA")

@@ -81,7 +81,9 @@ def architecture_probabilities(source, candidates=None):
     return torch.softmax(theta.float(), dim=1)
 
 
-def save_architecture(path, architecture, probabilities, candidates, ties):
+def save_architecture(
+    path, architecture, probabilities, candidates, ties, extra=None
+):
     """Writes a search result as JSON, atomically (a crash never leaves half a file).
 
     Arguments
@@ -96,6 +98,9 @@ def save_architecture(path, architecture, probabilities, candidates, ties):
         The K candidate names, in column order.
     ties : list of int
         Layers whose choice was a tie.
+    extra : dict or None
+        More JSON-serialisable entries (e.g. the search's seed and validation scores);
+        they may not replace the four above.
     """
     probabilities = torch.as_tensor(probabilities, dtype=torch.float64)
     if probabilities.shape != (len(architecture), len(candidates)):
@@ -109,6 +114,10 @@ def save_architecture(path, architecture, probabilities, candidates, ties):
         "probabilities": probabilities.tolist(),
         "ties": [int(layer) for layer in ties],
     }
+    clashes = set(extra or {}) & set(record)
+    if clashes:
+        raise ValueError(f"extra may not replace {sorted(clashes)}.")
+    record.update(extra or {})
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     # The temporary file sits in the destination folder so os.replace stays atomic.

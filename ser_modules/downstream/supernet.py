@@ -18,12 +18,14 @@ search continues from the right value. Anneal it once per epoch with
 ``set_temperature(fbnet_temperature(epoch))``.
 """
 
+import contextlib
 import math
 
 import torch
 
 from ser_modules.downstream.blocks import CANDIDATES, build_block
 from ser_modules.downstream.models import LayerStackClassifier
+from ser_modules.resume import own_random_streams
 
 
 def fbnet_temperature(epoch, initial=5.0, decay=0.045):
@@ -158,6 +160,9 @@ class BASSuperNet(LayerStackClassifier):
         Candidate block names, in the column order of theta.
     initial_temperature : float
         Starting Gumbel-softmax temperature (FBNet: 5.0).
+    init_seed : int or None
+        Draw the starting weights from a generator seeded with this (the global random
+        streams are left as they were); None (default) draws them from the global stream.
     """
 
     def __init__(
@@ -171,20 +176,44 @@ class BASSuperNet(LayerStackClassifier):
         dropout=0.1,
         candidates=CANDIDATES,
         initial_temperature=5.0,
+        init_seed=None,
     ):
         if num_layers < 1:
             raise ValueError(
                 f"The super net needs at least one layer, got {num_layers}."
             )
         width = input_dim if model_dim is None else model_dim
-        layers = [
-            SearchableLayer(width, num_heads, ffn_dim, dropout, candidates)
-            for _ in range(num_layers)
-        ]
-        super().__init__(input_dim, num_classes, model_dim, layers)
+        streams = (
+            contextlib.nullcontext()
+            if init_seed is None
+            else own_random_streams(init_seed)
+        )
+        with streams:
+            layers = [
+                SearchableLayer(width, num_heads, ffn_dim, dropout, candidates)
+                for _ in range(num_layers)
+            ]
+            super().__init__(input_dim, num_classes, model_dim, layers)
         self.candidates = tuple(candidates)
         self.register_buffer("temperature", torch.empty(()))
         self.set_temperature(initial_temperature)
+        self._settings = {
+            "input_dim": input_dim,
+            "num_classes": num_classes,
+            "num_layers": num_layers,
+            "model_dim": model_dim,
+            "num_heads": num_heads,
+            "ffn_dim": ffn_dim,
+            "dropout": dropout,
+            "candidates": tuple(candidates),
+            "initial_temperature": initial_temperature,
+        }
+
+    def reinitialise(self, init_seed):
+        """Resets every weight, theta and the temperature to a fresh super net's, as
+        built with ``init_seed`` (the global random streams are left as they were)."""
+        fresh = type(self)(**self._settings, init_seed=init_seed)
+        self.load_state_dict(fresh.state_dict())
 
     @property
     def num_layers(self):

@@ -113,8 +113,32 @@ def results_markdown(results):
                     for name, layers in tied.items()
                 ),
             ]
+        lines += restart_lines(search)
         lines += theta_decision_lines(search)
     return "\n".join(lines)
+
+
+def restart_lines(search):
+    """Markdown lines: per split, every search restart and which one was kept."""
+    restarts = search.get("restarts") or {}
+    if not restarts:
+        return []
+    lines = [
+        "",
+        "Search restarts (kept: the best validation score of the last search epoch):",
+        "",
+        "| split | restart | seed | architecture | valid UA | kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in restarts.items():
+        for restart in entry["restarts"]:
+            kept = "yes" if restart["restart"] == entry["chosen"] else ""
+            lines.append(
+                f"| {name} | {restart['restart']} | {restart['seed']} | "
+                f"{' -> '.join(restart['architecture'])} | "
+                f"{restart['valid'].get('UA', float('nan')):.3f} | {kept} |"
+            )
+    return lines
 
 
 def theta_decision_lines(search):
