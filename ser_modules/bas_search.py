@@ -36,6 +36,7 @@ layer), saves it with softmax(theta) as ``architecture.json`` and draws the heat
 (final probabilities and their trajectory over the epochs).
 """
 
+import contextlib
 import copy
 import csv
 import io
@@ -683,6 +684,9 @@ def search_architecture(
     chosen = choose_restart(records, selection_metric)
     if sb.utils.distributed.if_main_process():
         write_restarts(search_folder, records, chosen, selection_metric)
+        # The wired checkpointer created <search_folder>/save; restarts never use it.
+        with contextlib.suppress(OSError):
+            os.rmdir(checkpointer.checkpoints_dir)
     sb.utils.distributed.ddp_barrier()
     found = load_architecture(architecture_path)
     return {

@@ -372,6 +372,18 @@ def test_restarts_search_from_other_seeds_and_keep_the_best_on_validation(
     with open(os.path.join(folder, RESTARTS_MARKDOWN)) as handle:
         table = handle.read()
     assert table.count("| seed |") == 1 and "(chosen)" in table
+    assert sorted(os.listdir(folder)) == sorted(
+        [
+            "architecture.json",
+            RESTARTS_MARKDOWN,
+            "restart1",
+            "restart2",
+            "restart3",
+            "theta_heatmap.png",
+            TRAJECTORY_FILE,
+            "theta_trajectory.md",
+        ]
+    )
     # A run killed before the choice reuses the finished restarts.
     os.remove(os.path.join(folder, "architecture.json"))
     again, _ = search_planted(

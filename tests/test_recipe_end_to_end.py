@@ -284,8 +284,14 @@ def test_checkpoints_cut_short_by_a_kill_are_removed_before_recovery(tmp_path):
 @pytest.mark.parametrize(
     "model_arguments",
     [
-        # BAS covers both Brains (super net search and retraining) under DDP.
-        ("hparams/bas_fbank.yaml", "--search_epochs=1", "--ffn_dim=16"),
+        # BAS covers both Brains (super net search and retraining) under DDP, and
+        # the search restarts (fresh modules, checkpointers and DDP wrappers each).
+        (
+            "hparams/bas_fbank.yaml",
+            "--search_epochs=1",
+            "--ffn_dim=16",
+            "--search_restarts=2",
+        ),
         ("hparams/shiftformer.yaml", "--upstream_kind=fbank"),
         ("hparams/speechformer.yaml", "--upstream_kind=fbank"),
     ],
@@ -318,6 +324,8 @@ def test_two_process_ddp_on_cpu_finishes_and_writes_results(
     results = check_results(output, ["main"])
     if model_arguments[0].endswith("bas_fbank.yaml"):
         assert len(results["search"]["architectures"]["main"]) == 3
+        restarts = results["search"]["restarts"]["main"]["restarts"]
+        assert [r["seed"] for r in restarts] == [1986, 1987]
 
 
 def test_bf16_training_runs_and_gives_finite_probabilities(
