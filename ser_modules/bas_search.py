@@ -601,6 +601,15 @@ def search_architecture(
 
     if int(restarts) < 1:
         raise ValueError(f"search_restarts must be >= 1, got {restarts}.")
+    shared = {  # what every restart's search shares
+        "brain_hparams": brain_hparams,
+        "opt_class": opt_class,
+        "lr_scheduler": lr_scheduler,
+        "theta_fraction": theta_fraction,
+        "train_dataloader_opts": train_dataloader_opts,
+        "valid_dataloader_opts": valid_dataloader_opts,
+        "selection_metric": selection_metric,
+    }
     if int(restarts) == 1:
         # One search: the wired objects themselves, in search_folder (its layout as ever).
         found = _search_once(
@@ -617,14 +626,8 @@ def search_architecture(
             checkpointer=checkpointer,
             epoch_counter=epoch_counter,
             search_logger=search_logger,
-            brain_hparams=brain_hparams,
-            opt_class=opt_class,
-            lr_scheduler=lr_scheduler,
-            theta_fraction=theta_fraction,
-            train_dataloader_opts=train_dataloader_opts,
-            valid_dataloader_opts=valid_dataloader_opts,
             split_name=split_name,
-            selection_metric=selection_metric,
+            **shared,
         )
         return {**found, "architecture_file": architecture_path}
 
@@ -671,14 +674,8 @@ def search_architecture(
                 search_logger=sb.utils.train_logger.FileTrainLogger(
                     os.path.join(folder, "search_log.txt")
                 ),
-                brain_hparams=brain_hparams,
-                opt_class=opt_class,
-                lr_scheduler=lr_scheduler,
-                theta_fraction=theta_fraction,
-                train_dataloader_opts=train_dataloader_opts,
-                valid_dataloader_opts=valid_dataloader_opts,
                 split_name=f"{split_name}, restart {index + 1}",
-                selection_metric=selection_metric,
+                **shared,
             )
         )
     chosen = choose_restart(records, selection_metric)
