@@ -599,7 +599,8 @@ def search_architecture(
             "heatmap": heatmap_path,
         }
 
-    if int(restarts) < 1:
+    restarts = int(restarts)
+    if restarts < 1:
         raise ValueError(f"search_restarts must be >= 1, got {restarts}.")
     shared = {  # what every restart's search shares
         "brain_hparams": brain_hparams,
@@ -610,7 +611,7 @@ def search_architecture(
         "valid_dataloader_opts": valid_dataloader_opts,
         "selection_metric": selection_metric,
     }
-    if int(restarts) == 1:
+    if restarts == 1:
         # One search: the wired objects themselves, in search_folder (its layout as ever).
         found = _search_once(
             datasets,
@@ -641,7 +642,7 @@ def search_architecture(
         "downstream": supernet,
     }
     records = []
-    for index in range(int(restarts)):
+    for index in range(restarts):
         restart_seed = int(seed) + index
         folder = os.path.join(search_folder, f"restart{index + 1}")
         modules = {
@@ -749,7 +750,7 @@ def _search_once(
                 train_set, theta_fraction, seed
             )
         brain.fit(
-            brain_hparams["epoch_counter"],
+            epoch_counter,
             train_set=train_set,
             valid_set=datasets["valid"],
             train_loader_kwargs=train_dataloader_opts,

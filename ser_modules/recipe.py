@@ -860,25 +860,18 @@ def summarise(
             },
             "ties": {name: s["ties"] for name, s in searches.items()},
             "heatmaps": {name: s["heatmap"] for name, s in searches.items()},
-            **(
-                {
-                    "restarts": {
-                        name: {
-                            "chosen": s["chosen_restart"],
-                            "restarts": s["restarts"],
-                        }
-                        for name, s in searches.items()
-                        if "restarts" in s
-                    }
-                }
-                if any("restarts" in s for s in searches.values())
-                else {}
-            ),
             "candidates": candidates,
             "block_wins": block_win_counts(
                 [s["architecture"] for s in searches.values()], candidates
             ).tolist(),
         }
+        restarts = {
+            name: {"chosen": s["chosen_restart"], "restarts": s["restarts"]}
+            for name, s in searches.items()
+            if "restarts" in s
+        }
+        if restarts:
+            results["search"]["restarts"] = restarts
         if architecture_ranking:
             from ser_modules.architecture_ranking import search_ranks
 
