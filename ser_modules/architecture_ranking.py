@@ -176,6 +176,106 @@ def seed_noise(rows, alpha=0.05):
     }
 
 
+def _mean_spearman(columns):
+    """Mean Spearman correlation over every pair of score columns; None when undefined.
+
+    A constant column has no order to correlate with: pairs with one are left out.
+    """
+    from scipy import stats
+
+    rhos = [
+        float(stats.spearmanr(x, y).statistic)
+        for x, y in itertools.combinations(columns, 2)
+        if len(set(x)) > 1 and len(set(y)) > 1
+    ]
+    return statistics.fmean(rhos) if rhos else None
+
+
+def seed_agreement(rows):
+    """How well a fold's ranking replicates from one seed to another.
+
+    Returns
+    -------
+    float or None
+        The mean Spearman rank correlation, over every pair of seeds, between the
+        architectures' scores under one seed and under the other (1: every seed orders the
+        architectures alike; about 0: the order is the seed's). None with one seed, fewer
+        than three architectures or unequal seed counts.
+    """
+    counts = {len(row["scores"]) for row in rows}
+    if len(rows) < 3 or len(counts) != 1 or counts == {1}:
+        return None
+    return _mean_spearman(
+        [[row["scores"][i] for row in rows] for i in range(counts.pop())]
+    )
+
+
+def fold_agreement(folds):
+    """Whether the architectures differ consistently over folds.
+
+    A two-way analysis of variance without replication of the folds' mean scores (over
+    seeds): the architecture and the fold are the factors, their interaction is the error.
+    It asks whether some architectures are better than others on every fold, beyond each
+    fold's own level and beyond what changes from fold to fold.
+
+    Arguments
+    ---------
+    folds : dict
+        ``{fold: rows}`` (:func:`rank_architectures`); only the architectures every fold
+        ranks are compared.
+
+    Returns
+    -------
+    dict or None
+        ``folds`` and ``architectures`` (how many are compared), ``anova_f`` and
+        ``anova_p`` (F test that every architecture has the same expected score),
+        ``architecture_share`` (architecture sum of squares over architecture plus error:
+        the share of the fold-adjusted variance the architecture explains) and
+        ``fold_spearman`` (mean Spearman rank correlation of the folds' orders over every
+        pair of folds). None with fewer than two folds or two shared architectures.
+    """
+    from scipy import stats
+
+    if len(folds) < 2:
+        return None
+    means = {
+        fold: {row["architecture"]: row["mean"] for row in rows}
+        for fold, rows in folds.items()
+    }
+    shared = sorted(set.intersection(*(set(m) for m in means.values())))
+    if len(shared) < 2:
+        return None
+    table = [[means[fold][key] for fold in means] for key in shared]
+    a, b = len(shared), len(means)
+    grand = statistics.fmean(v for row in table for v in row)
+    row_means = [statistics.fmean(row) for row in table]
+    col_means = [statistics.fmean(row[j] for row in table) for j in range(b)]
+    ss_arch = b * sum((m - grand) ** 2 for m in row_means)
+    ss_error = sum(
+        (table[i][j] - row_means[i] - col_means[j] + grand) ** 2
+        for i in range(a)
+        for j in range(b)
+    )
+    df_arch, df_error = a - 1, (a - 1) * (b - 1)
+    if ss_error > 1e-15:
+        f_value = (ss_arch / df_arch) / (ss_error / df_error)
+        p_value = float(stats.f.sf(f_value, df_arch, df_error))
+    else:  # the folds agree exactly up to their levels
+        f_value = math.inf if ss_arch > 0 else 0.0
+        p_value = 0.0 if ss_arch > 0 else 1.0
+    total = ss_arch + ss_error
+    return {
+        "folds": b,
+        "architectures": a,
+        "anova_f": f_value,
+        "anova_p": p_value,
+        "architecture_share": ss_arch / total if total > 0 else 0.0,
+        "fold_spearman": _mean_spearman(
+            [[row[j] for row in table] for j in range(b)]
+        ),
+    }
+
+
 def load_ranking(path):
     """Read a ``ranking.json`` written by :func:`write_ranking` (clear error otherwise)."""
     with open(path, encoding="utf-8") as handle:
@@ -241,14 +341,17 @@ def derived_ranks(architectures, ranking):
 def search_ranks(architectures, ranking_path):
     """The ``results.json`` entries of a BAS run for an exhaustive ranking file.
 
-    Returns ``{"ranking": path, "ranks": derived_ranks(...)}``, or ``{"ranking": path,
+    Returns ``{"ranking": path, "ranks": derived_ranks(...), "over_folds":
+    fold_agreement(...)}``, or ``{"ranking": path,
     "ranking_error": message}`` when the file cannot be read: a finished run still writes
     its results, and says why the ranks are missing.
     """
     try:
+        ranking = load_ranking(str(ranking_path))
         return {
             "ranking": str(ranking_path),
-            "ranks": derived_ranks(architectures, str(ranking_path)),
+            "ranks": derived_ranks(architectures, ranking),
+            "over_folds": fold_agreement(ranking["folds"]),
         }
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning(
@@ -309,6 +412,24 @@ def ranks_markdown(search):
                 f"difference over the seeds, 5 %): {sum(resolved)} of {len(resolved)}; "
                 f"no architecture significantly better: {unbeaten} of {len(resolved)}."
             )
+    across = search.get("over_folds")
+    if across:
+        lines.append(
+            f"Over the ranking's {across['folds']} folds, the architecture "
+            + (
+                "matters"
+                if across["anova_p"] < 0.05
+                else "is not shown to matter"
+            )
+            + f" (two-way ANOVA of the fold means, p = {across['anova_p']:.2g}; "
+            "mean Spearman correlation of the folds' orders "
+            + (
+                "n/a"
+                if across["fold_spearman"] is None
+                else f"{across['fold_spearman']:.2f}"
+            )
+            + ")."
+        )
     return lines
 
 
@@ -338,6 +459,12 @@ def ranking_markdown(record):
             f"p = {noise['anova_p']:.2g}); means closer than {noise['lsd']:.4f} "
             "(Fisher's least significant difference, 5 %) are not told apart."
         )
+        agreement = seed_agreement(rows)
+        if agreement is not None:
+            resolution += (
+                f" The seeds' orders agree with a mean Spearman correlation of "
+                f"{agreement:.2f}."
+            )
         lines += [
             "",
             f"## {fold}",
@@ -382,10 +509,30 @@ def ranking_markdown(record):
             ),
             key=lambda item: (-item[0], item[2]),
         )
+        lines += ["", "## Over folds", ""]
+        across = fold_agreement(record["folds"])
+        if across is not None:
+            verdict = (
+                "some architectures are better than others on every fold"
+                if across["anova_p"] < 0.05
+                else "no architecture is shown to be better than another on every fold "
+                "(at the resolution of this corpus's folds, the space is flat)"
+            )
+            lines += [
+                f"Over {across['folds']} folds the architecture explains "
+                f"{100 * across['architecture_share']:.0f} % of the variance left after "
+                f"each fold's own level (two-way ANOVA of the fold means, "
+                f"F = {across['anova_f']:.2f}, p = {across['anova_p']:.2g}): at 5 %, "
+                f"{verdict}. The folds' orders agree with a mean Spearman correlation of "
+                + (
+                    "n/a"
+                    if across["fold_spearman"] is None
+                    else f"{across['fold_spearman']:.2f}"
+                )
+                + ".",
+                "",
+            ]
         lines += [
-            "",
-            "## Over folds",
-            "",
             f"| architecture | mean {metric} over folds | mean rank | folds |",
             "|---|---|---|---|",
         ]
@@ -612,6 +759,7 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
         # The ranking holds every fold ranked so far in this folder, also those of other
         # processes ranking other folds (--fold=k) into the same output folder.
         record["folds"] = collect_fold_rankings(output_folder)
+        record["over_folds"] = fold_agreement(record["folds"])
         path = write_ranking(output_folder, record)
         print(
             f"{split_name}: ranked {len(scores)} architectures -> {path}",

@@ -17,8 +17,10 @@ from ser_modules.architecture_ranking import (
     all_architectures,
     derived_ranks,
     flatness,
+    fold_agreement,
     rank_architectures,
     ranking_markdown,
+    seed_agreement,
     seed_noise,
 )
 from ser_modules.downstream.blocks import CANDIDATES
@@ -109,6 +111,92 @@ def test_seed_noise_is_a_one_way_anova_over_the_seeds():
     assert f"means closer than {noise['lsd']:.4f}" in text
 
 
+def test_fold_agreement_is_a_two_way_anova_of_the_fold_means():
+    # 3 architectures x 2 folds, by hand: grand mean 0.45, architecture means 0.55 / 0.5 /
+    # 0.3, fold means 0.5 / 0.4; SS_arch = 2 * (0.01 + 0.0025 + 0.0225) = 0.07, SS_total =
+    # 0.095, SS_fold = 0.015, SS_error = 0.01 on 2 df: F = 0.035 / 0.005 = 7, and for
+    # F(2, 2) the tail is 1 / (1 + F) = 0.125.
+    folds = {
+        "fold1": rank_architectures({"a": [0.6], "b": [0.5], "c": [0.4]}),
+        # Seeds are averaged first: b's mean is 0.5.
+        "fold2": rank_architectures({"a": [0.5], "b": [0.4, 0.6], "c": [0.2]}),
+    }
+    across = fold_agreement(folds)
+    assert across["anova_f"] == pytest.approx(7.0)
+    assert across["anova_p"] == pytest.approx(0.125)
+    assert across["architecture_share"] == pytest.approx(0.07 / 0.08)
+    assert across["folds"] == 2 and across["architectures"] == 3
+    # Ranks (3, 2, 1) against (2.5, 2.5, 1), a and b tied on fold 2: Pearson of the
+    # ranks is 1.5 / sqrt(2 * 1.5) = sqrt(3) / 2.
+    assert across["fold_spearman"] == pytest.approx(3**0.5 / 2)
+    text = ranking_markdown({"folds": folds, "seeds": [1]})
+    assert f"F = 7.00, p = {across['anova_p']:.2g}" in text
+    assert "some architectures" not in text
+
+    # A planted effect consistent over 5 folds is found; shuffled folds are not.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    effect = np.linspace(0.3, 0.7, 27)
+    planted = {
+        f"fold{j}": rank_architectures(
+            {
+                f"arch{i}": [float(effect[i] + rng.normal(0, 0.02))]
+                for i in range(27)
+            }
+        )
+        for j in range(5)
+    }
+    found = fold_agreement(planted)
+    assert found["anova_p"] < 1e-6 and found["fold_spearman"] > 0.9
+    assert "some architectures are better than others on every fold" in (
+        ranking_markdown({"folds": planted, "seeds": [1]})
+    )
+    shuffled = {
+        f"fold{j}": rank_architectures(
+            {
+                f"arch{i}": [float(v)]
+                for i, v in enumerate(rng.permutation(effect))
+            }
+        )
+        for j in range(5)
+    }
+    flat = fold_agreement(shuffled)
+    assert flat["anova_p"] > 0.05 and abs(flat["fold_spearman"]) < 0.3
+    assert "the space is flat" in ranking_markdown(
+        {"folds": shuffled, "seeds": [1]}
+    )
+    # Only the architectures every fold ranks are compared; one fold is not enough.
+    partial = dict(folds, fold3=rank_architectures({"a": [0.1], "b": [0.2]}))
+    assert fold_agreement(partial)["architectures"] == 2
+    assert fold_agreement({"fold1": folds["fold1"]}) is None
+
+
+def test_seed_agreement_is_the_mean_spearman_over_pairs_of_seeds():
+    from scipy import stats
+
+    scores = {
+        "a": [0.7, 0.6, 0.5],
+        "b": [0.6, 0.7, 0.4],
+        "c": [0.5, 0.4, 0.7],
+        "d": [0.4, 0.5, 0.6],
+    }
+    columns = list(zip(*scores.values()))
+    expected = statistics.fmean(
+        stats.spearmanr(columns[i], columns[j]).statistic
+        for i, j in ((0, 1), (0, 2), (1, 2))
+    )
+    rows = rank_architectures(scores)
+    assert seed_agreement(rows) == pytest.approx(expected)
+    assert f"mean Spearman correlation of {expected:.2f}" in ranking_markdown(
+        {"folds": {"fold1": rows}, "seeds": [1, 2, 3]}
+    )
+    assert (
+        seed_agreement(rank_architectures({"a": [0.5], "b": [0.6], "c": [0.1]}))
+        is None
+    )
+
+
 def test_derived_ranks_say_whether_a_rank_below_the_top_third_is_noise():
     # 6 architectures, 2 seeds: the top third is ranks 1-2.
     scores = {
@@ -170,6 +258,14 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
                     "significantly_better": 0,
                 }
             },
+            "over_folds": {
+                "folds": 5,
+                "architectures": 9,
+                "anova_f": 1.1,
+                "anova_p": 0.39,
+                "architecture_share": 0.18,
+                "fold_spearman": 0.14,
+            },
         },
     }
     text = results_markdown(results)
@@ -180,6 +276,11 @@ def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     assert "In the top third: 1 of 1 ranked splits." in text
     assert "significantly below the top third (Fisher's" in text
     assert "5 %): 1 of 1; no architecture significantly better: 1 of 1." in text
+    assert (
+        "Over the ranking's 5 folds, the architecture is not shown to matter "
+        "(two-way ANOVA of the fold means, p = 0.39; mean Spearman correlation of "
+        "the folds' orders 0.14)." in text
+    )
     assert (
         "| fold1 | 0.700 | 0.900 |" in text
     )  # largest softmax(theta) per layer

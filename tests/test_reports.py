@@ -783,3 +783,36 @@ def test_results_markdown_of_one_run_says_what_the_run_was(tmp_path):
     assert "content sha256 aaaaaaaaaaaa" in table[4]
     assert f"| fold1 | {results['folds']['fold1']['WA']:.4f} |" in table[12]
     assert "| mean +/- std |" in "\n".join(table)
+
+
+def test_search_restarts_are_reported_with_the_metric_that_chose_them():
+    from ser_modules.reports.run_report import restart_lines
+
+    search = {
+        "restarts": {
+            "fold1": {
+                "chosen": 2,
+                "restarts": [
+                    {
+                        "restart": 1,
+                        "seed": 7,
+                        "architecture": ["msa", "ffn"],
+                        "valid": {"UA": 0.9, "WF1": 0.4},
+                    },
+                    {
+                        "restart": 2,
+                        "seed": 8,
+                        "architecture": ["ffn", "ffn"],
+                        "valid": {"UA": 0.5, "WF1": 0.6},
+                    },
+                ],
+            }
+        }
+    }
+    text = "\n".join(restart_lines(search, "WF1"))
+    assert (
+        "| split | restart | seed | architecture | valid WF1 | kept |" in text
+    )
+    assert "| fold1 | 1 | 7 | msa -> ffn | 0.400 |  |" in text
+    assert "| fold1 | 2 | 8 | ffn -> ffn | 0.600 | yes |" in text
+    assert "| valid UA |" in "\n".join(restart_lines(search))

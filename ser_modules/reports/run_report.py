@@ -113,13 +113,16 @@ def results_markdown(results):
                     for name, layers in tied.items()
                 ),
             ]
-        lines += restart_lines(search)
+        lines += restart_lines(
+            search, (results.get("selection") or {}).get("metric", "UA")
+        )
         lines += theta_decision_lines(search)
     return "\n".join(lines)
 
 
-def restart_lines(search):
-    """Markdown lines: per split, every search restart and which one was kept."""
+def restart_lines(search, metric="UA"):
+    """Markdown lines: per split, every search restart, its validation ``metric`` (the
+    selection metric that chose among them) and which one was kept."""
     restarts = search.get("restarts") or {}
     if not restarts:
         return []
@@ -127,7 +130,7 @@ def restart_lines(search):
         "",
         "Search restarts (kept: the best validation score of the last search epoch):",
         "",
-        "| split | restart | seed | architecture | valid UA | kept |",
+        f"| split | restart | seed | architecture | valid {metric} | kept |",
         "|---|---|---|---|---|---|",
     ]
     for name, entry in restarts.items():
@@ -136,7 +139,7 @@ def restart_lines(search):
             lines.append(
                 f"| {name} | {restart['restart']} | {restart['seed']} | "
                 f"{' -> '.join(restart['architecture'])} | "
-                f"{restart['valid'].get('UA', float('nan')):.3f} | {kept} |"
+                f"{restart['valid'].get(metric, float('nan')):.3f} | {kept} |"
             )
     return lines
 
