@@ -228,7 +228,8 @@ def fold_agreement(folds):
     -------
     dict or None
         ``folds`` and ``architectures`` (how many are compared), ``anova_f`` and
-        ``anova_p`` (F test that every architecture has the same expected score),
+        ``anova_p`` (F test that every architecture has the same expected score; F is
+        None when the folds agree exactly up to their levels, p is then 0 or 1),
         ``architecture_share`` (architecture sum of squares over architecture plus error:
         the share of the fold-adjusted variance the architecture explains) and
         ``fold_spearman`` (mean Spearman rank correlation of the folds' orders over every
@@ -260,8 +261,8 @@ def fold_agreement(folds):
     if ss_error > 1e-15:
         f_value = (ss_arch / df_arch) / (ss_error / df_error)
         p_value = float(stats.f.sf(f_value, df_arch, df_error))
-    else:  # the folds agree exactly up to their levels
-        f_value = math.inf if ss_arch > 0 else 0.0
+    else:  # the folds agree exactly up to their levels (F undefined; JSON has no inf)
+        f_value = None
         p_value = 0.0 if ss_arch > 0 else 1.0
     total = ss_arch + ss_error
     return {
@@ -522,7 +523,12 @@ def ranking_markdown(record):
                 f"Over {across['folds']} folds the architecture explains "
                 f"{100 * across['architecture_share']:.0f} % of the variance left after "
                 f"each fold's own level (two-way ANOVA of the fold means, "
-                f"F = {across['anova_f']:.2f}, p = {across['anova_p']:.2g}): at 5 %, "
+                + (
+                    ""
+                    if across["anova_f"] is None
+                    else f"F = {across['anova_f']:.2f}, "
+                )
+                + f"p = {across['anova_p']:.2g}): at 5 %, "
                 f"{verdict}. The folds' orders agree with a mean Spearman correlation of "
                 + (
                     "n/a"

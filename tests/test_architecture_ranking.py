@@ -166,6 +166,19 @@ def test_fold_agreement_is_a_two_way_anova_of_the_fold_means():
     assert "the space is flat" in ranking_markdown(
         {"folds": shuffled, "seeds": [1]}
     )
+    # Folds that differ only by their level: F is undefined (and JSON has no inf).
+    shifted = {
+        f"fold{j}": rank_architectures(
+            {"a": [0.6 + j / 10], "b": [0.5 + j / 10], "c": [0.2 + j / 10]}
+        )
+        for j in range(3)
+    }
+    exact = fold_agreement(shifted)
+    assert exact["anova_f"] is None and exact["anova_p"] == 0.0
+    json.dumps(exact, allow_nan=False)
+    assert "(two-way ANOVA of the fold means, p = 0)" in ranking_markdown(
+        {"folds": shifted, "seeds": [1]}
+    )
     # Only the architectures every fold ranks are compared; one fold is not enough.
     partial = dict(folds, fold3=rank_architectures({"a": [0.1], "b": [0.2]}))
     assert fold_agreement(partial)["architectures"] == 2
