@@ -156,6 +156,13 @@ def test_small_corpus_defaults_reach_bas_retraining_but_not_its_search():
     assert search.defaults["weight_decay"] == hparams["search_weight_decay"]
     assert hparams["search_weight_decay"] == 0.0001
     assert hparams["pooling"] == "stats" and hparams["number_of_epochs"] == 50
+    # The search's optimiser is one switch away (search_optimizer), like the retraining's.
+    switched = load_hyperpyyaml(
+        yaml_text,
+        {**overrides, "data_folder": "x", "search_optimizer": "adamw"},
+    )["search_opt_class"](weights)
+    assert type(switched) is torch.optim.AdamW
+    assert switched.defaults["lr"] == 0.005
     # without the defaults (IEMOCAP & co.) the retraining is the paper's SGD
     yaml_text, overrides = recipe_overrides(path, "", "IEMOCAP")
     paper = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
