@@ -90,6 +90,7 @@ SEARCH_SETTINGS = (
     "candidates",
     "search_mode",
     "search_epochs",
+    "search_optimizer",
 )
 # Hparams the recipe fills in per fold or from the data: their YAML values are placeholders
 # (the upstream record holds the real width and number of representations).

@@ -105,33 +105,41 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
     assert custom.DEFAULT_GROUPS == (
         custom.DATASET_DEFAULTS,
         custom.SMALL_CORPUS_DEFAULTS,
+        custom.SMALL_CORPUS_SEARCH_DEFAULTS,
     )
     both = {**custom.DATASET_DEFAULTS, **custom.SMALL_CORPUS_DEFAULTS}
+    search = custom.SMALL_CORPUS_SEARCH_DEFAULTS
+    every = {**both, **search}
 
     def applied(name):
         path = os.path.join(REPO_ROOT, "hparams", name)
         _, overrides = recipe_overrides(
             path, "", "custom", *custom.DEFAULT_GROUPS
         )
-        return {key: overrides[key] for key in both if key in overrides}
+        return {key: overrides[key] for key in every if key in overrides}
 
     for name in (
         "superb_fbank.yaml",
         "ffn_fbank.yaml",
         "transformer_fbank.yaml",
-        "bas_fbank.yaml",
     ):
         assert applied(name) == both
         assert both["optimizer"] == "adamw" and both["pooling"] == "stats"
-    # SSL files keep their papers' training setup (no optimizer switch)
+    # BAS on features: the search's super net trains with the retraining's AdamW too.
+    assert applied("bas_fbank.yaml") == every
+    assert search["search_optimizer"] == search["optimizer"] == "adamw"
+    assert search["search_lr"] == both["lr"]
+    assert search["search_weight_decay"] == both["weight_decay"]
+    # SSL files keep their papers' training setup (no optimizer switch), and bas_ssl its
+    # paper search (it has the search's switches, not the retraining's).
     assert applied("superb_ssl.yaml") == custom.DATASET_DEFAULTS
     assert applied("bas_ssl.yaml") == custom.DATASET_DEFAULTS
 
 
-def test_small_corpus_defaults_reach_bas_retraining_but_not_its_search():
-    """bas_fbank under recipes/custom: the derived network retrains with AdamW and
-    weight decay 0.01, while the super net's SGD keeps its own search_weight_decay (the
-    search, and so the derived architecture, is the same as without the defaults)."""
+def test_small_corpus_defaults_reach_bas_retraining_and_its_search():
+    """bas_fbank under recipes/custom: the derived network retrains with AdamW and weight
+    decay 0.01, and the super net's weights train with the same AdamW; the paper
+    datasets keep the paper's SGD for both."""
     import os
 
     from hyperpyyaml import load_hyperpyyaml
@@ -151,21 +159,28 @@ def test_small_corpus_defaults_reach_bas_retraining_but_not_its_search():
     assert isinstance(retrain, torch.optim.AdamW)
     assert retrain.defaults["lr"] == custom.SMALL_CORPUS_DEFAULTS["lr"]
     assert retrain.defaults["weight_decay"] == 0.01
-    assert type(search) is torch.optim.SGD
-    assert search.defaults["lr"] == hparams["search_lr"] == 0.005
-    assert search.defaults["weight_decay"] == hparams["search_weight_decay"]
-    assert hparams["search_weight_decay"] == 0.0001
+    assert type(search) is torch.optim.AdamW
+    assert search.defaults["lr"] == hparams["search_lr"] == 0.001
+    assert (
+        search.defaults["weight_decay"]
+        == hparams["search_weight_decay"]
+        == 0.01
+    )
     assert hparams["pooling"] == "stats" and hparams["number_of_epochs"] == 50
     # The search's optimiser is one switch away (search_optimizer), like the retraining's.
     switched = load_hyperpyyaml(
         yaml_text,
-        {**overrides, "data_folder": "x", "search_optimizer": "adamw"},
+        {**overrides, "data_folder": "x", "search_optimizer": "sgd"},
     )["search_opt_class"](weights)
-    assert type(switched) is torch.optim.AdamW
-    assert switched.defaults["lr"] == 0.005
+    assert type(switched) is torch.optim.SGD
+    assert switched.defaults["lr"] == 0.001
     # without the defaults (IEMOCAP & co.) the retraining is the paper's SGD
     yaml_text, overrides = recipe_overrides(path, "", "IEMOCAP")
     paper = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
     sgd = paper["opt_class"](weights)
     assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.005
     assert sgd.defaults["weight_decay"] == 0.0001 and paper["pooling"] == "mean"
+    paper_search = paper["search_opt_class"](weights)
+    assert type(paper_search) is torch.optim.SGD
+    assert paper_search.defaults["lr"] == 0.005
+    assert paper_search.defaults["weight_decay"] == 0.0001
