@@ -58,12 +58,14 @@ SMALL_CORPUS_DEFAULTS = {
 # Chosen on the Urdu validation sets (retrained valid UA of the derived networks, 5 folds
 # x seeds 1986 and 1987): AdamW 0.776 against SGD 0.766 on Fbank, 0.672 against 0.657 on
 # eGeMAPS LLDs; README, Results: "The search's weights trained like the retraining".
+# The retraining's values, so the two cannot drift apart; "optimizer" (the same value) only
+# restricts the group to files that have the retraining's switch too (not bas_ssl.yaml).
 SMALL_CORPUS_SEARCH_DEFAULTS = {
-    "optimizer": "adamw",
-    "search_optimizer": "adamw",
-    "search_lr": 0.001,
-    "search_final_lr": 0.00001,
-    "search_weight_decay": 0.01,
+    "optimizer": SMALL_CORPUS_DEFAULTS["optimizer"],
+    "search_optimizer": SMALL_CORPUS_DEFAULTS["optimizer"],
+    "search_lr": SMALL_CORPUS_DEFAULTS["lr"],
+    "search_final_lr": SMALL_CORPUS_DEFAULTS["final_lr"],
+    "search_weight_decay": SMALL_CORPUS_DEFAULTS["weight_decay"],
 }
 # What main() and rank_architectures.py apply, in this order (the command line wins).
 DEFAULT_GROUPS = (
