@@ -277,6 +277,164 @@ def fold_agreement(folds):
     }
 
 
+def layer_effects(folds, key="scores"):
+    """Which block type matters in which layer: an additive model of the scores.
+
+    ``score = level of (fold, seed) + sum over layers of effect[layer][block] + error``,
+    fitted by least squares over every architecture, seed and fold. Each layer is tested
+    by the F test of dropping its block effects (a nested-model test; in a balanced
+    design it is the classical factorial ANOVA's main-effect test). The interactions
+    between layers are part of the error, so the test needs no repeated seeds, and its 2
+    degrees of freedom per layer (3 candidates) give it far more power than the one-way
+    test of 27 architectures (:func:`seed_noise`, :func:`fold_agreement`) against
+    effects of one layer's block.
+
+    Arguments
+    ---------
+    folds : dict
+        ``{fold: rows}`` (:func:`rank_architectures`).
+    key : str
+        The rows' list of per-seed scores to model: ``scores`` (test) or
+        ``valid_scores`` (the selected checkpoints' validation score, what a search or
+        any other model choice can see). Rows without it are left out.
+
+    Returns
+    -------
+    dict or None
+        ``observations``, ``residual_df``, ``residual_std``, ``layers`` (one dict per
+        layer, first layer first: ``layer`` (1-based), ``effects`` (``{block: effect}``,
+        centred on the candidates' average: in a balanced design, the block's mean score
+        minus the mean score), ``best`` (the block with the largest effect), ``f`` and
+        ``p``; ``f`` is None when the model fits exactly, ``p`` is then 0 or 1),
+        ``all_layers`` (``f`` and ``p`` of dropping every layer's effects) and
+        ``best_architecture`` (each layer's best block). None without observations,
+        with architectures of unequal depth, or without residual degrees of freedom.
+    """
+    import numpy as np
+    from scipy import stats
+
+    observations = []
+    for fold, rows in folds.items():
+        for row in rows:
+            for seed, value in enumerate(row.get(key) or []):
+                if value is None:
+                    continue
+                observations.append(
+                    ((str(fold), seed), row["architecture"].split("-"), value)
+                )
+    depths = {len(blocks) for _, blocks, _ in observations}
+    if len(depths) != 1:
+        return None
+    num_layers = depths.pop()
+    present = {block for _, blocks, _ in observations for block in blocks}
+    candidates = [c for c in CANDIDATES if c in present] + sorted(
+        present - set(CANDIDATES)
+    )
+    levels = sorted({level for level, _, _ in observations})
+    y = np.array([float(value) for _, _, value in observations])
+
+    def design(layers):
+        columns = [
+            [float(level == wanted) for level, _, _ in observations]
+            for wanted in levels
+        ]
+        for layer in layers:
+            for block in candidates[1:]:
+                columns.append(
+                    [
+                        float(blocks[layer] == block)
+                        for _, blocks, _ in observations
+                    ]
+                )
+        return np.array(columns, dtype=float).T
+
+    def fit(matrix):
+        coefficients, *_ = np.linalg.lstsq(matrix, y, rcond=None)
+        residual = y - matrix @ coefficients
+        return (
+            float(residual @ residual),
+            int(np.linalg.matrix_rank(matrix)),
+            coefficients,
+        )
+
+    full = design(range(num_layers))
+    rss, rank, coefficients = fit(full)
+    residual_df = len(y) - rank
+    if residual_df < 1:
+        return None
+    mse = rss / residual_df
+
+    def f_test(dropped):
+        kept = [layer for layer in range(num_layers) if layer not in dropped]
+        reduced_rss, reduced_rank, _ = fit(design(kept))
+        df = rank - reduced_rank
+        gain = max(reduced_rss - rss, 0.0)
+        if df < 1:
+            return None, 1.0
+        if mse <= 1e-15 * max(1.0, float(y @ y)):
+            return None, (0.0 if gain > 1e-12 else 1.0)
+        f_value = (gain / df) / mse
+        return f_value, float(stats.f.sf(f_value, df, residual_df))
+
+    layers = []
+    for layer in range(num_layers):
+        start = len(levels) + layer * (len(candidates) - 1)
+        raw = [0.0] + [
+            float(c) for c in coefficients[start : start + len(candidates) - 1]
+        ]
+        centre = statistics.fmean(raw)
+        effects = {
+            block: value - centre for block, value in zip(candidates, raw)
+        }
+        f_value, p_value = f_test([layer])
+        layers.append(
+            {
+                "layer": layer + 1,
+                "effects": effects,
+                "best": max(candidates, key=lambda block: effects[block]),
+                "f": f_value,
+                "p": p_value,
+            }
+        )
+    f_all, p_all = f_test(list(range(num_layers)))
+    return {
+        "observations": len(y),
+        "residual_df": residual_df,
+        "residual_std": math.sqrt(mse),
+        "layers": layers,
+        "all_layers": {"f": f_all, "p": p_all},
+        "best_architecture": [entry["best"] for entry in layers],
+    }
+
+
+def layer_effects_text(effects, alpha=0.05):
+    """One Markdown sentence on :func:`layer_effects` (empty string for None)."""
+    if effects is None:
+        return ""
+    parts = []
+    for entry in effects["layers"]:
+        values = ", ".join(
+            f"{block} {value:+.3f}" for block, value in entry["effects"].items()
+        )
+        parts.append(f"layer {entry['layer']}: {values} (p = {entry['p']:.2g})")
+    mattering = [
+        f"layer {entry['layer']} (`{entry['best']}`)"
+        for entry in effects["layers"]
+        if entry["p"] < alpha
+    ]
+    return (
+        "; ".join(parts)
+        + f". Residual std {effects['residual_std']:.4f} ({effects['residual_df']} df). "
+        + (
+            "Layers whose block matters at 5 %, with their best block: "
+            + ", ".join(mattering)
+            + "."
+            if mattering
+            else "No layer's block is shown to matter at 5 %."
+        )
+    )
+
+
 def load_ranking(path):
     """Read a ``ranking.json`` written by :func:`write_ranking` (clear error otherwise)."""
     with open(path, encoding="utf-8") as handle:
@@ -343,7 +501,8 @@ def search_ranks(architectures, ranking_path):
     """The ``results.json`` entries of a BAS run for an exhaustive ranking file.
 
     Returns ``{"ranking": path, "ranks": derived_ranks(...), "over_folds":
-    fold_agreement(...)}``, or ``{"ranking": path,
+    fold_agreement(...), "layer_effects": layer_effects(...)}`` (of the test scores
+    over every fold of the ranking), or ``{"ranking": path,
     "ranking_error": message}`` when the file cannot be read: a finished run still writes
     its results, and says why the ranks are missing.
     """
@@ -353,6 +512,7 @@ def search_ranks(architectures, ranking_path):
             "ranking": str(ranking_path),
             "ranks": derived_ranks(architectures, ranking),
             "over_folds": fold_agreement(ranking["folds"]),
+            "layer_effects": layer_effects(ranking["folds"], "scores"),
         }
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning(
@@ -431,6 +591,57 @@ def ranks_markdown(search):
             )
             + ")."
         )
+    effects = search.get("layer_effects")
+    if effects and len(effects["layers"]) == len(
+        next(iter(search["architectures"].values()), [])
+    ):
+        parts = []
+        for entry in effects["layers"]:
+            index = entry["layer"] - 1
+            chosen = sum(
+                1
+                for architecture in search["architectures"].values()
+                if architecture[index] == entry["best"]
+            )
+            if entry["p"] < 0.05:
+                parts.append(
+                    f"layer {entry['layer']} matters (p = {entry['p']:.2g}): "
+                    f"`{entry['best']}` is best ({entry['effects'][entry['best']]:+.3f} "
+                    f"against the candidates' average), the search chose it on {chosen} "
+                    f"of {len(search['architectures'])} splits"
+                )
+            else:
+                parts.append(
+                    f"layer {entry['layer']} is not shown to matter (p = {entry['p']:.2g})"
+                )
+        lines.append(
+            "Per layer (additive model of the ranking's scores over its folds and seeds): "
+            + "; ".join(parts)
+            + "."
+        )
+    return lines
+
+
+def _layer_lines(folds, metric):
+    """Paragraphs of ``ranking.md`` on :func:`layer_effects`, test and validation."""
+    lines = []
+    for key, what in (
+        ("scores", f"test {metric}"),
+        (
+            "valid_scores",
+            f"validation {metric} of the selected checkpoints (what a search or any "
+            "other model choice can see)",
+        ),
+    ):
+        text = layer_effects_text(layer_effects(folds, key))
+        if text:
+            lines += [
+                f"Per layer, additive model of the {what} over "
+                f"{'the folds, seeds and' if len(folds) > 1 else 'seeds and'} "
+                f"architectures (block effects centred on the candidates' average; "
+                f"interactions as error): {text}",
+                "",
+            ]
     return lines
 
 
@@ -474,6 +685,7 @@ def ranking_markdown(record):
             f"best third minus the rest {flat['top_third_gap']:.4f}; seed std {seed_std}."
             + resolution,
             "",
+            *_layer_lines({fold: rows}, metric),
             f"| rank | architecture | {metric} mean | std | per seed |",
             "|---|---|---|---|---|",
         ]
@@ -538,6 +750,7 @@ def ranking_markdown(record):
                 + ".",
                 "",
             ]
+        lines += _layer_lines(record["folds"], metric)
         lines += [
             f"| architecture | mean {metric} over folds | mean rank | folds |",
             "|---|---|---|---|",
@@ -547,6 +760,80 @@ def ranking_markdown(record):
             for mean, rank, key, count in summary
         ]
     return "\n".join(lines) + "\n"
+
+
+def selected_valid_score(outcome, experiment_folder, metric):
+    """The validation ``metric`` of the checkpoint a fold run selected, or None.
+
+    From the outcome's ``selected_score``; outcomes written before it existed fall back
+    to the best checkpoint's metadata in ``<experiment_folder>/save`` (the score that
+    selected it). None when the checkpoint was selected on the test set (paper protocol)
+    or no checkpoint is left.
+    """
+    if outcome.get("selection", {}).get("set", "valid") != "valid":
+        return None
+    if outcome.get("selected_score") is not None:
+        return float(outcome["selected_score"])
+    save = os.path.join(experiment_folder, "save")
+    if not os.path.isdir(save):
+        return None
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    best = Checkpointer(save).find_checkpoint(max_key=metric)
+    if best is None or metric not in best.meta:
+        return None
+    return float(best.meta[metric])
+
+
+def refresh_ranking(output_folder):
+    """Rewrite ``ranking.json`` / ``ranking.md`` of a ranking folder from its stored results.
+
+    Nothing is trained: the folds' rankings (``folds/*.json``) are read again, rows
+    written before the validation scores were recorded get them from their runs
+    (:func:`selected_valid_score`), and the statistics over folds are recomputed with
+    this version of the code. Returns the path of ``ranking.json``.
+    """
+    record = load_ranking(os.path.join(output_folder, RANKING_FILE))
+    folds = collect_fold_rankings(output_folder)
+    metric = record.get("metric", "UA")
+    for fold, rows in folds.items():
+        for row in rows:
+            seeds = row.get("seeds") or record.get("seeds") or []
+            if row.get("valid_scores") or len(seeds) != len(row["scores"]):
+                continue
+            values = []
+            for seed in seeds:
+                folder = os.path.join(
+                    output_folder,
+                    "runs",
+                    row["architecture"],
+                    f"seed{seed}",
+                    fold,
+                )
+                try:
+                    with open(
+                        os.path.join(folder, "test_outcome.json"),
+                        encoding="utf-8",
+                    ) as handle:
+                        outcome = json.load(handle)
+                except (OSError, ValueError):
+                    values = []
+                    break
+                values.append(selected_valid_score(outcome, folder, metric))
+            if values:
+                row["seeds"] = list(seeds)
+                row["valid_scores"] = values
+        atomic_write_text(
+            os.path.join(output_folder, "folds", f"{fold}.json"),
+            json.dumps(rows, indent=2) + "\n",
+        )
+    record["folds"] = folds
+    record["over_folds"] = fold_agreement(folds)
+    record["layer_effects"] = {
+        "test": layer_effects(folds, "scores"),
+        "valid": layer_effects(folds, "valid_scores"),
+    }
+    return write_ranking(output_folder, record)
 
 
 def collect_fold_rankings(output_folder):
@@ -724,7 +1011,7 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
         },
     }
     for split_name in split_names:
-        scores = {}
+        scores, valid_scores = {}, {}
         for seed in seeds:
             for architecture in architectures:
                 key = architecture_key(architecture)
@@ -749,6 +1036,9 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
                 )
                 score = float(outcome["scores"][metric])
                 scores.setdefault(key, []).append(score)
+                valid_scores.setdefault(key, []).append(
+                    selected_valid_score(outcome, folder, metric)
+                )
                 logger.info(
                     "%s seed %d %s: %s %.4f",
                     split_name,
@@ -759,13 +1049,19 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
                 )
         fold_path = os.path.join(output_folder, "folds", f"{split_name}.json")
         os.makedirs(os.path.dirname(fold_path), exist_ok=True)
-        atomic_write_text(
-            fold_path, json.dumps(rank_architectures(scores), indent=2) + "\n"
-        )
+        rows = rank_architectures(scores)
+        for row in rows:
+            row["seeds"] = list(seeds)
+            row["valid_scores"] = valid_scores[row["architecture"]]
+        atomic_write_text(fold_path, json.dumps(rows, indent=2) + "\n")
         # The ranking holds every fold ranked so far in this folder, also those of other
         # processes ranking other folds (--fold=k) into the same output folder.
         record["folds"] = collect_fold_rankings(output_folder)
         record["over_folds"] = fold_agreement(record["folds"])
+        record["layer_effects"] = {
+            "test": layer_effects(record["folds"], "scores"),
+            "valid": layer_effects(record["folds"], "valid_scores"),
+        }
         path = write_ranking(output_folder, record)
         print(
             f"{split_name}: ranked {len(scores)} architectures -> {path}",
@@ -781,3 +1077,13 @@ def main(prepare_function, default_groups, dataset_name, run_fold):
     run_ranking(
         sys.argv[1:], prepare_function, default_groups, dataset_name, run_fold
     )
+
+
+if __name__ == "__main__":
+    # python -m ser_modules.architecture_ranking OUTPUT_FOLDER: refresh_ranking
+    if len(sys.argv) != 2:
+        sys.exit(
+            "usage: python -m ser_modules.architecture_ranking RANKING_FOLDER "
+            "(rewrites its ranking.json / ranking.md from the stored results)"
+        )
+    print(refresh_ranking(sys.argv[1]))

@@ -363,6 +363,7 @@ def run_fold(
         "predictions": chosen["predictions"],
         "selected_epoch": None,
         "selected_C": chosen["C"],
+        "selected_score": float(chosen["valid_scores"][chosen["C"]]),
         "valid_scores": {
             str(c): score for c, score in chosen["valid_scores"].items()
         },

@@ -626,6 +626,12 @@ def fold_outcome(brain, selection_metric, selection_set, label_encoder):
         int(best.meta["epoch"]) if best is not None else None
     )
     outcome["selection"] = {"metric": selection_metric, "set": selection_set}
+    # The selection set's score at the selected checkpoint (what model choices can see).
+    outcome["selected_score"] = (
+        float(best.meta[selection_metric])
+        if best is not None and selection_metric in best.meta
+        else None
+    )
     outcome["labels"] = [
         label_encoder.decode_ndim(i) for i in range(len(label_encoder))
     ]

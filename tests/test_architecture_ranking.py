@@ -18,10 +18,14 @@ from ser_modules.architecture_ranking import (
     derived_ranks,
     flatness,
     fold_agreement,
+    layer_effects,
     rank_architectures,
     ranking_markdown,
+    ranks_markdown,
+    refresh_ranking,
     seed_agreement,
     seed_noise,
+    selected_valid_score,
 )
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.mini_corpus import generate_mini_corpus
@@ -245,6 +249,156 @@ def test_derived_ranks_say_whether_a_rank_below_the_top_third_is_noise():
     )
 
 
+def planted_folds(effect, noise, folds=2, seeds=2, random_seed=0):
+    """Rankings of the 27 3-layer architectures: score = fold level + seed level +
+    ``effect`` when layer 1 is ``ffn`` + Gaussian noise (std ``noise``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(random_seed)
+    out = {}
+    for fold in range(folds):
+        scores = {}
+        for architecture in all_architectures(3):
+            scores["-".join(architecture)] = [
+                0.5
+                + 0.1 * fold
+                + 0.02 * seed
+                + (effect if architecture[0] == "ffn" else 0.0)
+                + float(rng.normal(0, noise))
+                for seed in range(seeds)
+            ]
+        out[f"fold{fold + 1}"] = rank_architectures(scores)
+    return out
+
+
+def test_layer_effects_are_the_balanced_factorial_anova_by_hand():
+    from scipy import stats
+
+    folds = planted_folds(
+        effect=0.03, noise=0.05, folds=1, seeds=2, random_seed=3
+    )
+    effects = layer_effects(folds)
+    # By hand, the classical balanced 3^3 x 2-seed ANOVA without interactions:
+    # SS_layer = 18 * sum_c (mean_c - grand)^2 on 2 df, SS_seed = 27 * sum_s (...)^2 on
+    # 1 df, error = total - seed - the three layers, on 54 - 1 - 1 - 6 = 46 df.
+    data = [
+        (row["architecture"].split("-"), seed, value)
+        for row in folds["fold1"]
+        for seed, value in enumerate(row["scores"])
+    ]
+    grand = statistics.fmean(v for _, _, v in data)
+    total = sum((v - grand) ** 2 for _, _, v in data)
+    ss_seed = 27 * sum(
+        (statistics.fmean(v for _, s, v in data if s == seed) - grand) ** 2
+        for seed in (0, 1)
+    )
+    layer_ss, layer_means = [], []
+    for layer in range(3):
+        means = {
+            block: statistics.fmean(v for a, _, v in data if a[layer] == block)
+            for block in CANDIDATES
+        }
+        layer_means.append(means)
+        layer_ss.append(18 * sum((m - grand) ** 2 for m in means.values()))
+    error = total - ss_seed - sum(layer_ss)
+    assert effects["residual_df"] == 46 and effects["observations"] == 54
+    assert effects["residual_std"] == pytest.approx((error / 46) ** 0.5)
+    for layer, entry in enumerate(effects["layers"]):
+        f_value = (layer_ss[layer] / 2) / (error / 46)
+        assert entry["f"] == pytest.approx(f_value)
+        assert entry["p"] == pytest.approx(stats.f.sf(f_value, 2, 46))
+        for block in CANDIDATES:
+            assert entry["effects"][block] == pytest.approx(
+                layer_means[layer][block] - grand
+            )
+    f_all = (sum(layer_ss) / 6) / (error / 46)
+    assert effects["all_layers"]["p"] == pytest.approx(stats.f.sf(f_all, 6, 46))
+
+
+def test_layer_effects_find_a_planted_layer_and_not_the_others():
+    effects = layer_effects(planted_folds(effect=0.1, noise=0.03))
+    first, second, third = effects["layers"]
+    assert first["best"] == "ffn" and first["p"] < 1e-6
+    # The planted +0.1 for ffn, centred on the three candidates' average: +2/3 * 0.1.
+    assert first["effects"]["ffn"] == pytest.approx(0.0667, abs=0.01)
+    assert second["p"] > 0.05 and third["p"] > 0.05
+    # The one-way test over the 27 architectures is far weaker against the same effect
+    # (20 draws of a +0.05 effect in noise of std 0.04, one fold, two seeds).
+    draws = [
+        planted_folds(effect=0.05, noise=0.04, folds=1, random_seed=seed)
+        for seed in range(20)
+    ]
+    assert sum(layer_effects(d)["layers"][0]["p"] < 0.05 for d in draws) >= 18
+    assert sum(seed_noise(d["fold1"])["anova_p"] < 0.05 for d in draws) <= 12
+    weak = draws[3]
+    text = ranking_markdown({"folds": weak, "seeds": [1, 2]})
+    assert "Per layer, additive model of the test UA over seeds" in text
+    assert (
+        "Layers whose block matters at 5 %, with their best block: layer 1 (`ffn`)"
+        in text
+    )
+    # Without validation scores there is no validation paragraph.
+    assert "validation UA of the selected checkpoints" not in text
+    for rows in weak.values():
+        for row in rows:
+            row["valid_scores"] = list(row["scores"])
+    text = ranking_markdown({"folds": weak, "seeds": [1, 2]})
+    assert (
+        "Per layer, additive model of the validation UA of the selected" in text
+    )
+
+
+def test_the_bas_report_says_which_layers_matter_and_what_the_search_chose():
+    effects = layer_effects(planted_folds(effect=0.1, noise=0.03))
+    lines = ranks_markdown(
+        {
+            "architectures": {
+                "fold1": ["ffn", "msa", "msa"],
+                "fold2": ["msa_ffn", "msa", "msa"],
+            },
+            "ranking": "ranking.json",
+            "ranks": {},
+            "layer_effects": effects,
+        }
+    )
+    text = "\n".join(lines)
+    assert "layer 1 matters (p = " in text
+    assert "`ffn` is best (+0.0" in text
+    assert "the search chose it on 1 of 2 splits" in text
+    assert "layer 2 is not shown to matter" in text
+
+
+def test_selected_valid_score_from_the_outcome_or_the_best_checkpoint(tmp_path):
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    assert (
+        selected_valid_score(
+            {"selection": {"set": "valid"}, "selected_score": 0.7},
+            str(tmp_path),
+            "UA",
+        )
+        == 0.7
+    )
+    # Selected on the test set (paper protocol): no validation score.
+    assert (
+        selected_valid_score(
+            {"selection": {"set": "test"}, "selected_score": 0.7},
+            str(tmp_path),
+            "UA",
+        )
+        is None
+    )
+    # Outcomes written before selected_score: the best kept checkpoint's metadata.
+    checkpointer = Checkpointer(str(tmp_path / "save"))
+    checkpointer.save_checkpoint(meta={"UA": 0.4, "epoch": 1})
+    checkpointer.save_checkpoint(meta={"UA": 0.6, "epoch": 2})
+    checkpointer.save_checkpoint(meta={"UA": 0.5, "epoch": 3})
+    assert selected_valid_score(
+        {"selection": {"set": "valid"}}, str(tmp_path), "UA"
+    ) == pytest.approx(0.6)
+    assert selected_valid_score({}, str(tmp_path / "nothing"), "UA") is None
+
+
 def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     results = {
         "dataset": "custom",
@@ -344,6 +498,38 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
     rows = ranking["folds"]["main"]
     assert sorted(row["architecture"] for row in rows) == sorted(CANDIDATES)
     assert all(len(row["scores"]) == 2 for row in rows)
+    assert all(row["seeds"] == [1986, 4] for row in rows)
+    assert all(
+        len(row["valid_scores"]) == 2
+        and all(0.0 <= value <= 1.0 for value in row["valid_scores"])
+        for row in rows
+    )
+    assert set(ranking["layer_effects"]) == {"test", "valid"}
+    # refresh_ranking rebuilds the validation scores of rows written without them from
+    # the runs (the best checkpoint's metadata) and rewrites the same ranking.
+    fold_file = os.path.join(ranking_folder, "folds", "main.json")
+    with open(fold_file, encoding="utf-8") as handle:
+        stored = json.load(handle)
+    for row in stored:
+        del row["valid_scores"], row["seeds"]
+    with open(fold_file, "w", encoding="utf-8") as handle:
+        json.dump(stored, handle)
+    for row in rows:  # and from the outcome's selected_score when it has one
+        run = os.path.join(
+            ranking_folder, "runs", row["architecture"], "seed4", "main"
+        )
+        with open(
+            os.path.join(run, "test_outcome.json"), encoding="utf-8"
+        ) as handle:
+            assert json.load(handle)["selected_score"] == pytest.approx(
+                row["valid_scores"][1]
+            )
+    refresh_ranking(ranking_folder)
+    with open(
+        os.path.join(ranking_folder, "ranking.json"), encoding="utf-8"
+    ) as handle:
+        refreshed = json.load(handle)
+    assert refreshed["folds"]["main"] == rows
     assert os.path.isfile(os.path.join(ranking_folder, "ranking.md"))
     # The ranking says what it trained (ser_modules.run_identity).
     assert ranking["results_format"] == 2
