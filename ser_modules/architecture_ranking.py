@@ -576,11 +576,12 @@ def ranks_markdown(search):
     across = search.get("over_folds")
     if across:
         lines.append(
-            f"Over the ranking's {across['folds']} folds, the architecture "
+            f"Over the ranking's {across['folds']} folds, the "
+            f"{across['architectures']} architectures taken one by one "
             + (
-                "matters"
+                "differ consistently"
                 if across["anova_p"] < 0.05
-                else "is not shown to matter"
+                else "are not shown to differ consistently"
             )
             + f" (two-way ANOVA of the fold means, p = {across['anova_p']:.2g}; "
             "mean Spearman correlation of the folds' orders "
@@ -729,7 +730,8 @@ def ranking_markdown(record):
                 "some architectures are better than others on every fold"
                 if across["anova_p"] < 0.05
                 else "no architecture is shown to be better than another on every fold "
-                "(at the resolution of this corpus's folds, the space is flat)"
+                "(taken one by one, at the resolution of these folds; the per-layer model "
+                "below can still find a block that matters)"
             )
             lines += [
                 f"Over {across['folds']} folds the architecture explains "
