@@ -787,44 +787,89 @@ def selected_valid_score(outcome, experiment_folder, metric):
     return float(best.meta[metric])
 
 
+def _stored_outcome(output_folder, architecture, seed, fold):
+    """``(folder, test outcome)`` of one stored ranking run, or None."""
+    folder = os.path.join(
+        output_folder, "runs", architecture, f"seed{seed}", fold
+    )
+    try:
+        with open(
+            os.path.join(folder, "test_outcome.json"), encoding="utf-8"
+        ) as handle:
+            return folder, json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _fold_seed_order(output_folder, fold, rows, metric):
+    """The seeds behind a fold's per-seed scores, in the rows' order, or None.
+
+    Rows written before they recorded their seeds are matched to the stored runs
+    (``runs/<architecture>/seed<k>/<fold>``) by their test scores: the one order of the
+    fold's seeds under which every row's scores are its runs' scores. None when no order,
+    or more than one, fits.
+    """
+    length = len(rows[0]["scores"])
+    if any(len(row["scores"]) != length for row in rows):
+        return None
+    parent = os.path.join(output_folder, "runs", rows[0]["architecture"])
+    seeds = sorted(
+        int(name[4:])
+        for name in (os.listdir(parent) if os.path.isdir(parent) else [])
+        if name.startswith("seed") and name[4:].isdigit()
+    )
+    fitting = []
+    for order in itertools.permutations(seeds, length):
+        fits = True
+        for row in rows:
+            for seed, score in zip(order, row["scores"]):
+                stored = _stored_outcome(
+                    output_folder, row["architecture"], seed, fold
+                )
+                if (
+                    stored is None
+                    or abs(float(stored[1]["scores"][metric]) - score) > 1e-12
+                ):
+                    fits = False
+                    break
+            if not fits:
+                break
+        if fits:
+            fitting.append(list(order))
+    return fitting[0] if len(fitting) == 1 else None
+
+
 def refresh_ranking(output_folder):
     """Rewrite ``ranking.json`` / ``ranking.md`` of a ranking folder from its stored results.
 
-    Nothing is trained: the folds' rankings (``folds/*.json``) are read again, rows
+    Nothing is trained: the folds' rankings (``folds/*.json``) are read again, folds
     written before the validation scores were recorded get them from their runs
-    (:func:`selected_valid_score`), and the statistics over folds are recomputed with
+    (:func:`selected_valid_score`; the runs are matched to the scores by
+    :func:`_fold_seed_order`), and the statistics over folds are recomputed with
     this version of the code. Returns the path of ``ranking.json``.
     """
     record = load_ranking(os.path.join(output_folder, RANKING_FILE))
     folds = collect_fold_rankings(output_folder)
     metric = record.get("metric", "UA")
     for fold, rows in folds.items():
-        for row in rows:
-            seeds = row.get("seeds") or record.get("seeds") or []
-            if row.get("valid_scores") or len(seeds) != len(row["scores"]):
-                continue
-            values = []
-            for seed in seeds:
-                folder = os.path.join(
-                    output_folder,
-                    "runs",
-                    row["architecture"],
-                    f"seed{seed}",
-                    fold,
-                )
-                try:
-                    with open(
-                        os.path.join(folder, "test_outcome.json"),
-                        encoding="utf-8",
-                    ) as handle:
-                        outcome = json.load(handle)
-                except (OSError, ValueError):
-                    values = []
-                    break
-                values.append(selected_valid_score(outcome, folder, metric))
-            if values:
-                row["seeds"] = list(seeds)
-                row["valid_scores"] = values
+        if rows and not all(row.get("valid_scores") for row in rows):
+            recorded = {tuple(row.get("seeds") or ()) for row in rows}
+            order = (
+                list(recorded.pop())
+                if len(recorded) == 1 and () not in recorded
+                else _fold_seed_order(output_folder, fold, rows, metric)
+            )
+            for row in rows if order is not None else []:
+                row["seeds"] = list(order)
+                row["valid_scores"] = [
+                    selected_valid_score(stored[1], stored[0], metric)
+                    for stored in (
+                        _stored_outcome(
+                            output_folder, row["architecture"], seed, fold
+                        )
+                        for seed in order
+                    )
+                ]
         atomic_write_text(
             os.path.join(output_folder, "folds", f"{fold}.json"),
             json.dumps(rows, indent=2) + "\n",

@@ -400,6 +400,51 @@ def test_selected_valid_score_from_the_outcome_or_the_best_checkpoint(tmp_path):
     assert selected_valid_score({}, str(tmp_path / "nothing"), "UA") is None
 
 
+def test_refresh_matches_old_rows_to_their_runs_by_score(tmp_path):
+    # A ranking written before rows recorded their seeds and validation scores, its
+    # fold ranked with seeds 7 and 3 (in that order) while ranking.json names another
+    # process's seeds: the runs are matched to the scores, not to ranking.json.
+    out = tmp_path / "ranking"
+    test = {
+        "a": {7: 0.6, 3: 0.5},
+        "b": {7: 0.4, 3: 0.45},
+        "c": {7: 0.3, 3: 0.3},
+    }
+    valid = {
+        "a": {7: 0.9, 3: 0.8},
+        "b": {7: 0.7, 3: 0.75},
+        "c": {7: 0.1, 3: 0.2},
+    }
+    for key, by_seed in test.items():
+        for seed, score in by_seed.items():
+            run = out / "runs" / key / f"seed{seed}" / "fold1"
+            run.mkdir(parents=True)
+            (run / "test_outcome.json").write_text(
+                json.dumps(
+                    {
+                        "scores": {"UA": score},
+                        "selection": {"set": "valid"},
+                        "selected_score": valid[key][seed],
+                    }
+                )
+            )
+    rows = rank_architectures({k: [v[7], v[3]] for k, v in test.items()})
+    (out / "folds").mkdir()
+    (out / "folds" / "fold1.json").write_text(json.dumps(rows))
+    (out / "ranking.json").write_text(
+        json.dumps(
+            {"results_format": 2, "metric": "UA", "seeds": [1], "folds": {}}
+        )
+    )
+    refresh_ranking(str(out))
+    refreshed = json.loads((out / "ranking.json").read_text())["folds"]["fold1"]
+    for row in refreshed:
+        assert row["seeds"] == [7, 3]
+        key = row["architecture"]
+        assert row["valid_scores"] == [valid[key][7], valid[key][3]]
+    assert "validation UA of the selected" in (out / "ranking.md").read_text()
+
+
 def test_results_markdown_reports_the_rank_of_the_derived_architecture():
     results = {
         "dataset": "custom",
@@ -513,7 +558,7 @@ def test_ranking_trains_every_architecture_with_the_bas_retraining_recipe(
     with open(fold_file, encoding="utf-8") as handle:
         stored = json.load(handle)
     for row in stored:
-        del row["valid_scores"], row["seeds"]
+        del row["valid_scores"]
     with open(fold_file, "w", encoding="utf-8") as handle:
         json.dump(stored, handle)
     for row in rows:  # and from the outcome's selected_score when it has one
