@@ -764,6 +764,19 @@ def ranking_markdown(record):
     return "\n".join(lines) + "\n"
 
 
+def over_folds_record(folds):
+    """The fold rankings and their statistics as ``ranking.json`` stores them: ``folds``,
+    ``over_folds`` (:func:`fold_agreement`) and ``layer_effects`` (test and valid)."""
+    return {
+        "folds": folds,
+        "over_folds": fold_agreement(folds),
+        "layer_effects": {
+            "test": layer_effects(folds, "scores"),
+            "valid": layer_effects(folds, "valid_scores"),
+        },
+    }
+
+
 def selected_valid_score(outcome, experiment_folder, metric):
     """The validation ``metric`` of the checkpoint a fold run selected, or None.
 
@@ -874,12 +887,7 @@ def refresh_ranking(output_folder):
             os.path.join(output_folder, "folds", f"{fold}.json"),
             json.dumps(rows, indent=2) + "\n",
         )
-    record["folds"] = folds
-    record["over_folds"] = fold_agreement(folds)
-    record["layer_effects"] = {
-        "test": layer_effects(folds, "scores"),
-        "valid": layer_effects(folds, "valid_scores"),
-    }
+    record.update(over_folds_record(folds))
     return write_ranking(output_folder, record)
 
 
@@ -1103,12 +1111,7 @@ def run_ranking(argv, prepare_function, default_groups, dataset_name, run_fold):
         atomic_write_text(fold_path, json.dumps(rows, indent=2) + "\n")
         # The ranking holds every fold ranked so far in this folder, also those of other
         # processes ranking other folds (--fold=k) into the same output folder.
-        record["folds"] = collect_fold_rankings(output_folder)
-        record["over_folds"] = fold_agreement(record["folds"])
-        record["layer_effects"] = {
-            "test": layer_effects(record["folds"], "scores"),
-            "valid": layer_effects(record["folds"], "valid_scores"),
-        }
+        record.update(over_folds_record(collect_fold_rankings(output_folder)))
         path = write_ranking(output_folder, record)
         print(
             f"{split_name}: ranked {len(scores)} architectures -> {path}",
