@@ -460,16 +460,55 @@ def trajectory_markdown(rows, candidates):
     return "\n".join(lines) + "\n"
 
 
-def theta_split_datasets(train_set, fraction, seed):
-    """Split the training data into a weight part and a held-out theta part (seeded)."""
+def theta_split_datasets(
+    train_set, fraction, seed, by="clips", speaker_key="spk_id"
+):
+    """Split the training data into a weight part and a held-out theta part (seeded).
+
+    ``by="clips"`` (FBNet's split) draws a random ``fraction`` of the clips, so theta sees
+    the weights' own speakers. ``by="speakers"`` holds out whole training speakers
+    (:func:`ser_modules.splits.draw_speaker_validation`: about ``fraction`` of the clips,
+    as label-stratified as the speakers allow), so theta is stepped on how well the
+    blocks carry over to speakers the weights never saw, as the speaker-independent
+    evaluation asks. It reads each clip's speaker from the manifest column
+    ``speaker_key``.
+    """
     ids = sorted(train_set.data_ids)
-    generator = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(len(ids), generator=generator).tolist()
-    count = max(1, int(round(fraction * len(ids))))
-    theta_ids = {ids[i] for i in order[:count]}
-    if count >= len(ids):
+    if by == "speakers":
+        from ser_modules.splits import draw_speaker_validation
+
+        missing = [i for i in ids if speaker_key not in train_set.data[i]]
+        if missing:
+            raise ValueError(
+                f"theta_split=speakers needs the speaker of every training clip, but "
+                f"{len(missing)} clips (e.g. {missing[0]!r}) have no {speaker_key!r} "
+                "column in the training manifest: re-run the data preparation (it writes "
+                "spk_id) or use --theta_split=clips."
+            )
+        speakers = [str(train_set.data[i][speaker_key]) for i in ids]
+        if len(set(speakers)) < 2:
+            raise ValueError(
+                "theta_split=speakers needs at least 2 training speakers (found "
+                f"{len(set(speakers))}); use --theta_split=clips."
+            )
+        labels = [_clip_label(train_set.data[i]) for i in ids]
+        _, theta_positions = draw_speaker_validation(
+            range(len(ids)), labels, speakers, fraction, int(seed)
+        )
+        theta_ids = {ids[i] for i in theta_positions}
+    elif by == "clips":
+        generator = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(len(ids), generator=generator).tolist()
+        count = max(1, int(round(fraction * len(ids))))
+        if count >= len(ids):
+            raise ValueError(
+                f"theta_fraction={fraction} leaves no training data for the weights."
+            )
+        theta_ids = {ids[i] for i in order[:count]}
+    else:
         raise ValueError(
-            f"theta_fraction={fraction} leaves no training data for the weights."
+            f"Unknown theta_split {by!r}: use 'clips' (FBNet's random share) or "
+            "'speakers' (whole training speakers held out)."
         )
     weight_part = train_set.filtered_sorted(
         key_test={"id": lambda x: x not in theta_ids}
@@ -478,6 +517,15 @@ def theta_split_datasets(train_set, fraction, seed):
         key_test={"id": lambda x: x in theta_ids}
     )
     return weight_part, theta_part
+
+
+def _clip_label(entry):
+    """A clip's label for stratifying the theta speakers (``emo``, else ``label``; the
+    split works without one, only less balanced)."""
+    for key in ("emo", "label"):
+        if key in entry:
+            return str(entry[key])
+    return ""
 
 
 def search_architecture(
@@ -510,6 +558,7 @@ def search_architecture(
     selection_metric,
     input_norm=None,
     restarts=1,
+    theta_split="clips",
 ):
     """Search (or reload) the architecture of one split.
 
@@ -545,6 +594,10 @@ def search_architecture(
     theta_held_out : bool
         ``decisive``: step theta on the held-out ``theta_fraction`` (as ``fbnet`` does)
         instead of the weights' batches.
+    theta_split : str
+        How the held-out share is drawn (:func:`theta_split_datasets`): ``clips``
+        (default, FBNet's random share of the clips) or ``speakers`` (whole training
+        speakers, from the manifests' ``spk_id``).
     theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
         Loader options of the theta batches, the training and the validation data.
     seed : int
@@ -607,6 +660,7 @@ def search_architecture(
         "opt_class": opt_class,
         "lr_scheduler": lr_scheduler,
         "theta_fraction": theta_fraction,
+        "theta_split": theta_split,
         "train_dataloader_opts": train_dataloader_opts,
         "valid_dataloader_opts": valid_dataloader_opts,
         "selection_metric": selection_metric,
@@ -709,6 +763,7 @@ def _search_once(
     opt_class,
     lr_scheduler,
     theta_fraction,
+    theta_split,
     train_dataloader_opts,
     valid_dataloader_opts,
     split_name,
@@ -747,7 +802,7 @@ def _search_once(
         train_set = datasets["train"]
         if theta_on_held_out(brain_hparams):
             train_set, brain.theta_set = theta_split_datasets(
-                train_set, theta_fraction, seed
+                train_set, theta_fraction, seed, by=theta_split
             )
         brain.fit(
             epoch_counter,

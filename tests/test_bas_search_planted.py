@@ -30,8 +30,9 @@ DIM, FRAMES = 8, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def planted_xor_dataset(num_items, seed):
-    """``DynamicItemDataset`` of ``feats`` (T, 1, D) frames and ``emo_encoded`` XOR labels."""
+def planted_xor_dataset(num_items, seed, speakers=0):
+    """``DynamicItemDataset`` of ``feats`` (T, 1, D) frames and ``emo_encoded`` XOR labels
+    (with ``speakers`` > 0, clip k has ``spk_id`` ``s<k mod speakers>``)."""
     tokens = (
         torch.randn(4, DIM, generator=torch.Generator().manual_seed(0)) * 2.0
     )  # a0 a1 b0 b1
@@ -51,6 +52,8 @@ def planted_xor_dataset(num_items, seed):
             "frames": frames.unsqueeze(1),
             "label": i ^ j,
         }  # (T, 1, D)
+        if speakers:
+            data[f"utt{index:04d}"]["spk_id"] = f"s{index % speakers}"
     dataset = sb.dataio.dataset.DynamicItemDataset(data)
 
     @sb.utils.data_pipeline.takes("frames")
@@ -95,18 +98,20 @@ def planted_hparams(tmp_path, **overrides):
         )
 
 
-def planted_datasets():
+def planted_datasets(speakers=0):
     return {
-        "train": planted_xor_dataset(192, seed=1),
+        "train": planted_xor_dataset(192, seed=1, speakers=speakers),
         "valid": planted_xor_dataset(32, seed=2),
     }
 
 
-def search_planted(tmp_path, **overrides):
+def search_planted(tmp_path, speakers=0, **overrides):
     """Run the recipe's search phase on the planted problem; return its result."""
     hparams = planted_hparams(tmp_path, **overrides)
     return (
-        hparams["block_search"](planted_datasets(), {"device": "cpu"}, {}),
+        hparams["block_search"](
+            planted_datasets(speakers), {"device": "cpu"}, {}
+        ),
         hparams,
     )
 
@@ -187,6 +192,83 @@ def test_fbnet_mode_trains_theta_on_a_disjoint_held_out_share(tmp_path):
     )
 
 
+def test_a_speaker_theta_share_holds_out_whole_training_speakers():
+    from ser_modules.bas_search import theta_split_datasets
+
+    dataset = planted_xor_dataset(96, seed=3, speakers=12)
+
+    def speakers_of(part):
+        return {dataset.data[i]["spk_id"] for i in part.data_ids}
+
+    weights, held_out = theta_split_datasets(
+        dataset, 0.25, seed=0, by="speakers"
+    )
+    assert not speakers_of(weights) & speakers_of(held_out)
+    assert (
+        len(speakers_of(held_out)) == 3
+    )  # a quarter of 12 equal-sized speakers
+    assert len(held_out) == 24 and len(weights) == 72
+    assert {dataset.data[i]["label"] for i in held_out.data_ids} == {0, 1}
+    again = theta_split_datasets(dataset, 0.25, seed=0, by="speakers")[1]
+    assert again.data_ids == held_out.data_ids  # seeded
+    other = theta_split_datasets(dataset, 0.25, seed=5, by="speakers")[1]
+    assert speakers_of(other) != speakers_of(held_out)
+    # The clip split of the same data mixes the speakers across the two parts.
+    weights, held_out = theta_split_datasets(dataset, 0.25, seed=0, by="clips")
+    assert speakers_of(weights) & speakers_of(held_out)
+
+
+def test_a_speaker_theta_share_without_speakers_is_refused_clearly():
+    from ser_modules.bas_search import theta_split_datasets
+
+    with pytest.raises(
+        ValueError, match="no 'spk_id' column.*--theta_split=clips"
+    ):
+        theta_split_datasets(
+            planted_xor_dataset(20, seed=3), 0.25, 0, by="speakers"
+        )
+    with pytest.raises(ValueError, match="at least 2 training speakers"):
+        theta_split_datasets(
+            planted_xor_dataset(20, seed=3, speakers=1), 0.25, 0, by="speakers"
+        )
+    with pytest.raises(ValueError, match="Unknown theta_split 'voices'"):
+        theta_split_datasets(
+            planted_xor_dataset(20, seed=3), 0.25, 0, by="voices"
+        )
+
+
+def test_a_search_on_held_out_speakers_steps_theta_on_unseen_speakers(
+    tmp_path, monkeypatch
+):
+    import ser_modules.bas_search as bas_search
+
+    splits = []
+    original = bas_search.theta_split_datasets
+
+    def recording_split(train_set, fraction, seed, **kwargs):
+        weights, held_out = original(train_set, fraction, seed, **kwargs)
+        speakers = [
+            {train_set.data[i]["spk_id"] for i in part.data_ids}
+            for part in (weights, held_out)
+        ]
+        splits.append((kwargs, speakers))
+        return weights, held_out
+
+    monkeypatch.setattr(bas_search, "theta_split_datasets", recording_split)
+    found, _ = search_planted(
+        tmp_path,
+        speakers=8,
+        theta_held_out=True,
+        theta_split="speakers",
+        search_epochs=6,
+    )
+    ((kwargs, (weight_speakers, theta_speakers)),) = splits
+    assert kwargs == {"by": "speakers"}
+    assert theta_speakers and not weight_speakers & theta_speakers
+    assert found["architecture"][0] in ("msa", "msa_ffn")  # XOR needs attention
+    assert float(found["probabilities"][0].max()) >= 0.6
+
+
 def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
     import matplotlib.image
 
@@ -225,8 +307,8 @@ def test_decisive_search_on_a_held_out_share_anneals_and_moves_theta(
     splits = []
     original = bas_search.theta_split_datasets
 
-    def recording_split(train_set, fraction, seed):
-        weights, held_out = original(train_set, fraction, seed)
+    def recording_split(train_set, fraction, seed, **kwargs):
+        weights, held_out = original(train_set, fraction, seed, **kwargs)
         splits.append((set(weights.data_ids), set(held_out.data_ids)))
         return weights, held_out
 
