@@ -460,6 +460,9 @@ def trajectory_markdown(rows, candidates):
     return "\n".join(lines) + "\n"
 
 
+THETA_SPLITS = ("clips", "speakers", "valid")
+
+
 def theta_split_datasets(
     train_set, fraction, seed, by="clips", speaker_key="spk_id"
 ):
@@ -507,8 +510,8 @@ def theta_split_datasets(
         theta_ids = {ids[i] for i in order[:count]}
     else:
         raise ValueError(
-            f"Unknown theta_split {by!r}: use 'clips' (FBNet's random share) or "
-            "'speakers' (whole training speakers held out)."
+            f"Unknown theta_split {by!r}: use 'clips' (FBNet's random share), "
+            "'speakers' (whole training speakers held out) or 'valid' (the validation set)."
         )
     weight_part = train_set.filtered_sorted(
         key_test={"id": lambda x: x not in theta_ids}
@@ -595,9 +598,11 @@ def search_architecture(
         ``decisive``: step theta on the held-out ``theta_fraction`` (as ``fbnet`` does)
         instead of the weights' batches.
     theta_split : str
-        How the held-out share is drawn (:func:`theta_split_datasets`): ``clips``
-        (default, FBNet's random share of the clips) or ``speakers`` (whole training
-        speakers, from the manifests' ``spk_id``).
+        What theta steps on when it is held out: ``clips`` (default, FBNet's random
+        ``theta_fraction`` of the training clips), ``speakers`` (whole training speakers,
+        from the manifests' ``spk_id``; :func:`theta_split_datasets`) or ``valid`` (the
+        validation set itself, which then also selects the search's checkpoint: its
+        scores are no longer an unbiased estimate; the test set is never used).
     theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
         Loader options of the theta batches, the training and the validation data.
     seed : int
@@ -641,6 +646,10 @@ def search_architecture(
         "selection_metric": selection_metric,
     }
     search_mode_of(brain_hparams)  # an unknown mode is refused before any work
+    if theta_split not in THETA_SPLITS:
+        raise ValueError(
+            f"Unknown theta_split {theta_split!r}: use one of {', '.join(THETA_SPLITS)}."
+        )
     architecture_path = os.path.join(search_folder, ARCHITECTURE_FILE)
     heatmap_path = os.path.join(search_folder, HEATMAP_FILE)
     if os.path.isfile(architecture_path):
@@ -800,7 +809,10 @@ def _search_once(
             checkpointer=checkpointer,
         )
         train_set = datasets["train"]
-        if theta_on_held_out(brain_hparams):
+        if theta_on_held_out(brain_hparams) and theta_split == "valid":
+            # theta steps on the validation speakers; the weights keep every training clip.
+            brain.theta_set = datasets["valid"]
+        elif theta_on_held_out(brain_hparams):
             train_set, brain.theta_set = theta_split_datasets(
                 train_set, theta_fraction, seed, by=theta_split
             )

@@ -269,6 +269,40 @@ def test_a_search_on_held_out_speakers_steps_theta_on_unseen_speakers(
     assert float(found["probabilities"][0].max()) >= 0.6
 
 
+def test_a_search_on_the_validation_set_steps_theta_on_it(
+    tmp_path, monkeypatch
+):
+    import ser_modules.bas_search as bas_search
+
+    def no_split(*args, **kwargs):
+        raise AssertionError("theta_split=valid keeps every training clip")
+
+    seen = []
+    original_fit = bas_search.BASSearchBrain.fit
+
+    def recording_fit(self, epoch_counter, train_set, valid_set, **kwargs):
+        seen.append((list(train_set.data_ids), list(self.theta_set.data_ids)))
+        seen.append(list(valid_set.data_ids))
+        return original_fit(self, epoch_counter, train_set, valid_set, **kwargs)
+
+    monkeypatch.setattr(bas_search, "theta_split_datasets", no_split)
+    monkeypatch.setattr(bas_search.BASSearchBrain, "fit", recording_fit)
+    found, _ = search_planted(
+        tmp_path, theta_held_out=True, theta_split="valid", search_epochs=6
+    )
+    (train_ids, theta_ids), valid_ids = seen
+    assert (
+        len(train_ids) == 192
+        and theta_ids == valid_ids
+        and len(theta_ids) == 32
+    )
+    assert not torch.allclose(
+        found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="Unknown theta_split 'test'"):
+        search_planted(tmp_path / "t", theta_held_out=True, theta_split="test")
+
+
 def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
     import matplotlib.image
 
