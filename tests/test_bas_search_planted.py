@@ -116,6 +116,22 @@ def search_planted(tmp_path, speakers=0, **overrides):
     )
 
 
+def record_theta_splits(monkeypatch):
+    """Record every theta split the search draws: a list of ``(kwargs, weights, held_out)``."""
+    import ser_modules.bas_search as bas_search
+
+    splits = []
+    original = bas_search.theta_split_datasets
+
+    def recording_split(train_set, fraction, seed, **kwargs):
+        weights, held_out = original(train_set, fraction, seed, **kwargs)
+        splits.append((kwargs, weights, held_out))
+        return weights, held_out
+
+    monkeypatch.setattr(bas_search, "theta_split_datasets", recording_split)
+    return splits
+
+
 @pytest.fixture(scope="module")
 def planted_search(tmp_path_factory):
     return search_planted(tmp_path_factory.mktemp("planted"))
@@ -240,21 +256,7 @@ def test_a_speaker_theta_share_without_speakers_is_refused_clearly():
 def test_a_search_on_held_out_speakers_steps_theta_on_unseen_speakers(
     tmp_path, monkeypatch
 ):
-    import ser_modules.bas_search as bas_search
-
-    splits = []
-    original = bas_search.theta_split_datasets
-
-    def recording_split(train_set, fraction, seed, **kwargs):
-        weights, held_out = original(train_set, fraction, seed, **kwargs)
-        speakers = [
-            {train_set.data[i]["spk_id"] for i in part.data_ids}
-            for part in (weights, held_out)
-        ]
-        splits.append((kwargs, speakers))
-        return weights, held_out
-
-    monkeypatch.setattr(bas_search, "theta_split_datasets", recording_split)
+    splits = record_theta_splits(monkeypatch)
     found, _ = search_planted(
         tmp_path,
         speakers=8,
@@ -262,7 +264,11 @@ def test_a_search_on_held_out_speakers_steps_theta_on_unseen_speakers(
         theta_split="speakers",
         search_epochs=6,
     )
-    ((kwargs, (weight_speakers, theta_speakers)),) = splits
+    ((kwargs, weights, held_out),) = splits
+    weight_speakers, theta_speakers = (
+        {part.data[i]["spk_id"] for i in part.data_ids}
+        for part in (weights, held_out)
+    )
     assert kwargs == {"by": "speakers"}
     assert theta_speakers and not weight_speakers & theta_speakers
     assert found["architecture"][0] in ("msa", "msa_ffn")  # XOR needs attention
@@ -338,19 +344,12 @@ def test_decisive_search_on_a_held_out_share_anneals_and_moves_theta(
 ):
     import ser_modules.bas_search as bas_search
 
-    splits = []
-    original = bas_search.theta_split_datasets
-
-    def recording_split(train_set, fraction, seed, **kwargs):
-        weights, held_out = original(train_set, fraction, seed, **kwargs)
-        splits.append((set(weights.data_ids), set(held_out.data_ids)))
-        return weights, held_out
-
-    monkeypatch.setattr(bas_search, "theta_split_datasets", recording_split)
+    splits = record_theta_splits(monkeypatch)
     found, hparams = search_planted(
         tmp_path, theta_held_out=True, search_epochs=3
     )
-    ((weights, held_out),) = splits
+    ((_, weights, held_out),) = splits
+    weights, held_out = set(weights.data_ids), set(held_out.data_ids)
     assert len(held_out) == round(0.2 * 192) and not weights & held_out
     assert not torch.allclose(
         found["probabilities"], torch.full((1, 3), 1 / 3, dtype=torch.float64)
