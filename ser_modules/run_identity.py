@@ -91,6 +91,8 @@ SEARCH_SETTINGS = (
     "search_mode",
     "search_epochs",
     "search_optimizer",
+    "theta_held_out",
+    "theta_split",
 )
 # Hparams the recipe fills in per fold or from the data: their YAML values are placeholders
 # (the upstream record holds the real width and number of representations).

@@ -184,3 +184,48 @@ def test_reports_do_not_change_when_the_upstream_and_hparams_file_are_gone(
     os.remove(os.path.join(output, "hyperparams.yaml"))
     assert report() == before
     capsys.readouterr()
+
+
+def test_a_bas_run_records_what_its_theta_stepped_on():
+    from hyperpyyaml import load_hyperpyyaml
+
+    from ser_modules.reports.run_report import identity_lines
+    from ser_modules.run_identity import model_record
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(
+        os.path.join(root, "hparams", "bas_fbank.yaml"), encoding="utf-8"
+    ) as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {
+                "data_folder": "x",
+                "output_folder": "y",
+                "theta_held_out": True,
+                "theta_split": "speakers",
+            },
+        )
+    record = model_record(hparams)
+    assert record["search"] is True
+    assert (record["theta_held_out"], record["theta_split"]) == (
+        True,
+        "speakers",
+    )
+    # A fixed-architecture run of the same file records no search settings.
+    assert "theta_split" not in model_record({**hparams, "search": False})
+    model_line = identity_lines(
+        {
+            "model": record,
+            "upstream": {
+                "kind": "fbank",
+                "num_representations": 1,
+                "width": 80,
+                "layers_used": [0],
+                "content_sha256": "0" * 64,
+            },
+            "hparams_file": {"name": "bas_fbank.yaml", "sha256": "0" * 64},
+            "seed": 1,
+            "code": {"package": "0", "sources_sha256": "0" * 64},
+        }
+    )[0]
+    assert "theta_held_out=True, theta_split=speakers" in model_line
