@@ -650,6 +650,13 @@ def search_architecture(
         raise ValueError(
             f"Unknown theta_split {theta_split!r}: use one of {', '.join(THETA_SPLITS)}."
         )
+    if theta_split != "clips" and not theta_on_held_out(brain_hparams):
+        # Otherwise the option would be silently ignored: theta steps on the weights' batches.
+        raise ValueError(
+            f"theta_split={theta_split} only applies when theta steps on held-out data: "
+            f"add --theta_held_out=True (search_mode={search_mode!r}) or use "
+            "--search_mode=fbnet."
+        )
     architecture_path = os.path.join(search_folder, ARCHITECTURE_FILE)
     heatmap_path = os.path.join(search_folder, HEATMAP_FILE)
     if os.path.isfile(architecture_path):

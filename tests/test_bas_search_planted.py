@@ -307,6 +307,9 @@ def test_a_search_on_the_validation_set_steps_theta_on_it(
     )
     with pytest.raises(ValueError, match="Unknown theta_split 'test'"):
         search_planted(tmp_path / "t", theta_held_out=True, theta_split="test")
+    # Without a held-out theta the split would be ignored: refused, not ignored.
+    with pytest.raises(ValueError, match="add --theta_held_out=True"):
+        search_planted(tmp_path / "u", theta_split="speakers")
 
 
 def test_the_heatmap_draws_the_trajectory_beside_the_final_table(tmp_path):
