@@ -464,7 +464,7 @@ THETA_SPLITS = ("clips", "speakers", "valid")
 
 
 def theta_split_datasets(
-    train_set, fraction, seed, by="clips", speaker_key="spk_id"
+    train_set, fraction, seed, by="clips", speaker_key="spk_id", label_key="emo"
 ):
     """Split the training data into a weight part and a held-out theta part (seeded).
 
@@ -474,7 +474,9 @@ def theta_split_datasets(
     as label-stratified as the speakers allow), so theta is stepped on how well the
     blocks carry over to speakers the weights never saw, as the speaker-independent
     evaluation asks. It reads each clip's speaker from the manifest column
-    ``speaker_key``.
+    ``speaker_key`` and stratifies by ``label_key`` (without it, only less balanced).
+    ``by="valid"`` is not a split of the training data (:func:`_search_once` gives theta
+    the validation set).
     """
     ids = sorted(train_set.data_ids)
     if by == "speakers":
@@ -494,7 +496,7 @@ def theta_split_datasets(
                 "theta_split=speakers needs at least 2 training speakers (found "
                 f"{len(set(speakers))}); use --theta_split=clips."
             )
-        labels = [_clip_label(train_set.data[i]) for i in ids]
+        labels = [str(train_set.data[i].get(label_key, "")) for i in ids]
         _, theta_positions = draw_speaker_validation(
             range(len(ids)), labels, speakers, fraction, int(seed)
         )
@@ -510,8 +512,8 @@ def theta_split_datasets(
         theta_ids = {ids[i] for i in order[:count]}
     else:
         raise ValueError(
-            f"Unknown theta_split {by!r}: use 'clips' (FBNet's random share), "
-            "'speakers' (whole training speakers held out) or 'valid' (the validation set)."
+            f"Unknown theta_split {by!r} for a split of the training data: use 'clips' "
+            "(FBNet's random share) or 'speakers' (whole training speakers held out)."
         )
     weight_part = train_set.filtered_sorted(
         key_test={"id": lambda x: x not in theta_ids}
@@ -520,15 +522,6 @@ def theta_split_datasets(
         key_test={"id": lambda x: x in theta_ids}
     )
     return weight_part, theta_part
-
-
-def _clip_label(entry):
-    """A clip's label for stratifying the theta speakers (``emo``, else ``label``; the
-    split works without one, only less balanced)."""
-    for key in ("emo", "label"):
-        if key in entry:
-            return str(entry[key])
-    return ""
 
 
 def search_architecture(
@@ -816,13 +809,14 @@ def _search_once(
             checkpointer=checkpointer,
         )
         train_set = datasets["train"]
-        if theta_on_held_out(brain_hparams) and theta_split == "valid":
-            # theta steps on the validation speakers; the weights keep every training clip.
-            brain.theta_set = datasets["valid"]
-        elif theta_on_held_out(brain_hparams):
-            train_set, brain.theta_set = theta_split_datasets(
-                train_set, theta_fraction, seed, by=theta_split
-            )
+        if theta_on_held_out(brain_hparams):
+            if theta_split == "valid":
+                # theta steps on the validation speakers; the weights keep every clip.
+                brain.theta_set = datasets["valid"]
+            else:
+                train_set, brain.theta_set = theta_split_datasets(
+                    train_set, theta_fraction, seed, by=theta_split
+                )
         brain.fit(
             epoch_counter,
             train_set=train_set,

@@ -217,7 +217,7 @@ def test_a_speaker_theta_share_holds_out_whole_training_speakers():
         return {dataset.data[i]["spk_id"] for i in part.data_ids}
 
     weights, held_out = theta_split_datasets(
-        dataset, 0.25, seed=0, by="speakers"
+        dataset, 0.25, seed=0, by="speakers", label_key="label"
     )
     assert not speakers_of(weights) & speakers_of(held_out)
     assert (
@@ -225,9 +225,13 @@ def test_a_speaker_theta_share_holds_out_whole_training_speakers():
     )  # a quarter of 12 equal-sized speakers
     assert len(held_out) == 24 and len(weights) == 72
     assert {dataset.data[i]["label"] for i in held_out.data_ids} == {0, 1}
-    again = theta_split_datasets(dataset, 0.25, seed=0, by="speakers")[1]
+    again = theta_split_datasets(
+        dataset, 0.25, seed=0, by="speakers", label_key="label"
+    )[1]
     assert again.data_ids == held_out.data_ids  # seeded
-    other = theta_split_datasets(dataset, 0.25, seed=5, by="speakers")[1]
+    other = theta_split_datasets(
+        dataset, 0.25, seed=5, by="speakers", label_key="label"
+    )[1]
     assert speakers_of(other) != speakers_of(held_out)
     # The clip split of the same data mixes the speakers across the two parts.
     weights, held_out = theta_split_datasets(dataset, 0.25, seed=0, by="clips")
