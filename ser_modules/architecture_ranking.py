@@ -831,24 +831,25 @@ def _fold_seed_order(output_folder, fold, rows, metric):
         for name in (os.listdir(parent) if os.path.isdir(parent) else [])
         if name.startswith("seed") and name[4:].isdigit()
     )
-    fitting = []
-    for order in itertools.permutations(seeds, length):
-        fits = True
-        for row in rows:
-            for seed, score in zip(order, row["scores"]):
-                stored = _stored_outcome(
-                    output_folder, row["architecture"], seed, fold
-                )
-                if (
-                    stored is None
-                    or abs(float(stored[1]["scores"][metric]) - score) > 1e-12
-                ):
-                    fits = False
-                    break
-            if not fits:
-                break
-        if fits:
-            fitting.append(list(order))
+    stored = {}  # (architecture, seed) -> the run's test score, or None; read once
+    for row in rows:
+        for seed in seeds:
+            found = _stored_outcome(
+                output_folder, row["architecture"], seed, fold
+            )
+            stored[row["architecture"], seed] = (
+                None if found is None else float(found[1]["scores"][metric])
+            )
+    fitting = [
+        list(order)
+        for order in itertools.permutations(seeds, length)
+        if all(
+            stored[row["architecture"], seed] is not None
+            and abs(stored[row["architecture"], seed] - score) <= 1e-12
+            for row in rows
+            for seed, score in zip(order, row["scores"])
+        )
+    ]
     return fitting[0] if len(fitting) == 1 else None
 
 
