@@ -26,6 +26,11 @@ theta in the weights' SGD its gradient through the Gumbel-softmax is tiny (a fac
 a few thousandths over a whole search and the derived architecture is decided by noise.
 Adam normalises theta's step to about ``theta_lr`` whatever the gradient's scale.
 
+``theta_warmup_epochs`` (default 0; ``decisive`` and ``fbnet``) trains the weights alone for
+that many first epochs, at ``initial_temperature``, before theta takes any step, as the
+common FBNet implementations do (``train_thetas_from_the_epoch``): every block is trained
+before theta compares them. The temperature schedule then runs over the remaining epochs.
+
 The temperature is set at the start of each epoch from the epoch number, so a resumed
 search continues with the right temperature. Every epoch the search log gets the
 temperature, softmax(theta) and the mean L2 norm of theta's gradient per layer, and
@@ -41,6 +46,7 @@ import copy
 import csv
 import io
 import logging
+import math
 import os
 import shutil
 
@@ -106,18 +112,45 @@ def annealed_temperature(epoch, num_epochs, initial=5.0, final=0.1):
 
 
 def search_temperature(hparams, epoch):
-    """The temperature of a search epoch under the hparams' ``search_mode``."""
+    """The temperature of a search epoch under the hparams' ``search_mode``.
+
+    During the ``theta_warmup_epochs`` first epochs it is ``initial_temperature``; the
+    schedule then starts, counting epochs from the first one in which theta steps.
+    """
     mode = search_mode_of(hparams)
+    warmup = int(hparams.get("theta_warmup_epochs", 0) or 0)
+    theta_epoch = max(1, epoch - warmup)
     if mode == "decisive":
         return annealed_temperature(
-            epoch,
-            int(hparams["search_epochs"]),
+            theta_epoch,
+            int(hparams["search_epochs"]) - warmup,
             hparams["initial_temperature"],
             hparams["final_temperature"],
         )
     return fbnet_temperature(
-        epoch, hparams["initial_temperature"], hparams["temperature_decay"]
+        theta_epoch,
+        hparams["initial_temperature"],
+        hparams["temperature_decay"],
     )
+
+
+def check_theta_warmup(search_mode, search_epochs, theta_warmup_epochs):
+    """Refuse a warm-up that cannot run: negative, the whole search, or in ``paper`` mode
+    (there theta is one more parameter of the weights' SGD, which has no warm-up)."""
+    warmup = int(theta_warmup_epochs)
+    if warmup == 0:
+        return
+    if search_mode == "paper":
+        raise ValueError(
+            f"theta_warmup_epochs={warmup} needs theta's own optimiser: the paper's search "
+            "steps theta in the weights' SGD. Use --search_mode=decisive (or fbnet), or "
+            "--theta_warmup_epochs=0."
+        )
+    if not 0 < warmup < int(search_epochs):
+        raise ValueError(
+            f"theta_warmup_epochs={warmup} must be >= 0 and below search_epochs="
+            f"{search_epochs}: theta needs at least one epoch to step."
+        )
 
 
 def theta_on_held_out(hparams):
@@ -160,6 +193,10 @@ class BASSearchBrain(EmotionBrain):
         super().__init__(*args, **kwargs)
         self.mode = search_mode_of(self.hparams.__dict__)
         self.held_out = theta_on_held_out(self.hparams.__dict__)
+        self.theta_warmup_epochs = int(
+            getattr(self.hparams, "theta_warmup_epochs", 0) or 0
+        )
+        self.theta_steps = True  # False during the warm-up epochs
         self._theta_grad_sums = None
         self._theta_grad_steps = 0
         self._count_theta_grads = True
@@ -223,10 +260,11 @@ class BASSearchBrain(EmotionBrain):
             return
         self._theta_grad_sums = [0.0] * self.supernet.num_layers
         self._theta_grad_steps = 0
+        self.theta_steps = epoch is None or epoch > self.theta_warmup_epochs
         self.supernet.set_temperature(
             search_temperature(self.hparams.__dict__, epoch)
         )
-        if self.held_out:
+        if self.held_out and self.theta_steps:
             # A fresh, epoch-seeded order; after an intra-epoch recovery skip the batches
             # already used (one per weight step), so the theta updates replay exactly.
             sampler = sb.dataio.sampler.ReproducibleRandomSampler(
@@ -250,9 +288,9 @@ class BASSearchBrain(EmotionBrain):
                 count += 1
 
     def freeze_optimizers(self, optimizers):
-        """The optimisers SpeechBrain's weight step runs: in ``fbnet`` mode not theta's
-        (theta steps on its own held-out batch, see :meth:`fit_batch`)."""
-        if self.held_out:
+        """The optimisers SpeechBrain's weight step runs: not theta's when theta steps on
+        its own held-out batch (see :meth:`fit_batch`) or during the warm-up epochs."""
+        if self.held_out or not self.theta_steps:
             return {
                 name: opt
                 for name, opt in optimizers.items()
@@ -265,12 +303,17 @@ class BASSearchBrain(EmotionBrain):
 
         ``decisive``: both optimisers step from the gradients of one forward/backward pass
         on the batch. ``paper``: theta is in the weights' SGD. ``fbnet``: after the weight
-        step, theta steps on the next held-out batch.
+        step, theta steps on the next held-out batch. During the warm-up epochs only the
+        weights step.
         """
-        self._count_theta_grads = not self.held_out
+        self._count_theta_grads = self.theta_steps and not self.held_out
         loss = super().fit_batch(batch)
         self._count_theta_grads = True
-        if self.held_out:
+        if not self.theta_steps:
+            # The weights' backward also reached theta: drop it, or theta's first step
+            # after the warm-up would apply the sum of the warm-up's gradients.
+            self.theta_optimizer.zero_grad(set_to_none=True)
+        if self.held_out and self.theta_steps:
             theta_batch = next(self.theta_batches)
             with self.training_ctx:
                 predictions = self.compute_forward(theta_batch, sb.Stage.TRAIN)
@@ -304,7 +347,7 @@ class BASSearchBrain(EmotionBrain):
                     "temperature": float(supernet.temperature),
                     "softmax(theta)": table,
                     "|grad theta|": " ".join(
-                        f"{value:.2e}" for value in grad_norms
+                        _grad_cell(value) for value in grad_norms
                     ),
                 }
             )
@@ -322,7 +365,8 @@ class BASSearchBrain(EmotionBrain):
         super().on_stage_end(stage, stage_loss, epoch)
 
     def epoch_theta_grad_norms(self):
-        """Mean L2 norm of theta's gradient per layer over this epoch's theta updates."""
+        """Mean L2 norm of theta's gradient per layer over this epoch's theta updates
+        (NaN in an epoch without any: the warm-up)."""
         if not self._theta_grad_sums or self._theta_grad_steps == 0:
             return [float("nan")] * self.supernet.num_layers
         return [
@@ -423,6 +467,12 @@ def trajectory_array(rows, candidates):
     return epochs, values, temperatures
 
 
+def _grad_cell(value):
+    """A gradient norm of the trajectory table; ``-`` for an epoch without theta steps."""
+    value = float(value)
+    return "-" if math.isnan(value) else f"{value:.2e}"
+
+
 def trajectory_markdown(rows, candidates):
     """One line per epoch: temperature, then softmax(theta) and |grad| of each layer."""
     epochs = sorted({int(row["epoch"]) for row in rows})
@@ -439,7 +489,8 @@ def trajectory_markdown(rows, candidates):
     lines = [
         "# softmax(theta) per search epoch",
         "",
-        "`grad` is the mean L2 norm of the layer's theta gradient over the epoch's theta updates.",
+        "`grad` is the mean L2 norm of the layer's theta gradient over the epoch's theta "
+        "updates (`-`: none, a warm-up epoch).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -454,7 +505,7 @@ def trajectory_markdown(rows, candidates):
             ]
             cells += [f"{v:.3f}" for v in values] + [
                 f"{max(values):.3f}",
-                f"{float(by_key[(epoch, layer, candidates[0])]['grad_norm']):.2e}",
+                _grad_cell(by_key[(epoch, layer, candidates[0])]["grad_norm"]),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -555,6 +606,7 @@ def search_architecture(
     input_norm=None,
     restarts=1,
     theta_split="clips",
+    theta_warmup_epochs=0,
 ):
     """Search (or reload) the architecture of one split.
 
@@ -596,6 +648,10 @@ def search_architecture(
         from the manifests' ``spk_id``; :func:`theta_split_datasets`) or ``valid`` (the
         validation set itself, which then also selects the search's checkpoint: its
         scores are no longer an unbiased estimate; the test set is never used).
+    theta_warmup_epochs : int
+        First search epochs in which only the weights step (at ``initial_temperature``);
+        the temperature schedule runs over the rest. 0 (default): theta steps from the
+        first batch. Refused in ``paper`` mode.
     theta_dataloader_opts, train_dataloader_opts, valid_dataloader_opts : dict
         Loader options of the theta batches, the training and the validation data.
     seed : int
@@ -630,6 +686,7 @@ def search_architecture(
         "final_temperature": final_temperature,
         "temperature_decay": temperature_decay,
         "theta_held_out": theta_held_out,
+        "theta_warmup_epochs": int(theta_warmup_epochs),
         "theta_opt_class": theta_opt_class,
         "theta_dataloader_opts": theta_dataloader_opts,
         "search_folder": search_folder,
@@ -639,6 +696,7 @@ def search_architecture(
         "selection_metric": selection_metric,
     }
     search_mode_of(brain_hparams)  # an unknown mode is refused before any work
+    check_theta_warmup(search_mode, search_epochs, theta_warmup_epochs)
     if theta_split not in THETA_SPLITS:
         raise ValueError(
             f"Unknown theta_split {theta_split!r}: use one of {', '.join(THETA_SPLITS)}."

@@ -93,6 +93,7 @@ SEARCH_SETTINGS = (
     "search_optimizer",
     "theta_held_out",
     "theta_split",
+    "theta_warmup_epochs",
 )
 # Hparams the recipe fills in per fold or from the data: their YAML values are placeholders
 # (the upstream record holds the real width and number of representations).

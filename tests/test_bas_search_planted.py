@@ -526,3 +526,68 @@ def test_choose_restart_breaks_ties_on_loss_and_refuses_missing_scores():
     assert choose_restart(records[:2], "UA") == 1
     with pytest.raises(ValueError, match="restarts \\[2\\]"):
         choose_restart([record(0.5, 0.7), {"valid": {}}], "UA")
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_a_theta_warmup_trains_the_weights_alone_then_searches(
+    tmp_path, monkeypatch, held_out
+):
+    import math
+
+    import ser_modules.bas_search as bas_search
+
+    theta_grads = []
+    original_end = bas_search.BASSearchBrain.on_stage_end
+
+    def recording_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            theta_grads.append(
+                [p.grad for p in self.supernet.architecture_parameters()]
+            )
+        return original_end(self, stage, stage_loss, epoch)
+
+    monkeypatch.setattr(
+        bas_search.BASSearchBrain, "on_stage_end", recording_end
+    )
+    found, hparams = search_planted(
+        tmp_path,
+        theta_held_out=held_out,
+        theta_warmup_epochs=3,
+        search_epochs=12,
+    )
+    rows = read_trajectory_rows(
+        os.path.join(hparams["search_folder"], TRAJECTORY_FILE)
+    )
+    first = [row for row in rows if row["candidate"] == CANDIDATES[0]]
+    # Warm-up: theta untouched (softmax exactly uniform), no gradient kept for it, no
+    # theta step logged, the first temperature held.
+    for row in first[:3]:
+        assert float(row["theta"]) == 0.0 and math.isnan(
+            float(row["grad_norm"])
+        )
+        assert float(row["temperature"]) == 5.0
+    assert all(grad is None for grads in theta_grads[:3] for grad in grads)
+    # Then the decisive annealing over the 9 epochs left: 5 at epoch 4, 0.1 at epoch 12.
+    assert [float(row["temperature"]) for row in first[3:]] == pytest.approx(
+        [5.0 * (0.1 / 5.0) ** (k / 8) for k in range(9)], rel=1e-5
+    )
+    assert float(first[3]["theta"]) != 0.0 and float(first[3]["grad_norm"]) > 0
+    # ... and it still decides on attention (XOR needs it).
+    assert found["architecture"][0] in ("msa", "msa_ffn")
+    assert float(found["probabilities"][0].max()) >= 0.6
+    markdown = open(
+        os.path.join(hparams["search_folder"], "theta_trajectory.md"),
+        encoding="utf-8",
+    ).read()
+    assert "| 1 | 5.000 | 0.333 | 0.333 | 0.333 | 0.333 | - |" in markdown
+
+
+def test_a_theta_warmup_that_cannot_run_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="below search_epochs=4"):
+        search_planted(tmp_path / "a", theta_warmup_epochs=4, search_epochs=4)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        search_planted(tmp_path / "b", theta_warmup_epochs=-1)
+    with pytest.raises(ValueError, match="--search_mode=decisive"):
+        search_planted(
+            tmp_path / "c", search_mode="paper", theta_warmup_epochs=2
+        )
