@@ -250,9 +250,12 @@ def test_derived_ranks_say_whether_a_rank_below_the_top_third_is_noise():
     )
 
 
-def planted_folds(effect, noise, folds=2, seeds=2, random_seed=0):
-    """Rankings of the 27 3-layer architectures: score = fold level + seed level +
-    ``effect`` when layer 1 is ``ffn`` + Gaussian noise (std ``noise``)."""
+def planted_folds(
+    effect, noise, folds=2, seeds=2, random_seed=0, seed_step=0.02
+):
+    """Rankings of the 27 3-layer architectures: score = fold level + seed level
+    (``seed_step`` per seed) + ``effect`` when layer 1 is ``ffn`` + Gaussian noise (std
+    ``noise``)."""
     import numpy as np
 
     rng = np.random.default_rng(random_seed)
@@ -263,7 +266,7 @@ def planted_folds(effect, noise, folds=2, seeds=2, random_seed=0):
             scores["-".join(architecture)] = [
                 0.5
                 + 0.1 * fold
-                + 0.02 * seed
+                + seed_step * seed
                 + (effect if architecture[0] == "ffn" else 0.0)
                 + float(rng.normal(0, noise))
                 for seed in range(seeds)

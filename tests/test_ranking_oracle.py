@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from scipy import stats
+from test_architecture_ranking import planted_folds
 
 from ser_modules.architecture_ranking import (
     all_architectures,
-    rank_architectures,
 )
 from ser_modules.ranking_oracle import (
     additive_means,
@@ -19,22 +19,7 @@ from ser_modules.ranking_oracle import (
 
 def planted(effect, noise, folds=5, seeds=2, random_seed=0, seed_step=0.03):
     """score = fold level + seed level + ``effect`` when layer 1 is ffn + noise."""
-    rng = np.random.default_rng(random_seed)
-    out = {}
-    for fold in range(folds):
-        scores = {
-            "-".join(architecture): [
-                0.5
-                + 0.1 * fold
-                + seed_step * seed
-                + (effect if architecture[0] == "ffn" else 0.0)
-                + float(rng.normal(0, noise))
-                for seed in range(seeds)
-            ]
-            for architecture in all_architectures(3)
-        }
-        out[f"fold{fold + 1}"] = rank_architectures(scores)
-    return out
+    return planted_folds(effect, noise, folds, seeds, random_seed, seed_step)
 
 
 def test_the_seed_noise_is_the_two_way_residual_not_the_seed_level():
