@@ -22,8 +22,9 @@ import math
 import sys
 
 import numpy as np
+from scipy import stats
 
-from ser_modules.architecture_ranking import load_ranking
+from ser_modules.architecture_ranking import layer_effects, load_ranking
 
 
 def seed_noise_std(rows):
@@ -50,33 +51,40 @@ def seed_noise_std(rows):
 def additive_means(keys, means):
     """Fitted values of the per-layer additive model of ``means`` (one per key).
 
-    ``keys`` are architecture keys (``"ffn-msa-msa_ffn"``); the model has an intercept
-    and, per layer, one level per block (the first block of the sorted set as reference).
+    ``keys`` are the architecture keys of a whole search space (``"ffn-msa-msa_ffn"``,
+    every combination once, as a ranking trains them). The model is
+    :func:`~ser_modules.architecture_ranking.layer_effects`'s; in this balanced design its
+    fitted value is the grand mean plus each layer's centred block effect.
     """
-    blocks = [key.split("-") for key in keys]
-    candidates = sorted(
-        {block for architecture in blocks for block in architecture}
+    fitted = layer_effects(
+        {
+            "fit": [
+                {"architecture": key, "scores": [float(value)]}
+                for key, value in zip(keys, means)
+            ]
+        }
     )
-    columns = [np.ones(len(keys))]
-    for layer in range(len(blocks[0])):
-        for candidate in candidates[1:]:
-            columns.append(
-                np.array([float(arch[layer] == candidate) for arch in blocks])
+    if (
+        fitted is None
+    ):  # no residual degree of freedom (one layer): the model is the means
+        return np.asarray(means, dtype=float)
+    effects = fitted["layers"]
+    grand = float(np.mean(means))
+    return np.array(
+        [
+            grand
+            + sum(
+                effects[layer]["effects"][block]
+                for layer, block in enumerate(key.split("-"))
             )
-    design = np.stack(columns, axis=1)
-    values = np.asarray(means, dtype=float)
-    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
-    return design @ coefficients
+            for key in keys
+        ]
+    )
 
 
 def binomial_at_least(trials, probability, at_least):
     """P(X >= at_least) for X ~ Binomial(trials, probability)."""
-    return sum(
-        math.comb(trials, k)
-        * probability**k
-        * (1 - probability) ** (trials - k)
-        for k in range(at_least, trials + 1)
-    )
+    return float(stats.binom.sf(at_least - 1, trials, probability))
 
 
 def oracle_top_third(
@@ -138,21 +146,10 @@ def oracle_top_third(
             raise ValueError(
                 f"{fold} does not rank the same architectures as the other folds."
             )
-    fold_means = {
-        fold: np.array(
-            [
-                float(
-                    np.mean(
-                        next(r for r in rows if r["architecture"] == key)[
-                            "scores"
-                        ]
-                    )
-                )
-                for key in keys
-            ]
-        )
-        for fold, rows in usable.items()
-    }
+    fold_means = {}
+    for fold, rows in usable.items():
+        scores = {row["architecture"]: row["scores"] for row in rows}
+        fold_means[fold] = np.array([np.mean(scores[key]) for key in keys])
     shared = additive_means(
         keys, np.mean([m - m.mean() for m in fold_means.values()], axis=0)
     )
