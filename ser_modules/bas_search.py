@@ -118,7 +118,7 @@ def search_temperature(hparams, epoch):
     schedule then starts, counting epochs from the first one in which theta steps.
     """
     mode = search_mode_of(hparams)
-    warmup = int(hparams.get("theta_warmup_epochs", 0) or 0)
+    warmup = theta_warmup_of(hparams)
     theta_epoch = max(1, epoch - warmup)
     if mode == "decisive":
         return annealed_temperature(
@@ -132,6 +132,11 @@ def search_temperature(hparams, epoch):
         hparams["initial_temperature"],
         hparams["temperature_decay"],
     )
+
+
+def theta_warmup_of(hparams):
+    """``theta_warmup_epochs`` of the hparams (a dict), 0 when absent."""
+    return int(hparams.get("theta_warmup_epochs", 0) or 0)
 
 
 def check_theta_warmup(search_mode, search_epochs, theta_warmup_epochs):
@@ -193,9 +198,7 @@ class BASSearchBrain(EmotionBrain):
         super().__init__(*args, **kwargs)
         self.mode = search_mode_of(self.hparams.__dict__)
         self.held_out = theta_on_held_out(self.hparams.__dict__)
-        self.theta_warmup_epochs = int(
-            getattr(self.hparams, "theta_warmup_epochs", 0) or 0
-        )
+        self.theta_warmup_epochs = theta_warmup_of(self.hparams.__dict__)
         self.theta_steps = True  # False during the warm-up epochs
         self._theta_grad_sums = None
         self._theta_grad_steps = 0

@@ -64,9 +64,8 @@ def additive_means(keys, means):
             ]
         }
     )
-    if (
-        fitted is None
-    ):  # no residual degree of freedom (one layer): the model is the means
+    if fitted is None:
+        # No residual degree of freedom (one layer): the model is the means themselves.
         return np.asarray(means, dtype=float)
     effects = fitted["layers"]
     grand = float(np.mean(means))
