@@ -303,18 +303,31 @@ def hparams_keys(path):
         return set(TOP_LEVEL_KEY.findall(handle.read()))
 
 
+def prepare_function_options(path):
+    """Parameters of the ``prepare_*`` functions of one Python file."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    return {
+        argument.arg
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and node.name.startswith("prepare_")
+        for argument in node.args.args
+    }
+
+
 def preparation_options(recipe_folder):
     """Parameters of the ``prepare_*`` functions of a recipe folder's ``*_prepare.py``."""
     names = set()
     for path in glob.glob(os.path.join(recipe_folder, "*_prepare.py")):
-        with open(path, encoding="utf-8") as handle:
-            tree = ast.parse(handle.read(), filename=path)
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith(
-                "prepare_"
-            ):
-                names.update(argument.arg for argument in node.args.args)
+        names |= prepare_function_options(path)
     return names
+
+
+def is_preparation_script(path):
+    """A script whose command line is its ``prepare_*`` function's (``preparation_cli``)."""
+    with open(path, encoding="utf-8") as handle:
+        return "preparation_cli(prepare_" in handle.read()
 
 
 def argparse_options(path):
@@ -372,6 +385,8 @@ def options_a_command_accepts(tokens):
             preparation = preparation_options(folder)
             if token.endswith("_prepare.py"):
                 return preparation, index
+            if is_preparation_script(script):
+                return prepare_function_options(script), index
             accepted = {RENAMED_ON_RECIPES.get(n, n) for n in preparation}
             accepted |= speechbrain_run_options() | argparse_options(script)
             with open(script, encoding="utf-8") as handle:
@@ -460,6 +475,8 @@ def options_anything_accepts():
             os.path.join(REPO_ROOT, root, "**", "*.py"), recursive=True
         ):
             accepted |= argparse_options(path)
+            if is_preparation_script(path):
+                accepted |= prepare_function_options(path)
     return accepted
 
 
