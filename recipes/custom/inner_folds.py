@@ -81,13 +81,13 @@ def prepare_inner_folds(
                 f"folder and --fold to one of its fold folders."
             )
     rows = [row for path in sources for row in read_csv(path)]
-    fieldnames = list(rows[0].keys()) if rows else None
     for column in ("ID", "emo", "spk_id"):
         if not rows or column not in rows[0]:
             raise ValueError(
                 f"{sources[0]} has no {column} column (or no rows): inner folds need "
                 "the ID, emo and spk_id columns a preparation writes."
             )
+    fieldnames = list(rows[0])
     labels = [row["emo"] for row in rows]
     speakers = [row["spk_id"] for row in rows]
     written = {}
