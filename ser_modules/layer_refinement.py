@@ -46,6 +46,7 @@ from ser_modules.manifest import atomic_write_text
 
 REFINEMENT_FILE = "refinement.json"
 REFINEMENT_MARKDOWN = "refinement.md"
+INNER_OPTIONS_FILE = "inner_options.json"
 DEFAULT_SEED = 1986  # the seed of every hparams file
 
 
@@ -171,6 +172,32 @@ def bas_architecture(results_path, fold):
     return list(derived[fold])
 
 
+def check_inner_options(inner_folder, options):
+    """Refuse an output folder whose inner folds were made from other options.
+
+    A candidate run trains on every fold folder in ``inner_folder``, so inner folds of
+    another outer fold, count or seed left there would be trained on silently.
+    """
+    path = os.path.join(inner_folder, INNER_OPTIONS_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+        if stored != options:
+            changed = sorted(
+                key
+                for key in {*stored, *options}
+                if stored.get(key) != options.get(key)
+            )
+            raise ValueError(
+                f"{inner_folder} holds inner folds made with other options "
+                f"({', '.join(f'{key}: {stored.get(key)!r} there, {options.get(key)!r} now' for key in changed)}): "
+                "pass a new --output_folder, or delete that folder to redo it."
+            )
+    else:
+        os.makedirs(inner_folder, exist_ok=True)
+        atomic_write_text(path, json.dumps(options, indent=2) + "\n")
+
+
 def candidate_command(
     train_script,
     hparams_file,
@@ -241,9 +268,10 @@ def refinement_markdown(record):
 def run_refinement(argv, train_script, prepare_inner_folds):
     """Parse the command line, train the candidates, write and return the refinement."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a train.py option is never taken for a prefix of ours
         usage="refine_architecture.py HPARAMS --prepare_folder=PREP --fold=foldK "
         "--output_folder=OUT (--architecture=[...] | --bas_results=RESULTS) "
-        "[train.py options]"
+        "[train.py options]",
     )
     parser.add_argument("hparams_file")
     parser.add_argument("--prepare_folder", required=True)
@@ -265,7 +293,14 @@ def run_refinement(argv, train_script, prepare_inner_folds):
         )
     for option in extra:
         name = option.split("=", 1)[0]
-        if name in ("--fold", "--skip_prep", "--search", "--train_csv"):
+        if name in (
+            "--fold",
+            "--skip_prep",
+            "--search",
+            "--train_csv",
+            "--valid_csv",
+            "--test_csv",
+        ):
             parser.error(
                 f"{name} is set by the refinement for its train.py runs; leave it out."
             )
@@ -280,6 +315,15 @@ def run_refinement(argv, train_script, prepare_inner_folds):
 
     output_folder = os.path.abspath(own.output_folder)
     inner_folder = os.path.join(output_folder, "inner")
+    check_inner_options(
+        inner_folder,
+        {
+            "prepare_folder": os.path.abspath(own.prepare_folder),
+            "fold": own.fold,
+            "n_folds": own.n_inner_folds,
+            "seed": own.inner_seed,
+        },
+    )
     prepare_inner_folds(
         own.prepare_folder,
         inner_folder,
@@ -364,3 +408,15 @@ def run_refinement(argv, train_script, prepare_inner_folds):
         " --output_folder=..."
     )
     return record
+
+
+def main(train_script, prepare_inner_folds, argv=None):
+    """Entry point of ``recipes/<DATASET>/refine_architecture.py``: errors as one message."""
+    try:
+        return run_refinement(
+            sys.argv[1:] if argv is None else argv,
+            train_script,
+            prepare_inner_folds,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        sys.exit(f"refine_architecture.py: error: {error}")

@@ -290,3 +290,20 @@ def test_bad_refinement_commands_say_what_to_do(prepared, tmp_path):
     assert result.returncode != 0
     assert "no architecture derived on fold2" in result.stderr
     assert not (output / "runs").exists()
+    # inner folds made from other options are never trained on
+    (output / "inner").mkdir(parents=True)
+    (output / "inner" / "inner_options.json").write_text(
+        json.dumps(
+            {
+                "prepare_folder": str(prep),
+                "fold": "fold2",
+                "n_folds": 4,
+                "seed": 1234,
+            }
+        )
+    )
+    result = refine(corpus, prep, output, "--architecture=[msa]")
+    assert result.returncode != 0
+    assert "n_folds: 4 there, 2 now" in result.stderr
+    assert "pass a new --output_folder" in result.stderr
+    assert not (output / "runs").exists()

@@ -13,15 +13,13 @@ with the best pooled inner-CV score. See ``ser_modules.layer_refinement``.
 """
 
 import os
-import sys
 
 from inner_folds import prepare_inner_folds
 
-from ser_modules.layer_refinement import run_refinement
+from ser_modules.layer_refinement import main
 
 if __name__ == "__main__":
-    run_refinement(
-        sys.argv[1:],
+    main(
         os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
         prepare_inner_folds,
     )
