@@ -14,13 +14,16 @@ the inner model that did not train on its speaker (``pooled`` in its ``results.j
 Each layer then takes the block with the best pooled score among the base's block and
 its alternatives (a one-factor-at-a-time design: the per-layer model of
 :func:`ser_modules.architecture_ranking.layer_effects` estimated around the base). A tie
-keeps the base's block. The candidates do not depend on each other, so ``--jobs=N``
-trains N at once::
+keeps the base's block. When those choices change more than one layer, their combination
+is trained on the inner folds too and kept only if it scores at least as well as every
+candidate; else the best candidate is the answer (``--check_combination=False`` skips
+this). The candidates do not depend on each other, so ``--jobs=N`` trains N at once::
 
     python recipes/custom/refine_architecture.py hparams/bas_fbank.yaml \\
         --data_folder=CORPUS --prepare_folder=PREP --fold=fold1 --output_folder=OUT \\
         (--architecture=[msa_ffn,msa_ffn,msa_ffn] | --bas_results=BAS_OUT/results.json) \\
-        [--n_inner_folds=4] [--inner_seed=1234] [--seed=1986] [--jobs=1] [train.py options]
+        [--n_inner_folds=4] [--inner_seed=1234] [--seed=1986] [--jobs=1] \\
+        [--check_combination=True] [train.py options]
 
 writes ``OUT/inner/`` (the inner folds), ``OUT/runs/<architecture>/seed<S>/`` (one
 ``train.py`` run per candidate, with its log next to it) and ``OUT/refinement.json`` /
@@ -137,6 +140,41 @@ def choose_layers(base, scores, candidates=CANDIDATES):
     }
 
 
+def final_choice(record, scores):
+    """The refinement's answer once the per-layer choice has been scored itself.
+
+    When the layers' choices change more than one layer of the base, their combination
+    was not among the candidates; trained on the inner folds, it is kept only when it
+    scores at least as well as every candidate, else the best candidate is taken (the
+    layers' effects were not additive there).
+
+    Arguments
+    ---------
+    record : dict
+        :func:`choose_layers`'s result.
+    scores : dict
+        ``{architecture_key: score}``: the candidates and, when it is new, the combination.
+
+    Returns
+    -------
+    dict
+        ``record`` with ``combined`` (the per-layer choice), ``combined_score`` (None when
+        not scored) and ``architecture`` (the answer).
+    """
+    combined = list(record["architecture"])
+    key = architecture_key(combined)
+    result = {**record, "combined": combined, "combined_score": scores.get(key)}
+    if key not in scores:
+        return result
+    best_key = max(
+        (k for k in scores if k != key),
+        key=lambda k: scores[k],
+    )
+    if scores[key] < scores[best_key]:
+        result["architecture"] = best_key.split("-")
+    return result
+
+
 def pooled_score(results_path, metric, n_inner_folds):
     """The pooled score of a candidate's ``train.py`` run over all its inner folds."""
     if not os.path.isfile(results_path):
@@ -248,16 +286,32 @@ def refinement_markdown(record):
             + " | ".join(cells)
             + f" | `{layer['chosen']}` | {layer['gain']:+.4f} |"
         )
+    combined = record.get("combined", record["architecture"])
+    lines.append("")
+    if combined != record["architecture"]:
+        lines.append(
+            f"The layers' choices combined, `{architecture_key(combined)}`, scored "
+            f"{record['combined_score']:.4f}, below the best candidate: not additive here."
+        )
+    elif (
+        combined != record["base"]
+        and record.get("combined_score") is None
+        and architecture_key(combined) not in record["scores"]
+    ):
+        lines.append(
+            "The layers' choices combined change more than one layer and were not "
+            "trained on the inner folds (--check_combination=False)."
+        )
+    final = architecture_key(record["architecture"])
     lines += [
-        "",
-        f"Refined architecture: `{architecture_key(record['architecture'])}`"
+        f"Refined architecture: `{final}`"
         + (
             " (the base)."
             if record["architecture"] == record["base"]
             else (
-                f" (pooled {metric} {record['scores'][architecture_key(record['architecture'])]:.4f})."
-                if architecture_key(record["architecture"]) in record["scores"]
-                else " (changes more than one layer: not trained on the inner folds)."
+                f" (pooled {metric} {record['scores'][final]:.4f})."
+                if final in record["scores"]
+                else "."
             )
         ),
         "",
@@ -284,6 +338,11 @@ def run_refinement(argv, train_script, prepare_inner_folds):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--metric", default="UA")
+    parser.add_argument(
+        "--check_combination",
+        type=lambda text: text.lower() in ("true", "1", "yes"),
+        default=True,
+    )
     own, extra = parser.parse_known_args(argv)
     # --fold=3 or --fold=fold3 (train.py's and inner_folds.py's spellings)
     own.fold = own.fold if own.fold.startswith("fold") else f"fold{own.fold}"
@@ -378,8 +437,20 @@ def run_refinement(argv, train_script, prepare_inner_folds):
         )
         for architecture, (folder, _) in zip(architectures, finished)
     }
+    chosen = choose_layers(base, scores)
+    combined = chosen["architecture"]
+    if own.check_combination and architecture_key(combined) not in scores:
+        folder, code = train(combined)
+        if code != 0:
+            raise RuntimeError(
+                f"the run of the combined choice failed; see {folder}.log. Run the "
+                "same command again: finished candidates are reused."
+            )
+        scores[architecture_key(combined)] = pooled_score(
+            os.path.join(folder, "results.json"), own.metric, own.n_inner_folds
+        )
     record = {
-        **choose_layers(base, scores),
+        **final_choice(chosen, scores),
         "fold": own.fold,
         "seed": own.seed,
         "metric": own.metric,

@@ -21,6 +21,7 @@ from ser_modules.architecture_ranking import architecture_key
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.layer_refinement import (
     choose_layers,
+    final_choice,
     one_layer_alternatives,
     pooled_score,
     refinement_markdown,
@@ -115,6 +116,47 @@ def test_each_layer_takes_its_best_block_and_a_tie_keeps_the_base():
     )
     with pytest.raises(ValueError, match="no score for"):
         choose_layers(base, {architecture_key(base): 0.5})
+
+
+def test_the_combined_choice_is_kept_only_when_it_is_at_least_the_best_candidate():
+    base = ["msa_ffn", "msa_ffn"]
+    effects = [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
+    scores = planted_scores(base, effects)
+    record = choose_layers(base, scores)
+    assert record["architecture"] == ["ffn", "msa"]  # two layers changed
+    # not scored (--check_combination=False): the per-layer choice stands
+    unscored = final_choice(record, scores)
+    assert unscored["architecture"] == ["ffn", "msa"]
+    assert unscored["combined_score"] is None
+    # additive: 0.6 + 0.05 + 0.08 beats every candidate, so it is kept
+    additive = final_choice(record, {**scores, "ffn-msa": 0.73})
+    assert additive["architecture"] == ["ffn", "msa"]
+    assert additive["combined_score"] == 0.73
+    # equal to the best candidate: kept
+    assert final_choice(record, {**scores, "ffn-msa": 0.68})[
+        "architecture"
+    ] == [
+        "ffn",
+        "msa",
+    ]
+    # below the best candidate (msa_ffn-msa, 0.68): that candidate is the answer
+    clash = final_choice(record, {**scores, "ffn-msa": 0.61})
+    assert clash["architecture"] == ["msa_ffn", "msa"]
+    assert clash["combined"] == ["ffn", "msa"]
+    text = refinement_markdown(
+        {
+            **clash,
+            "fold": "fold1",
+            "seed": 1986,
+            "metric": "UA",
+            "n_inner_folds": 4,
+            "inner_seed": 1234,
+            "candidates": list(CANDIDATES),
+            "scores": {**scores, "ffn-msa": 0.61},
+        }
+    )
+    assert "`ffn-msa`, scored 0.6100, below the best candidate" in text
+    assert "Refined architecture: `msa_ffn-msa` (pooled UA 0.6800)" in text
 
 
 def test_a_run_without_every_inner_fold_is_refused(tmp_path):
