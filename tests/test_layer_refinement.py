@@ -349,3 +349,59 @@ def test_bad_refinement_commands_say_what_to_do(prepared, tmp_path):
     assert "n_folds: 4 there, 2 now" in result.stderr
     assert "pass a new --output_folder" in result.stderr
     assert not (output / "runs").exists()
+
+
+FAKE_TRAIN = """
+import json, os, sys
+options = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--"))
+key = options["architecture"].strip("[]").replace(",", "-")
+scores = json.loads(os.environ["PLANTED_SCORES"])
+os.makedirs(options["output_folder"], exist_ok=True)
+with open(os.path.join(options["output_folder"], "results.json"), "w") as handle:
+    json.dump({"folds": {"fold1": {}, "fold2": {}}, "pooled": {"UA": scores[key]}}, handle)
+with open(os.path.join(os.path.dirname(options["output_folder"]), "..", "trained.txt"), "a") as handle:
+    handle.write(key + "\\n")
+"""
+
+
+@pytest.mark.parametrize(
+    "combined_score, answer",
+    [(0.75, "ffn-msa"), (0.61, "msa_ffn-msa")],
+)
+def test_a_choice_of_several_layers_is_trained_and_kept_only_if_it_wins(
+    tmp_path, monkeypatch, combined_score, answer
+):
+    """The orchestration with a planted train.py: the 5 candidates of a 2-layer base are
+    trained, then the combined per-layer choice, and the answer follows its score."""
+    from ser_modules.layer_refinement import run_refinement
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    base = ["msa_ffn", "msa_ffn"]
+    scores = planted_scores(
+        base, [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
+    )
+    monkeypatch.setenv(
+        "PLANTED_SCORES", json.dumps({**scores, "ffn-msa": combined_score})
+    )
+    output = tmp_path / "out"
+    record = run_refinement(
+        [
+            "hparams/bas_fbank.yaml",
+            "--prepare_folder=unused",
+            "--fold=1",
+            f"--output_folder={output}",
+            "--architecture=[msa_ffn,msa_ffn]",
+            "--n_inner_folds=2",
+            "--jobs=2",
+        ],
+        str(script),
+        lambda *args, **kwargs: None,
+    )
+    trained = (output / "runs" / "trained.txt").read_text().split()
+    assert sorted(trained[:5]) == sorted(scores) and trained[5:] == ["ffn-msa"]
+    assert record["combined"] == ["ffn", "msa"]
+    assert record["combined_score"] == combined_score
+    assert "-".join(record["architecture"]) == answer
+    with open(output / "refinement.json", encoding="utf-8") as handle:
+        assert json.load(handle)["architecture"] == record["architecture"]
