@@ -214,7 +214,8 @@ def check_inner_options(inner_folder, options):
     """Refuse an output folder whose inner folds were made from other options.
 
     A candidate run trains on every fold folder in ``inner_folder``, so inner folds of
-    another outer fold, count or seed left there would be trained on silently.
+    another outer fold, count or seed left there would be trained on silently. The
+    options are written there (:data:`INNER_OPTIONS_FILE`) once the inner folds are.
     """
     path = os.path.join(inner_folder, INNER_OPTIONS_FILE)
     if os.path.isfile(path):
@@ -231,9 +232,6 @@ def check_inner_options(inner_folder, options):
                 f"({', '.join(f'{key}: {stored.get(key)!r} there, {options.get(key)!r} now' for key in changed)}): "
                 "pass a new --output_folder, or delete that folder to redo it."
             )
-    else:
-        os.makedirs(inner_folder, exist_ok=True)
-        atomic_write_text(path, json.dumps(options, indent=2) + "\n")
 
 
 def candidate_command(
@@ -319,6 +317,13 @@ def refinement_markdown(record):
     return "\n".join(lines)
 
 
+def true_or_false(text):
+    """``--check_combination``'s value: True or False, nothing else."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
+    return text.lower() == "true"
+
+
 def run_refinement(argv, train_script, prepare_inner_folds):
     """Parse the command line, train the candidates, write and return the refinement."""
     parser = argparse.ArgumentParser(
@@ -340,7 +345,7 @@ def run_refinement(argv, train_script, prepare_inner_folds):
     parser.add_argument("--metric", default="UA")
     parser.add_argument(
         "--check_combination",
-        type=lambda text: text.lower() in ("true", "1", "yes"),
+        type=true_or_false,
         default=True,
     )
     own, extra = parser.parse_known_args(argv)
@@ -374,21 +379,23 @@ def run_refinement(argv, train_script, prepare_inner_folds):
 
     output_folder = os.path.abspath(own.output_folder)
     inner_folder = os.path.join(output_folder, "inner")
-    check_inner_options(
-        inner_folder,
-        {
-            "prepare_folder": os.path.abspath(own.prepare_folder),
-            "fold": own.fold,
-            "n_folds": own.n_inner_folds,
-            "seed": own.inner_seed,
-        },
-    )
+    inner_options = {
+        "prepare_folder": os.path.abspath(own.prepare_folder),
+        "fold": own.fold,
+        "n_folds": own.n_inner_folds,
+        "seed": own.inner_seed,
+    }
+    check_inner_options(inner_folder, inner_options)
     prepare_inner_folds(
         own.prepare_folder,
         inner_folder,
         fold=own.fold,
         n_folds=own.n_inner_folds,
         seed=own.inner_seed,
+    )
+    atomic_write_text(
+        os.path.join(inner_folder, INNER_OPTIONS_FILE),
+        json.dumps(inner_options, indent=2) + "\n",
     )
 
     def train(architecture):

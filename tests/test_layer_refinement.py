@@ -332,8 +332,20 @@ def test_bad_refinement_commands_say_what_to_do(prepared, tmp_path):
     assert result.returncode != 0
     assert "no architecture derived on fold2" in result.stderr
     assert not (output / "runs").exists()
+    result = refine(
+        corpus, prep, output, "--architecture=[msa]", "--check_combination=no"
+    )
+    assert result.returncode != 0 and "is not True or False" in result.stderr
+    # a fold the preparation does not have: refused, and nothing is recorded that
+    # would refuse the corrected command
+    result = refine(corpus, prep, output, "--architecture=[msa]", "--fold=9")
+    assert (
+        result.returncode != 0
+        and "fold9/train.csv does not exist" in result.stderr
+    )
+    assert not (output / "inner" / "inner_options.json").exists()
     # inner folds made from other options are never trained on
-    (output / "inner").mkdir(parents=True)
+    (output / "inner").mkdir(parents=True, exist_ok=True)
     (output / "inner" / "inner_options.json").write_text(
         json.dumps(
             {
