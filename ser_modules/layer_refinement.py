@@ -369,10 +369,18 @@ def run_refinement(argv, train_script, prepare_inner_folds):
                 f"{name} is set by the refinement for its train.py runs; leave it out."
             )
     if own.architecture is not None:
-        base = [
-            block.strip()
-            for block in own.architecture.strip().strip("[]").split(",")
+        # read as train.py reads it: a YAML list (imported here: the recipe module
+        # loads SpeechBrain, which nothing else of this module needs)
+        from ser_modules.recipe import parse_overrides
+
+        base = parse_overrides(f"architecture: {own.architecture}")[
+            "architecture"
         ]
+        if not isinstance(base, list):
+            parser.error(
+                f"--architecture={own.architecture} is not a list of blocks, "
+                "e.g. --architecture=[msa_ffn,msa_ffn,msa_ffn]"
+            )
     else:
         base = bas_architecture(own.bas_results, own.fold)
     architectures = one_layer_alternatives(base)

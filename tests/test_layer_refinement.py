@@ -403,7 +403,7 @@ def test_a_choice_of_several_layers_is_trained_and_kept_only_if_it_wins(
             "--prepare_folder=unused",
             "--fold=1",
             f"--output_folder={output}",
-            "--architecture=[msa_ffn,msa_ffn]",
+            "--architecture=[msa_ffn, msa_ffn]",  # YAML, as train.py reads it
             "--n_inner_folds=2",
             "--jobs=2",
         ],
@@ -417,3 +417,22 @@ def test_a_choice_of_several_layers_is_trained_and_kept_only_if_it_wins(
     assert "-".join(record["architecture"]) == answer
     with open(output / "refinement.json", encoding="utf-8") as handle:
         assert json.load(handle)["architecture"] == record["architecture"]
+
+
+def test_an_architecture_that_is_not_a_list_is_refused(tmp_path, capsys):
+    from ser_modules.layer_refinement import run_refinement
+
+    with pytest.raises(SystemExit):
+        run_refinement(
+            [
+                "hparams/bas_fbank.yaml",
+                "--prepare_folder=unused",
+                "--fold=1",
+                f"--output_folder={tmp_path}",
+                "--architecture=msa_ffn",
+            ],
+            "unused_train.py",
+            lambda *args, **kwargs: None,
+        )
+    assert "is not a list of blocks" in capsys.readouterr().err
+    assert not (tmp_path / "inner").exists()
