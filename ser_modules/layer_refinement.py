@@ -53,6 +53,11 @@ INNER_OPTIONS_FILE = "inner_options.json"
 DEFAULT_SEED = 1986  # the seed of every hparams file
 
 
+def with_block(architecture, layer, block):
+    """``architecture`` with ``block`` in ``layer`` (0-based)."""
+    return [*architecture[:layer], block, *architecture[layer + 1 :]]
+
+
 def one_layer_alternatives(base, candidates=CANDIDATES):
     """The base and every architecture that differs from it in exactly one layer.
 
@@ -79,7 +84,7 @@ def one_layer_alternatives(base, candidates=CANDIDATES):
     for layer, block in enumerate(base):
         for other in candidates:
             if other != block:
-                architectures.append(base[:layer] + [other] + base[layer + 1 :])
+                architectures.append(with_block(base, layer, other))
     return architectures
 
 
@@ -114,9 +119,7 @@ def choose_layers(base, scores, candidates=CANDIDATES):
     layers, refined = [], []
     for layer, block in enumerate(base):
         by_block = {
-            other: scores[
-                architecture_key(base[:layer] + [other] + base[layer + 1 :])
-            ]
+            other: scores[architecture_key(with_block(base, layer, other))]
             for other in candidates
         }
         chosen = block
