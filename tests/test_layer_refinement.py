@@ -58,7 +58,7 @@ def test_the_candidates_are_the_base_and_every_one_layer_change():
         one_layer_alternatives([])
 
 
-def planted_scores(base, effects, interaction=0.0):
+def planted_scores(base, effects):
     """Scores of the base and its alternatives: base 0.6 + the changed layer's effect."""
     scores = {}
     for architecture in one_layer_alternatives(base):
@@ -67,7 +67,7 @@ def planted_scores(base, effects, interaction=0.0):
         ]
         score = 0.6
         for layer in changed:
-            score += effects[layer][architecture[layer]] + interaction
+            score += effects[layer][architecture[layer]]
         scores[architecture_key(architecture)] = score
     return scores
 
@@ -94,9 +94,8 @@ def test_each_layer_takes_its_best_block_and_a_tie_keeps_the_base():
     effects = [
         {"msa_ffn": 0.03, "msa": -0.2},
         {"msa_ffn": 0.0, "ffn": 0.01},
-        {},
+        {"msa_ffn": -0.01, "msa": 0.04},
     ]
-    effects[2] = {"msa_ffn": -0.01, "msa": 0.04}
     record = choose_layers(base, planted_scores(base, effects))
     assert record["architecture"] == ["msa_ffn", "ffn", "msa"]
     text = refinement_markdown(
