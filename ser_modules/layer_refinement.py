@@ -23,7 +23,8 @@ this). The candidates do not depend on each other, so ``--jobs=N`` trains N at o
         --data_folder=CORPUS --prepare_folder=PREP --fold=fold1 --output_folder=OUT \\
         (--architecture=[msa_ffn,msa_ffn,msa_ffn] | --bas_results=BAS_OUT/results.json) \\
         [--n_inner_folds=4] [--inner_seed=1234] [--seed=1986] [--jobs=1] \\
-        [--check_combination=True] [train.py options]
+        [--check_combination=True] [--architecture_ranking=RANKING/ranking.json] \\
+        [train.py options]
 
 writes ``OUT/inner/`` (the inner folds), ``OUT/runs/<architecture>/seed<S>/`` (one
 ``train.py`` run per candidate, with its log next to it) and ``OUT/refinement.json`` /
@@ -33,7 +34,10 @@ on the outer fold. Every candidate is a plain ``train.py`` run, so an interrupte
 refinement resumes: finished runs are reused when what produced them is the same
 (:mod:`ser_modules.fingerprint`). Options it does not know go to every ``train.py`` run
 unchanged (``--cache_folder``, ``--number_of_epochs``, ``--num_layers`` for a 4-layer
-base, ...).
+base, ...). With ``--architecture_ranking`` (``rank_architectures.py``'s ``ranking.json``
+of the outer folds), ``refinement.md`` also says where every candidate and the answer
+rank on the outer fold's test clips, as a BAS run's ``results.md`` does; the ranking is
+read before anything trains and never enters the choice.
 """
 
 import argparse
@@ -43,7 +47,11 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from ser_modules.architecture_ranking import architecture_key
+from ser_modules.architecture_ranking import (
+    architecture_key,
+    derived_ranks,
+    load_ranking,
+)
 from ser_modules.downstream.blocks import CANDIDATES
 from ser_modules.manifest import atomic_write_text
 
@@ -261,6 +269,91 @@ def candidate_command(
     ]
 
 
+def refinement_ranks(record, ranking):
+    """Where the refinement's candidates and answer rank in an exhaustive ranking.
+
+    The ranking (``rank_architectures.py``'s ``ranking.json``) scores every architecture
+    of the space on the outer fold's *test* clips: it says how good the refinement's
+    answer turned out, and never enters the choice, which is made on the pooled inner-CV
+    scores alone.
+
+    Arguments
+    ---------
+    record : dict
+        The refinement record (``base``, ``fold``, ``scores``, ``architecture`` and, when
+        the layers' choices were combined, ``combined``).
+    ranking : dict
+        A ranking record (:func:`ser_modules.architecture_ranking.load_ranking`).
+
+    Returns
+    -------
+    dict
+        ``{architecture_key: derived_ranks entry}`` for every candidate, the combination
+        and the answer that the ranking holds for the fold (empty when it does not rank
+        the fold).
+    """
+    architectures = [
+        *one_layer_alternatives(record["base"], record["candidates"]),
+        record.get("combined", record["architecture"]),
+        record["architecture"],
+    ]
+    ranks = {}
+    for architecture in architectures:
+        entry = derived_ranks({record["fold"]: architecture}, ranking).get(
+            record["fold"]
+        )
+        if entry is not None:
+            ranks[architecture_key(architecture)] = entry
+    return ranks
+
+
+def _ranks_lines(record):
+    """``refinement.md``'s lines on where the candidates rank (empty without a ranking)."""
+    if "ranking" not in record:
+        return []
+    lines = [
+        f"## Where they rank on the outer fold's test clips ({record['ranking']})",
+        "",
+    ]
+    ranks = record["ranks"]
+    if not ranks:
+        return lines + [
+            f"The ranking holds none of these architectures for {record['fold']}.",
+            "",
+        ]
+    metric = record["metric"]
+    final = architecture_key(record["architecture"])
+    base = architecture_key(record["base"])
+    lines += [
+        "For reading only: the choice above used the pooled inner-CV scores, never "
+        "these test scores.",
+        "",
+        f"| architecture | pooled inner-CV {metric} | rank | test {metric} "
+        "(mean +/- std over seeds) | top third |",
+        "|---|---|---|---|---|",
+    ]
+    for key, entry in sorted(ranks.items(), key=lambda item: item[1]["rank"]):
+        name = key.replace("-", " -> ")
+        if key == base:
+            name += " (base)"
+        if key == final:
+            name += " (**answer**)"
+        score = record["scores"].get(key)
+        lines.append(
+            f"| {name} | {'' if score is None else f'{score:.4f}'} | "
+            f"{entry['rank']} of {entry['of']} | {entry['mean']:.4f} +/- "
+            f"{entry['std']:.4f} | {'yes' if entry['top_third'] else 'no'} |"
+        )
+    first = next(iter(ranks.values()))
+    lines += [
+        "",
+        f"The fold's best: `{first['best'].replace('-', ' -> ')}` "
+        f"({first['best_mean']:.4f}).",
+        "",
+    ]
+    return lines
+
+
 def refinement_markdown(record):
     """``refinement.md``: every candidate's pooled score and each layer's choice."""
     metric = record["metric"]
@@ -316,6 +409,7 @@ def refinement_markdown(record):
             )
         ),
         "",
+        *_ranks_lines(record),
     ]
     return "\n".join(lines)
 
@@ -333,7 +427,7 @@ def run_refinement(argv, train_script, prepare_inner_folds):
         allow_abbrev=False,  # a train.py option is never taken for a prefix of ours
         usage="refine_architecture.py HPARAMS --prepare_folder=PREP --fold=foldK "
         "--output_folder=OUT (--architecture=[...] | --bas_results=RESULTS) "
-        "[train.py options]",
+        "[--architecture_ranking=RANKING.json] [train.py options]",
     )
     parser.add_argument("hparams_file")
     parser.add_argument("--prepare_folder", required=True)
@@ -346,6 +440,7 @@ def run_refinement(argv, train_script, prepare_inner_folds):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--metric", default="UA")
+    parser.add_argument("--architecture_ranking", default=None)
     parser.add_argument(
         "--check_combination",
         type=true_or_false,
@@ -386,6 +481,10 @@ def run_refinement(argv, train_script, prepare_inner_folds):
             )
     else:
         base = bas_architecture(own.bas_results, own.fold)
+    ranking = None
+    if own.architecture_ranking is not None:
+        # read now: a wrong path is reported before any training, not after
+        ranking = load_ranking(own.architecture_ranking)
     architectures = one_layer_alternatives(base)
 
     output_folder = os.path.abspath(own.output_folder)
@@ -479,6 +578,9 @@ def run_refinement(argv, train_script, prepare_inner_folds):
         "hparams_file": own.hparams_file,
         "train_options": extra,
     }
+    if ranking is not None:
+        record["ranking"] = own.architecture_ranking
+        record["ranks"] = refinement_ranks(record, ranking)
     atomic_write_text(
         os.path.join(output_folder, REFINEMENT_FILE),
         json.dumps(record, indent=2) + "\n",

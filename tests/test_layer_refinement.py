@@ -435,3 +435,105 @@ def test_an_architecture_that_is_not_a_list_is_refused(tmp_path, capsys):
         )
     assert "is not a list of blocks" in capsys.readouterr().err
     assert not (tmp_path / "inner").exists()
+
+
+def test_the_refinement_says_where_its_architectures_rank(
+    tmp_path, monkeypatch
+):
+    """With --architecture_ranking, refinement.json / .md give each candidate's and the
+    answer's rank in the outer fold's exhaustive ranking, which never enters the choice;
+    an unreadable ranking is refused before anything trains."""
+    import itertools
+
+    from ser_modules.architecture_ranking import rank_architectures
+    from ser_modules.layer_refinement import run_refinement
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    base = ["msa_ffn", "msa_ffn"]
+    scores = planted_scores(
+        base, [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
+    )
+    monkeypatch.setenv(
+        "PLANTED_SCORES", json.dumps({**scores, "ffn-msa": 0.75})
+    )
+    # Test scores of the 9 two-layer architectures on fold1 (two seeds each), ordered
+    # against the pooled scores: the ranking must not steer the choice.
+    test_scores = {}
+    for number, pair in enumerate(itertools.product(CANDIDATES, repeat=2)):
+        test_scores["-".join(pair)] = [
+            0.40 + 0.02 * number,
+            0.42 + 0.02 * number,
+        ]
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(
+        json.dumps({"folds": {"fold1": rank_architectures(test_scores)}})
+    )
+    arguments = [
+        "hparams/bas_fbank.yaml",
+        "--prepare_folder=unused",
+        "--fold=1",
+        "--architecture=[msa_ffn,msa_ffn]",
+        "--n_inner_folds=2",
+    ]
+    missing = tmp_path / "refused"
+    with pytest.raises(OSError):
+        run_refinement(
+            [
+                *arguments,
+                f"--output_folder={missing}",
+                f"--architecture_ranking={tmp_path / 'nowhere.json'}",
+            ],
+            str(script),
+            lambda *args, **kwargs: None,
+        )
+    assert not (missing / "runs").exists()
+
+    output = tmp_path / "out"
+    record = run_refinement(
+        [
+            *arguments,
+            f"--output_folder={output}",
+            f"--architecture_ranking={ranking}",
+        ],
+        str(script),
+        lambda *args, **kwargs: None,
+    )
+    assert record["architecture"] == ["ffn", "msa"]  # the pooled scores' choice
+    means = {key: sum(values) / 2 for key, values in test_scores.items()}
+    expected = {"-".join(a) for a in one_layer_alternatives(base)} | {"ffn-msa"}
+    assert set(record["ranks"]) == expected
+    for key, entry in record["ranks"].items():
+        assert entry["rank"] == 1 + sum(m > means[key] for m in means.values())
+        assert entry["of"] == 9
+        assert entry["top_third"] == (entry["rank"] <= 3)
+    with open(output / "refinement.json", encoding="utf-8") as handle:
+        assert json.load(handle)["ranks"] == record["ranks"]
+    text = (output / "refinement.md").read_text()
+    answer = record["ranks"]["ffn-msa"]
+    assert (
+        f"| ffn -> msa (**answer**) | 0.7500 | {answer['rank']} of 9 | "
+        f"{means['ffn-msa']:.4f} +/- 0.0141 | "
+        f"{'yes' if answer['top_third'] else 'no'} |" in text
+    )
+    assert "| msa_ffn -> msa_ffn (base) | 0.6000 |" in text
+
+    # a ranking of other folds: said, not an error
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({"folds": {"fold2": rank_architectures(test_scores)}})
+    )
+    record = run_refinement(
+        [
+            *arguments,
+            f"--output_folder={output}",
+            f"--architecture_ranking={other}",
+        ],
+        str(script),
+        lambda *args, **kwargs: None,
+    )
+    assert record["ranks"] == {}
+    assert (
+        "The ranking holds none of these architectures for fold1."
+        in (output / "refinement.md").read_text()
+    )

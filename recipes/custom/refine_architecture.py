@@ -4,12 +4,14 @@
     python recipes/custom/refine_architecture.py hparams/bas_fbank.yaml \
         --data_folder=/path/to/corpus --prepare_folder=PREP --fold=fold1 --output_folder=OUT \
         (--architecture=[msa_ffn,msa_ffn,msa_ffn] | --bas_results=BAS_OUT/results.json) \
-        [--n_inner_folds=4] [--inner_seed=1234] [--seed=1986] [--jobs=2] [train.py options]
+        [--n_inner_folds=4] [--inner_seed=1234] [--seed=1986] [--jobs=2] \
+        [--architecture_ranking=RANKING/ranking.json] [train.py options]
 
 Writes the inner folds of the fold's training + validation clips (``inner_folds.py``),
 trains the base and each architecture one layer away from it on all of them (this
 folder's ``train.py``), and writes ``OUT/refinement.{json,md}``: each layer takes the block
-with the best pooled inner-CV score. See ``ser_modules.layer_refinement``.
+with the best pooled inner-CV score (and, given a ranking of the outer folds, where each
+candidate ranks on the fold's test clips). See ``ser_modules.layer_refinement``.
 """
 
 import os
