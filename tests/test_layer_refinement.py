@@ -375,6 +375,21 @@ with open(os.path.join(os.path.dirname(options["output_folder"]), "..", "trained
 """
 
 
+def planted_training(tmp_path, monkeypatch, combined_score):
+    """A planted train.py for a 2-layer base: layer 1 gains 0.05 with ``ffn``, layer 2
+    0.08 with ``msa``, and their combination scores ``combined_score``."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    base = ["msa_ffn", "msa_ffn"]
+    scores = planted_scores(
+        base, [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
+    )
+    monkeypatch.setenv(
+        "PLANTED_SCORES", json.dumps({**scores, "ffn-msa": combined_score})
+    )
+    return script, base, scores
+
+
 @pytest.mark.parametrize(
     "combined_score, answer",
     [(0.75, "ffn-msa"), (0.61, "msa_ffn-msa")],
@@ -386,14 +401,8 @@ def test_a_choice_of_several_layers_is_trained_and_kept_only_if_it_wins(
     trained, then the combined per-layer choice, and the answer follows its score."""
     from ser_modules.layer_refinement import run_refinement
 
-    script = tmp_path / "fake_train.py"
-    script.write_text(FAKE_TRAIN)
-    base = ["msa_ffn", "msa_ffn"]
-    scores = planted_scores(
-        base, [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
-    )
-    monkeypatch.setenv(
-        "PLANTED_SCORES", json.dumps({**scores, "ffn-msa": combined_score})
+    script, base, scores = planted_training(
+        tmp_path, monkeypatch, combined_score
     )
     output = tmp_path / "out"
     record = run_refinement(
@@ -448,15 +457,7 @@ def test_the_refinement_says_where_its_architectures_rank(
     from ser_modules.architecture_ranking import rank_architectures
     from ser_modules.layer_refinement import run_refinement
 
-    script = tmp_path / "fake_train.py"
-    script.write_text(FAKE_TRAIN)
-    base = ["msa_ffn", "msa_ffn"]
-    scores = planted_scores(
-        base, [{"ffn": 0.05, "msa": 0.0}, {"ffn": 0.0, "msa": 0.08}]
-    )
-    monkeypatch.setenv(
-        "PLANTED_SCORES", json.dumps({**scores, "ffn-msa": 0.75})
-    )
+    script, base, _ = planted_training(tmp_path, monkeypatch, 0.75)
     # Test scores of the 9 two-layer architectures on fold1 (two seeds each), ordered
     # against the pooled scores: the ranking must not steer the choice.
     test_scores = {}
