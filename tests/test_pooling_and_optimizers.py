@@ -136,7 +136,7 @@ def test_custom_recipe_applies_small_corpus_defaults_only_to_files_with_their_sw
     assert applied("bas_ssl.yaml") == custom.DATASET_DEFAULTS
 
 
-def test_small_corpus_defaults_reach_bas_retraining_and_its_search():
+def test_small_corpus_defaults_reach_bas_retraining_and_its_search(tmp_path):
     """bas_fbank under recipes/custom: the derived network retrains with AdamW and weight
     decay 0.01, and the super net's weights train with the same AdamW; the paper
     datasets keep the paper's SGD for both."""
@@ -152,7 +152,9 @@ def test_small_corpus_defaults_reach_bas_retraining_and_its_search():
     yaml_text, overrides = recipe_overrides(
         path, "", "custom", *custom.DEFAULT_GROUPS
     )
-    hparams = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
+    # loading builds the checkpointer, which makes its folder: keep it in tmp_path
+    where = {"data_folder": "x", "output_folder": str(tmp_path)}
+    hparams = load_hyperpyyaml(yaml_text, {**overrides, **where})
     weights = [torch.nn.Parameter(torch.zeros(2))]
     retrain = hparams["opt_class"](weights)
     search = hparams["search_opt_class"](weights)
@@ -170,13 +172,13 @@ def test_small_corpus_defaults_reach_bas_retraining_and_its_search():
     # The search's optimiser is one switch away (search_optimizer), like the retraining's.
     switched = load_hyperpyyaml(
         yaml_text,
-        {**overrides, "data_folder": "x", "search_optimizer": "sgd"},
+        {**overrides, **where, "search_optimizer": "sgd"},
     )["search_opt_class"](weights)
     assert type(switched) is torch.optim.SGD
     assert switched.defaults["lr"] == 0.001
     # without the defaults (IEMOCAP & co.) the retraining is the paper's SGD
     yaml_text, overrides = recipe_overrides(path, "", "IEMOCAP")
-    paper = load_hyperpyyaml(yaml_text, {**overrides, "data_folder": "x"})
+    paper = load_hyperpyyaml(yaml_text, {**overrides, **where})
     sgd = paper["opt_class"](weights)
     assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.005
     assert sgd.defaults["weight_decay"] == 0.0001 and paper["pooling"] == "mean"

@@ -186,7 +186,7 @@ def test_reports_do_not_change_when_the_upstream_and_hparams_file_are_gone(
     capsys.readouterr()
 
 
-def test_a_bas_run_records_what_its_theta_stepped_on():
+def test_a_bas_run_records_what_its_theta_stepped_on(tmp_path):
     from hyperpyyaml import load_hyperpyyaml
 
     from ser_modules.reports.run_report import identity_lines
@@ -200,7 +200,7 @@ def test_a_bas_run_records_what_its_theta_stepped_on():
             f,
             {
                 "data_folder": "x",
-                "output_folder": "y",
+                "output_folder": str(tmp_path),
                 "theta_held_out": True,
                 "theta_split": "speakers",
             },
