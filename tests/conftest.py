@@ -12,8 +12,8 @@ torch.set_num_threads(1)
 
 
 import pytest  # noqa: E402
+from prepare_helpers import REPO_ROOT  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a test run may add to the repository root: pytest's and ruff's caches.
 ROOT_CACHES = {".pytest_cache", ".ruff_cache"}
 
